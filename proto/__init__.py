@@ -1,0 +1,1 @@
+"""Generated gRPC contracts. Source: proto/<pkg>/<ver>/*.proto; regenerate with `python scripts/gen_proto.py`."""
