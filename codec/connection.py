@@ -146,7 +146,8 @@ class Connection:
             granted = p.get("win", list(DEFAULT_INITIAL))
             self.window = CreditWindow(*(g - c for g, c in zip(granted, self._consumed)))
             window = tuple(granted)
-        self._events.append(ev.SessionStarted(p.get("agent", ""), window, p.get("hb_ms", 0)))
+        self._events.append(ev.SessionStarted(p.get("agent", ""), window, p.get("hb_ms", 0),
+                                              frame.key_id))
 
     def _require_established(self, frame) -> None:
         if not self.established:

@@ -13,6 +13,7 @@ class SessionStarted(Event):
     agent: str
     window: tuple[int, int, int]     # server's grant (requests, tokens, usd micros); (0,0,0) from a client
     heartbeat_ms: int
+    key_id: int = 0                  # the key the peer's HELLO was signed with (identifies the tenant)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,139 @@
+"""Composition root: builds every component from a Config and runs the transports on one loop."""
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from codec import ConnectionConfig, Limits
+
+from .accounting import Accountant
+from .adapters.simulated import SimulatedAdapter, SimulatedSettings
+from .admission import Admission
+from .audit import AuditLog
+from .auth import Authenticator
+from .config import Config, ConfigError, state_dir
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .routing.health import HealthBoard
+from .routing.router import Router
+
+log = logging.getLogger("atp")
+
+
+def build_adapter(name: str, ptype: str, options: dict):
+    """One adapter instance per [[providers]] entry; unknown options are config errors."""
+    key = f"providers[{name}]"
+    if ptype == "simulated":
+        known = {f.name for f in fields(SimulatedSettings)}
+        for k in options:
+            if k not in known:
+                raise ConfigError(f"{key}.{k}: unknown option for a simulated provider "
+                                  f"(known: {', '.join(sorted(known))})")
+        return SimulatedAdapter(name, SimulatedSettings(**options))
+    if ptype == "openai_compat":
+        from .adapters.openai_compat import OpenAICompatAdapter
+        import os
+        opts = dict(options)
+        if "api_key_env" in opts:
+            env = opts.pop("api_key_env")
+            opts["api_key"] = os.environ.get(env)
+            if opts["api_key"] is None:
+                raise ConfigError(f"{key}.api_key_env: environment variable {env} is not set")
+        base_url = opts.pop("base_url")
+        try:
+            return OpenAICompatAdapter(name, base_url, **opts)
+        except TypeError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    raise ConfigError(f"{key}.type: unknown provider type {ptype!r}")
+
+
+@dataclass
+class BoundPorts:
+    http: int = 0
+    grpc: int = 0
+    quic: int = 0
+
+
+class App:
+    """Everything one server process needs; transports receive the App and use its parts."""
+
+    def __init__(self, config: Config, *, audit_path: str | None = None):
+        self.config = config
+        self.metrics = Metrics()
+        self.auth = Authenticator(config.auth)
+        self.keyring = self.auth.keyring
+        self.limits = Limits()
+        self.connection_config = ConnectionConfig(agent="atp-server/0.1", heartbeat_ms=0,
+                                                  idle_timeout_ms=300_000)
+        self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
+        self.router = Router(list(config.models), HealthBoard())
+        self.admission = Admission(config.server.max_inflight, config.server.max_queue)
+        self.accountant = Accountant()
+        self.audit = None
+        if config.audit.enabled:
+            path = audit_path or config.audit.path or str(state_dir(config) / "audit.sqlite")
+            self.audit = AuditLog(path)
+        self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
+                                 self.audit, self.metrics)
+        self.transports: list = []
+        self.ports = BoundPorts()
+        self.draining = False
+
+    async def start(self, *, http: bool = True, grpc: bool = True, quic: bool = True,
+                    reuse_port: bool = False) -> BoundPorts:
+        """Start the enabled transports (a configured port of 0 picks a free port)."""
+        s = self.config.server
+        if self.audit is not None:
+            self.audit.start()
+        if http:
+            from .transport.http import HttpTransport
+            t = HttpTransport(self)
+            self.ports.http = await t.start(s.host, s.http_port, reuse_port=reuse_port)
+            self.transports.append(t)
+        if grpc:
+            from .transport.grpc import GrpcTransport
+            t = GrpcTransport(self)
+            self.ports.grpc = await t.start(s.host, s.grpc_port, reuse_port=reuse_port)
+            self.transports.append(t)
+        if quic:
+            from .transport.quic import QuicTransport
+            t = QuicTransport(self)
+            self.ports.quic = await t.start(s.host, s.quic_port)
+            self.transports.append(t)
+        return self.ports
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: refuse new work, give in-flight streams `grace_s`, then close everything."""
+        grace = self.config.server.drain_seconds if grace_s is None else grace_s
+        self.draining = True
+        await asyncio.gather(*(t.stop(grace) for t in self.transports), return_exceptions=True)
+        self.transports.clear()
+        for adapter in self.adapters.values():
+            await adapter.aclose()
+        if self.audit is not None:
+            await self.audit.close()
+
+    async def serve_forever(self, **start_kwargs) -> None:
+        """Run until SIGINT/SIGTERM, then drain."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start(**start_kwargs)
+        log.info("ATP serving: http=%s grpc=%s quic=%s", self.ports.http, self.ports.grpc, self.ports.quic)
+        await stop.wait()
+        log.info("draining (up to %.1fs)", self.config.server.drain_seconds)
+        await self.stop()
+
+
+def tls_paths(config: Config) -> tuple[Path, Path]:
+    """The QUIC certificate: configured, or generated once into the state directory."""
+    if config.server.tls_cert:
+        return Path(config.server.tls_cert), Path(config.server.tls_key)
+    d = state_dir(config)
+    cert, key = d / "quic-cert.pem", d / "quic-key.pem"
+    if not cert.exists() or not key.exists():
+        from .tls import generate_self_signed
+        generate_self_signed(cert, key, config.server.host)
+    return cert, key

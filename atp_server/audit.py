@@ -1,0 +1,71 @@
+"""Audit hook: every finished or failed request becomes a record, batched into SQLite off the hot path."""
+import asyncio
+import sqlite3
+import threading
+import time
+
+import orjson
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, tenant TEXT, principal TEXT,
+  transport TEXT, request_id TEXT, model TEXT, outcome TEXT, code INTEGER, record TEXT NOT NULL)"""
+
+
+class AuditLog:
+    """Appends records to a buffer (O(1) on the request path); a background flush writes batches."""
+
+    def __init__(self, path: str, flush_every_s: float = 0.25, max_buffer: int = 4096):
+        self.path = path
+        self.flush_every_s = flush_every_s
+        self.max_buffer = max_buffer
+        self._buffer: list[tuple] = []
+        self._lock = threading.Lock()       # the flush runs in a worker thread
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._db.commit()
+        self._task: asyncio.Task | None = None
+        self.written = 0
+
+    def record(self, tenant: str, principal: str, transport: str, request_id: str, model: str,
+               outcome: str, code: int, detail: dict) -> None:
+        self._buffer.append((time.time(), tenant, principal, transport, request_id, model, outcome,
+                             code, orjson.dumps(detail).decode()))
+        if len(self._buffer) >= self.max_buffer and self._task is None:
+            self.flush()   # no background task (tests, CLI): keep memory bounded anyway
+
+    def flush(self) -> int:
+        rows, self._buffer = self._buffer, []
+        if not rows:
+            return 0
+        with self._lock:
+            self._db.executemany("INSERT INTO audit (ts, tenant, principal, transport, request_id, "
+                                 "model, outcome, code, record) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            self._db.commit()
+        self.written += len(rows)
+        return len(rows)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.flush_every_s)
+            if self._buffer:
+                await loop.run_in_executor(None, self.flush)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.flush()
+        self._db.close()
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]

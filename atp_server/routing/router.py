@@ -1,0 +1,75 @@
+"""Route selection, pure: mask the models a request can use, score what is left, return a chain.
+
+choose(request, now) never touches the network; health is read from the HealthBoard. This is the
+minimal real router (tier-weighted quality/cost/latency); the learned router replaces `_score`.
+"""
+from ..adapters.base import ModelSpec, estimate_tokens
+from ..types import AtpError, ChatRequest, RouteDecision
+from codec.errors import ErrorCode
+from .health import HealthBoard
+
+# tier -> weights for (quality, cost, latency); cost and latency are normalised over the candidates.
+TIER_WEIGHTS = {"fast": (0.2, 0.3, 0.5), "balanced": (0.4, 0.4, 0.2), "high": (0.8, 0.1, 0.1)}
+
+
+class Router:
+    def __init__(self, models: list[ModelSpec], health: HealthBoard | None = None):
+        if not models:
+            raise ValueError("the router needs at least one model")
+        self.models = {m.id: m for m in models}
+        self.health = health or HealthBoard()
+
+    def expected_cost_micros(self, model: ModelSpec, request: ChatRequest) -> int:
+        out = request.max_tokens or model.max_output_tokens
+        return model.cost_micros(estimate_tokens(request.prompt_chars()), out)
+
+    def choose(self, request: ChatRequest, now: float) -> RouteDecision:
+        prompt_tokens = estimate_tokens(request.prompt_chars())
+        if request.model:
+            model = self.models.get(request.model)
+            if model is None:
+                raise AtpError(ErrorCode.UNKNOWN_MODEL, f"unknown model {request.model!r}; "
+                               f"known: {', '.join(sorted(self.models))}")
+            candidates, reasons = [model], ["pinned by request"]
+        else:
+            candidates, reasons = list(self.models.values()), []
+        why_not: dict[str, str] = {}
+        usable = []
+        needed = set(request.capabilities)
+        for m in candidates:
+            if not needed <= m.capabilities:
+                why_not[m.id] = f"lacks {', '.join(sorted(needed - m.capabilities))}"
+            elif prompt_tokens + (request.max_tokens or 0) > m.context_window:
+                why_not[m.id] = f"context {m.context_window} too small"
+            elif (request.max_cost_usd is not None
+                  and self.expected_cost_micros(m, request) > request.max_cost_usd * 1e6):
+                why_not[m.id] = "over max_cost_usd"
+            elif (request.latency_slo_ms is not None and not request.model
+                  and m.latency_ms > request.latency_slo_ms):
+                why_not[m.id] = "latency prior over the SLO"
+            elif not self.health.healthy(m.id, now):
+                why_not[m.id] = "circuit open"
+            else:
+                usable.append(m)
+        if not usable:
+            detail = "; ".join(f"{k}: {v}" for k, v in sorted(why_not.items()))
+            raise AtpError(ErrorCode.NO_ROUTE, f"no model satisfies the request ({detail})")
+        ranked = sorted(usable, key=lambda m: self._score(m, usable, request), reverse=True)
+        best = ranked[0]
+        if not request.model:
+            reasons.append(f"tier {request.tier}: best quality/cost/latency of {len(usable)} candidates")
+        if why_not:
+            reasons.append("excluded " + ", ".join(f"{k} ({v})" for k, v in sorted(why_not.items())))
+        return RouteDecision(
+            provider=best.provider, model=best.id,
+            estimated_cost_usd=self.expected_cost_micros(best, request) / 1e6,
+            estimated_latency_ms=best.latency_ms,
+            confidence=1.0 if request.model else round(0.5 + 0.5 / len(usable), 3),
+            reasons=tuple(reasons), fallbacks=tuple(m.id for m in ranked[1:]))
+
+    def _score(self, m: ModelSpec, pool: list[ModelSpec], request: ChatRequest) -> float:
+        wq, wc, wl = TIER_WEIGHTS[request.tier]
+        max_cost = max(p.price_in_per_mtok + p.price_out_per_mtok for p in pool) or 1.0
+        max_lat = max(p.latency_ms for p in pool) or 1.0
+        cost = (m.price_in_per_mtok + m.price_out_per_mtok) / max_cost
+        return wq * m.quality - wc * cost - wl * (m.latency_ms / max_lat)
