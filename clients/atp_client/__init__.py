@@ -1,0 +1,7 @@
+"""ATP Python SDK: async and sync clients over typed gRPC, gRPC Session frames and QUIC."""
+from .errors import AtpClientError, ErrorCode
+from .frames import FrameClient, build_request, keyring_for
+from .types import Chunk, Result
+
+__all__ = ["AtpClientError", "ErrorCode", "FrameClient", "build_request", "keyring_for", "Chunk",
+           "Result"]
