@@ -1,0 +1,52 @@
+"""Builders for in-memory server tests: a config with chosen simulated behaviour, a principal."""
+import hashlib
+
+from atp_server import config
+from atp_server.auth import Principal
+
+PRINCIPAL = Principal("default", "dev", "api_key")
+
+
+def make_config(tmp_path, *, sim_options: str = "", server: str = "", models: str | None = None):
+    """The embedded default with the simulated provider's options and [server] keys overridden."""
+    models = models if models is not None else """
+[[models]]
+id = "cheap"
+provider = "sim"
+price_in_per_mtok = 0.1
+price_out_per_mtok = 0.2
+quality = 0.5
+latency_ms = 100
+
+[[models]]
+id = "smart"
+provider = "sim"
+price_in_per_mtok = 3.0
+price_out_per_mtok = 15.0
+quality = 0.95
+latency_ms = 800
+capabilities = ["chat", "vision"]
+"""
+    text = f"""
+[server]
+http_port = 0
+grpc_port = 0
+quic_port = 0
+state_dir = "{tmp_path}"
+{server}
+
+[[auth.api_keys]]
+name = "dev"
+sha256 = "{hashlib.sha256(config.DEV_API_KEY.encode()).hexdigest()}"
+
+[[auth.hmac_keys]]
+id = {config.DEV_HMAC_KEY_ID}
+secret = "{config.DEV_HMAC_SECRET.decode()}"
+
+[[providers]]
+name = "sim"
+type = "simulated"
+{sim_options}
+{models}
+"""
+    return config.loads(text)
