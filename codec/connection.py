@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from . import events as ev
 from .errors import CodecError, ErrorCode, FlowControlError, ProtocolError, RETRYABLE
 from .flow import DEFAULT_INITIAL, CreditWindow, reservation
-from .frame import NONCE_SIZE, Flag, FrameType, open_frame, peek_length, seal
+from . import backend
+from .frame import (CONGESTION, NONCE_SIZE, RESPONDER, FrameType, check_shape, open_frame,
+                    peek_length, seal)
 from .payload import DEFAULT_LIMITS, Limits
 from .replay import DEFAULT_WINDOW, NonceCache, SessionGuard
 from .stream import CANCELLING, CLOSED, IDLE, OPEN, TABLES, transition
@@ -45,7 +47,7 @@ class Connection:
         self._table = TABLES[role]
         self._guard = SessionGuard(is_responder=self.is_server, nonce_cache=nonce_cache,
                                    window=config.replay_window)
-        self._flags = Flag.RESPONDER if self.is_server else 0
+        self._flags = RESPONDER if self.is_server else 0
         self._buffer = bytearray()
         self._events: deque = deque()
         self._outbox: list[bytes] = []
@@ -99,7 +101,7 @@ class Connection:
                 frame, offset = open_frame(buf, offset, self.keyring, self.limits, now_ms)
                 self._on_frame(frame, now_ms)
         except CodecError as exc:
-            self._fail(exc)
+            self._fail(exc, buf, offset)
         del buf[:offset]
 
     def receive_frame(self, data, now_ms: int) -> None:
@@ -117,12 +119,12 @@ class Connection:
                                     ErrorCode.MALFORMED_FRAME)
             self._on_frame(frame, now_ms)
         except CodecError as exc:
-            self._fail(exc)
+            self._fail(exc, data, 0)
 
     def _on_frame(self, frame, now_ms: int) -> None:
         self._guard.check(frame, now_ms)
         self._last_received = now_ms
-        congested = bool(frame.flags & Flag.CONGESTION)
+        congested = bool(frame.flags & CONGESTION)
         if congested != self.peer_congested:
             self.peer_congested = congested
             self._events.append(ev.CongestionChanged(congested))
@@ -162,12 +164,12 @@ class Connection:
             raise ProtocolError(f"stream id {sid} is not above the last opened "
                                 f"({self._last_stream_id})", ErrorCode.INVALID_STREAM)
         self._last_stream_id = sid
-        if len(self.streams) >= self.config.max_open_streams:
-            raise ProtocolError(f"more than {self.config.max_open_streams} open streams",
-                                ErrorCode.WINDOW_EXCEEDED)
         self.streams[sid] = transition(self._table, IDLE, sid, "recv_request")
         need = reservation(frame.payload)
         why = self.window.shortfall(*need)
+        if why is None and len(self.streams) > self.config.max_open_streams:
+            why = f"more than {self.config.max_open_streams} open streams"
+
         if why is not None:
             # A stream-level refusal: the session stays up, the client may retry after credit.
             self._send_stream_close(sid, "send_error", FrameType.ERROR, {
@@ -202,7 +204,9 @@ class Connection:
 
     def _on_end(self, frame) -> None:
         self._require_established(frame)
-        if self._stream_input(frame, "recv_end") is OPEN:
+        # Also after our CANCEL: the END raced it, and its usage/cost still matter to the caller.
+        if self._stream_input(frame, "recv_end") is not None:
+            self._reserved.pop(frame.stream_id, None)
             self._events.append(ev.StreamEnded(frame.stream_id, frame.payload))
 
     def _on_error(self, frame) -> None:
@@ -210,6 +214,10 @@ class Connection:
         if self._stream_input(frame, "recv_error") is not None:
             p = frame.payload
             code = p["code"]
+            need = self._reserved.pop(frame.stream_id, None)
+            if code == ErrorCode.WINDOW_EXCEEDED and need is not None:
+                # A refused REQUEST consumed nothing at the server: take our reservation back.
+                self.window.grant(*need)
             self._events.append(ev.StreamReset(frame.stream_id, code, p.get("msg", ""),
                                                p.get("retry", code in RETRYABLE),
                                                p.get("after_ms", 0)))
@@ -248,6 +256,7 @@ class Connection:
 
     def _on_close(self, frame) -> None:
         p = frame.payload
+        self._outbox.clear()     # the peer has gone: nothing queued can matter to it now
         self.closed = True
         self.close_code = p["code"]
         self.streams.clear()
@@ -256,7 +265,7 @@ class Connection:
     # ---- output ----------------------------------------------------------------------------------
 
     def _send(self, ftype: FrameType, stream_id: int, payload: dict) -> None:
-        flags = self._flags | (Flag.CONGESTION if self.congested else 0)
+        flags = self._flags | (CONGESTION if self.congested else 0)
         self._outbox.append(seal(self.keyring.signer, self.keyring.current_id, ftype, flags,
                                  stream_id, self._send_seq, self._now,
                                  self._guard.session_nonce or _ZERO_NONCE, payload))
@@ -274,11 +283,15 @@ class Connection:
         self._check_open(now_ms)
         if self.is_server:
             raise ProtocolError("only clients send REQUEST")
+        check_shape(FrameType.REQUEST, request, self.limits)
+        sid = self._last_stream_id + 1
+        if sid > 0xFFFFFFFF:
+            raise ProtocolError("stream ids exhausted: open a new session", ErrorCode.INVALID_STREAM)
         need = reservation(request)
         self.window.consume(*need)
         if not self.established:
             self._consumed = [c + n for c, n in zip(self._consumed, need)]
-        sid = self._last_stream_id + 1
+        self._reserved[sid] = need
         self._last_stream_id = sid
         self.streams[sid] = transition(self._table, IDLE, sid, "send_request")
         self._send(FrameType.REQUEST, sid, request)
@@ -369,9 +382,12 @@ class Connection:
         self.streams.clear()
         self._events.append(ev.ConnectionTerminated(int(code), message, by_peer=False))
 
-    def _fail(self, exc: CodecError) -> None:
+    def _fail(self, exc: CodecError, buf=b"", offset: int = 0) -> None:
         if self._guard.session_nonce is None:
-            self._guard.session_nonce = _ZERO_NONCE
+            # Refused before the session was bound: echo the offending frame's nonce (if its
+            # header is readable) so an honest client can verify our CLOSE and learn the code.
+            header = backend.impl.peek_frame(buf, offset) if len(buf) >= offset else None
+            self._guard.session_nonce = header[9] if header else _ZERO_NONCE
         self.close(exc.code, str(exc.args[0]))
 
     def _flush_grant(self) -> None:

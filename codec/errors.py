@@ -22,7 +22,7 @@ class ErrorCode(IntEnum):
     SEQUENCE_REPLAY = 204
     UNAUTHENTICATED = 205
     FORBIDDEN = 206
-    # 3xx admission / flow control: back off and retry.
+    # 3xx admission / flow control: back off and retry (all but BUDGET_EXCEEDED).
     WINDOW_EXCEEDED = 300
     OVERLOADED = 301
     RATE_LIMITED = 302

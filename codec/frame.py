@@ -1,11 +1,11 @@
 """Frame types, the frame record, payload shapes per type, and sealing/opening of single frames.
 
 Opening checks, in order (docs/PROTOCOL.md §5): version, length limit, completeness, key id,
-HMAC over the exact received bytes, reserved/flags/type, then payload CBOR and shape. Replay
+HMAC over the exact received bytes, reserved/flags/type, stream-0 rule, then payload CBOR and shape. Replay
 checks are stateful and live in codec.replay; this module is stateless.
 """
-from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import NamedTuple
 
 from . import backend
 from .errors import AuthError, ErrorCode, FrameError, PayloadError
@@ -36,14 +36,19 @@ class Flag(IntFlag):
     RESPONDER = 0x80      # sent by the session responder (server); blocks reflection attacks
 
 
-KNOWN_FLAGS = int(Flag.CONGESTION | Flag.RESPONDER)
-_TYPES = frozenset(int(t) for t in FrameType)
+# Plain ints for the per-frame path: IntFlag arithmetic allocates a new enum member every time.
+CONGESTION = int(Flag.CONGESTION)
+RESPONDER = int(Flag.RESPONDER)
+KNOWN_FLAGS = CONGESTION | RESPONDER
 CONNECTION_TYPES = frozenset({FrameType.HELLO, FrameType.WINDOW_UPDATE, FrameType.PING,
                               FrameType.PONG, FrameType.CLOSE})
+# code -> (FrameType, is_connection_frame); a lookup instead of FrameType(code) per frame
+_TYPE_INFO = {int(t): (t, t in CONNECTION_TYPES) for t in FrameType}
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
+    """One opened frame (immutable; a NamedTuple because it is built for every frame received)."""
+
     type: FrameType
     flags: int
     key_id: int
@@ -58,20 +63,23 @@ class Frame:
 # ---- payload shapes --------------------------------------------------------------------------
 # kind checkers; bool is an int in Python, so integers exclude it explicitly.
 
-def _uint(v):
+# Every checker takes (value, limits) so the shape loop makes one call per key.
+
+def _uint(v, limits):
     return type(v) is int and 0 <= v <= 0xFFFFFFFFFFFFFFFF
 
 
-def _str(v):
+def _str(v, limits):
     return type(v) is str
 
 
-def _bool(v):
+def _bool(v, limits):
     return type(v) is bool
 
 
-def _num(v):
-    return (type(v) is float and v == v) or (type(v) is int and -(1 << 53) <= v <= 1 << 53)
+def _num(v, limits):
+    # finite floats only: inf - inf and nan - nan are nan, never 0.0
+    return (type(v) is float and v - v == 0.0) or (type(v) is int and -(1 << 53) <= v <= 1 << 53)
 
 
 def _strs(v, limits):
@@ -90,15 +98,15 @@ def _smap(v, limits):
 
 
 def _uint3(v, limits):
-    return type(v) is list and len(v) == 3 and all(_uint(x) for x in v)
+    return type(v) is list and len(v) == 3 and all(_uint(x, limits) for x in v)
 
 
-def _tier(v):
+def _tier(v, limits):
     return v in ("fast", "balanced", "high")
 
 
-_SIMPLE = {"uint": _uint, "str": _str, "bool": _bool, "num": _num, "tier": _tier}
-_SIZED = {"strs": _strs, "messages": _messages, "smap": _smap, "uint3": _uint3}
+KINDS = {"uint": _uint, "str": _str, "bool": _bool, "num": _num, "tier": _tier, "strs": _strs,
+         "messages": _messages, "smap": _smap, "uint3": _uint3}
 
 # type -> {key: (kind, required)}; unknown keys are ignored (forward compatibility).
 SCHEMAS = {
@@ -125,18 +133,23 @@ SCHEMAS = {
 }
 
 
+# type -> ({key: (checker, kind name)}, required keys), compiled once from SCHEMAS
+_COMPILED = {t: ({k: (KINDS[kind], kind) for k, (kind, _) in spec.items()},
+                 frozenset(k for k, (_, req) in spec.items() if req))
+             for t, spec in SCHEMAS.items()}
+
+
 def check_shape(ftype: FrameType, payload: dict, limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise PayloadError unless every known key of `payload` has its type and required keys exist."""
-    for key, (kind, required) in SCHEMAS[ftype].items():
-        if key not in payload:
-            if required:
-                raise PayloadError(f"{ftype.name} payload lacks required key {key!r}")
-            continue
-        value = payload[key]
-        check = _SIMPLE.get(kind)
-        ok = check(value) if check is not None else _SIZED[kind](value, limits)
-        if not ok:
-            raise PayloadError(f"{ftype.name} payload key {key!r} must be {kind}, "
+    checkers, required = _COMPILED[ftype]
+    if not required <= payload.keys():
+        missing = sorted(required - payload.keys())
+        raise PayloadError(f"{ftype.name} payload lacks required key {missing[0]!r}")
+    get = checkers.get
+    for key, value in payload.items():
+        spec = get(key)
+        if spec is not None and not spec[0](value, limits):
+            raise PayloadError(f"{ftype.name} payload key {key!r} must be {spec[1]}, "
                                f"got {type(value).__name__}")
 
 
@@ -185,10 +198,11 @@ def open_frame(buf, offset, keyring, limits: Limits = DEFAULT_LIMITS, now_ms: in
         raise FrameError(f"reserved header byte is {reserved}, must be 0")
     if flags & ~KNOWN_FLAGS:
         raise FrameError(f"unknown flag bits 0x{flags & ~KNOWN_FLAGS:02x}")
-    if ftype not in _TYPES:
+    info = _TYPE_INFO.get(ftype)
+    if info is None:
         raise FrameError(f"unknown frame type 0x{ftype:02x}", ErrorCode.UNKNOWN_FRAME_TYPE)
-    ftype = FrameType(ftype)
-    if (ftype in CONNECTION_TYPES) != (stream_id == 0):
+    ftype, on_stream_zero = info
+    if on_stream_zero != (stream_id == 0):
         raise FrameError(f"{ftype.name} on stream {stream_id}: connection frames use stream 0, "
                          "stream frames a non-zero id")
     payload = decode(memoryview(buf)[offset + HEADER_SIZE:end - TAG_SIZE], limits)

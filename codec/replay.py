@@ -1,5 +1,6 @@
 """Anti-replay: bounded nonce cache for session-opening frames, sliding sequence window inside one."""
 from .errors import AuthError, ErrorCode
+from .frame import RESPONDER, FrameType
 
 DEFAULT_SKEW_MS = 30_000
 DEFAULT_WINDOW = 64
@@ -107,9 +108,7 @@ class SessionGuard:
         self.window = SequenceWindow(window)
 
     def check(self, frame, now_ms: int) -> None:
-        from .frame import Flag, FrameType  # local: frame.py must not depend on replay.py
-
-        if bool(frame.flags & Flag.RESPONDER) == self.is_responder:
+        if bool(frame.flags & RESPONDER) == self.is_responder:
             raise AuthError("frame carries our own direction flag (reflected?)",
                             ErrorCode.PROTOCOL_VIOLATION)
         if self.window.highest < 0:   # the peer's opening frame
@@ -119,6 +118,9 @@ class SessionGuard:
             if self.is_responder:
                 if frame.type is not FrameType.HELLO:
                     raise AuthError(f"session must open with HELLO, got {frame.type.name}",
+                                    ErrorCode.PROTOCOL_VIOLATION)
+                if frame.nonce == bytes(len(frame.nonce)):
+                    raise AuthError("the all-zero nonce cannot open a session",
                                     ErrorCode.PROTOCOL_VIOLATION)
                 # Bind first: a refusal (CLOSE) then echoes the nonce so the client can verify it.
                 self.session_nonce = frame.nonce
