@@ -95,7 +95,7 @@ class Pipeline:
                 emitted = tokens = 0
                 finish = None
                 try:
-                    async with aclosing(adapter.stream(model, request)) as upstream:
+                    async with aclosing(_upstream(adapter, model, request)) as upstream:
                         it = upstream.__aiter__()
                         while True:
                             u0 = time.perf_counter_ns()
@@ -123,6 +123,13 @@ class Pipeline:
                                            f"{model_id} failed mid-stream: {exc.message}") from exc
                         raise
                     failures.append(f"{model_id}: {exc.name}")
+                    nxt = self.router.models[chain[attempt + 1]]
+                    # Nothing was emitted yet: tell the transport who answers now (HTTP headers).
+                    yield Routed(RouteDecision(
+                        nxt.provider, nxt.id, decision.estimated_cost_usd, nxt.latency_ms,
+                        decision.confidence, decision.reasons + (
+                            f"failing over after {'; '.join(failures)}",),
+                        tuple(m for m in chain if m != nxt.id)))
                     continue
                 breaker.on_success()
                 if failures:
@@ -186,3 +193,17 @@ class Pipeline:
                     return Completion(request.request_id, "".join(parts), item.finish_reason,
                                       item.usage, item.decision, item.overhead_us)
         raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+
+
+async def _upstream(adapter, model, request: ChatRequest):
+    """The adapter's stream; for non-streaming requests its one-shot `complete` when it has one
+    (a single JSON answer costs the upstream and us less than parsing an SSE stream)."""
+    if request.stream or not hasattr(adapter, "complete"):
+        async with aclosing(adapter.stream(model, request)) as items:
+            async for item in items:
+                yield item
+        return
+    text, finish = await adapter.complete(model, request)
+    tokens = finish.output_tokens if finish.output_tokens is not None else 1
+    yield TextDelta(text, tokens)
+    yield finish
