@@ -1,6 +1,7 @@
 """Composition root: builds every component from a Config and runs the transports on one loop."""
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,7 +34,6 @@ def build_adapter(name: str, ptype: str, options: dict):
         return SimulatedAdapter(name, SimulatedSettings(**options))
     if ptype == "openai_compat":
         from .adapters.openai_compat import OpenAICompatAdapter
-        import os
         opts = dict(options)
         if "api_key_env" in opts:
             env = opts.pop("api_key_env")
@@ -72,8 +72,10 @@ class App:
         self.accountant = Accountant()
         self.audit = None
         if config.audit.enabled:
-            path = audit_path or config.audit.path or str(state_dir(config) / "audit.sqlite")
-            self.audit = AuditLog(path)
+            path = Path(os.path.expanduser(audit_path or config.audit.path or
+                                           str(state_dir(config) / "audit.sqlite")))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.audit = AuditLog(str(path))
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics)
         self.transports: list = []

@@ -1,0 +1,33 @@
+"""`python -m bench <subcommand> …` — the benchmark harnesses.
+
+Each subcommand is a module exposing HELP (one line), add_arguments(parser) and main(args) -> exit code;
+adding one is one line in SUBCOMMANDS. Modules are imported only when their subcommand runs.
+"""
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "peers": "bench.peers.run",   # ATP vs LiteLLM vs Portkey vs bare proxy, in front of nginx
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    for name, module_name in SUBCOMMANDS.items():
+        if chosen in (None, name):  # import only what runs (and all of them for --help)
+            mod = importlib.import_module(module_name)
+            p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+            mod.add_arguments(p)
+            p.set_defaults(_main=mod.main)
+        else:
+            sub.add_parser(name, add_help=False)
+    args = parser.parse_args(argv)
+    return args._main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
