@@ -83,6 +83,10 @@ class FrameSession:
             kind = type(event)
             if kind is ev.RequestReceived:
                 sid = event.stream_id
+                if self.app.draining:
+                    conn.send_error(sid, ErrorCode.UNAVAILABLE, "server draining: retry elsewhere",
+                                    retry_after_ms=1000)
+                    continue
                 try:
                     request = request_from_payload(event.request)
                 except (TypeError, ValueError, KeyError) as exc:
@@ -119,7 +123,8 @@ class FrameSession:
                         conn.send_end(sid, {"in": u.input_tokens, "out": u.output_tokens,
                                             "cost": u.cost_usd_micros, "model": d.model,
                                             "provider": d.provider, "finish": item.finish_reason,
-                                            "overhead_us": item.overhead_us}, now_ms=now_ms())
+                                            "overhead_us": item.overhead_us,
+                                            "rid": request.request_id}, now_ms=now_ms())
         except AtpError as exc:
             if not conn.closed and sid in conn.streams:
                 conn.send_error(sid, exc.code, exc.message, exc.retry_after_ms, now_ms=now_ms())

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from . import backend
 from .errors import AuthError, ErrorCode, FrameError, PayloadError
-from .payload import DEFAULT_LIMITS, Limits, decode, encode
+from .payload import DEFAULT_LIMITS, Limits, decode, decode_span, encode
 
 VERSION = 1
 HEADER_SIZE = 40
@@ -121,7 +121,8 @@ SCHEMAS = {
     FrameType.CHUNK: {"i": ("uint", True), "text": ("str", True), "tok": ("uint", False)},
     FrameType.END: {"in": ("uint", True), "out": ("uint", True), "cost": ("uint", True),
                     "model": ("str", False), "provider": ("str", False),
-                    "finish": ("str", False), "overhead_us": ("uint", False)},
+                    "finish": ("str", False), "overhead_us": ("uint", False),
+                    "rid": ("str", False)},
     FrameType.ERROR: {"code": ("uint", True), "msg": ("str", False), "retry": ("bool", False),
                       "after_ms": ("uint", False)},
     FrameType.WINDOW_UPDATE: {"req": ("uint", False), "tok": ("uint", False),
@@ -205,6 +206,6 @@ def open_frame(buf, offset, keyring, limits: Limits = DEFAULT_LIMITS, now_ms: in
     if on_stream_zero != (stream_id == 0):
         raise FrameError(f"{ftype.name} on stream {stream_id}: connection frames use stream 0, "
                          "stream frames a non-zero id")
-    payload = decode(memoryview(buf)[offset + HEADER_SIZE:end - TAG_SIZE], limits)
+    payload = decode_span(buf, offset + HEADER_SIZE, end - TAG_SIZE, limits)
     check_shape(ftype, payload, limits)
     return Frame(ftype, flags, key_id, stream_id, seq, ts, nonce, payload, end - offset), end

@@ -53,8 +53,10 @@ def keyring_for(key_id: int, secret: bytes) -> Keyring:
 
 class FrameClient:
     def __init__(self, keyring: Keyring, send, *, agent: str = "atp-python",
-                 config: ConnectionConfig | None = None):
+                 config: ConnectionConfig | None = None, on_closed=None):
         self._send = send
+        self._on_closed = on_closed          # called once when the session ends either way
+        self._timer_at = None
         self._loop = asyncio.get_running_loop()
         self.conn = Connection("client", keyring, config=config or ConnectionConfig(
             agent=agent, heartbeat_ms=15_000, idle_timeout_ms=0), now_ms=now_ms())
@@ -102,8 +104,14 @@ class FrameClient:
                 if kind is ev.SessionStarted:
                     self.started.set()
             elif kind is ev.ConnectionTerminated:
-                self.terminated = AtpClientError(e.code, e.message or "session closed")
+                if e.code == ErrorCode.NO_ERROR:   # a graceful close still strands open requests
+                    self.terminated = AtpClientError(ErrorCode.UNAVAILABLE,
+                                                     e.message or "session closed", True)
+                else:
+                    self.terminated = AtpClientError(e.code, e.message or "session closed")
                 self._fail_all(self.terminated)
+                if self._on_closed is not None:
+                    self._on_closed()
         self._flush()
 
     def _fail_all(self, error: AtpClientError) -> None:
@@ -121,16 +129,16 @@ class FrameClient:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        deadline = self.conn.get_timer()
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
+            return   # an earlier wake-up is armed already; it re-arms itself when it fires
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        deadline = self.conn.get_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_later(max(0.0, (deadline - now_ms()) / 1000),
-                                                self._on_timer)
+        self._timer_at = deadline
+        self._timer = self._loop.call_later(max(0.0, (deadline - now_ms()) / 1000), self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer = None
+        self._timer = self._timer_at = None
         self.conn.handle_timer(now_ms())
         self._dispatch()
 
@@ -168,7 +176,7 @@ class FrameClient:
                     finished = True
                     yield Result("".join(parts), usage.get("model", ""), usage.get("provider", ""),
                                  usage.get("finish", ""), usage["in"], usage["out"], usage["cost"],
-                                 usage.get("overhead_us", 0), payload.get("rid", ""))
+                                 usage.get("overhead_us", 0), usage.get("rid") or payload.get("rid", ""))
                     return
         finally:
             self._queues.pop(sid, None)
