@@ -64,7 +64,8 @@ class AuditLog:
                 pass
             self._task = None
         self.flush()
-        self._db.close()
+        with self._lock:     # a flush cancelled above may still run in its executor thread
+            self._db.close()
 
     def count(self) -> int:
         with self._lock:
