@@ -14,6 +14,7 @@ from .admission import Admission
 from .audit import AuditLog
 from .auth import Authenticator
 from .config import Config, ConfigError, state_dir
+from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .routing.health import HealthBoard
@@ -78,6 +79,7 @@ class App:
             self.audit = AuditLog(str(path))
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics)
+        self.feedback = FeedbackLog()
         self.transports: list = []
         self.ports = BoundPorts()
         self.draining = False

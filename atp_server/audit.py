@@ -47,24 +47,26 @@ class AuditLog:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.flush_every_s)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.flush_every_s)
+            except asyncio.TimeoutError:
+                pass
             if self._buffer:
+                # Not cancellable mid-write: close() waits for this batch instead of losing it.
                 await loop.run_in_executor(None, self.flush)
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            self._stopping.set()
+            await self._task
             self._task = None
         self.flush()
-        with self._lock:     # a flush cancelled above may still run in its executor thread
+        with self._lock:
             self._db.close()
 
     def count(self) -> int:

@@ -15,9 +15,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    http_port: int = 8470          # OpenAI-compatible HTTP (0 = off)
-    grpc_port: int = 8471          # gRPC: atp.v1.Atp, health, reflection (0 = off)
-    quic_port: int = 8472          # QUIC/UDP, ALPN atp/1 (0 = off)
+    http_port: int = 8470          # OpenAI-compatible HTTP (0 = any free port; --no-http disables)
+    grpc_port: int = 8471          # gRPC: atp.v1.Atp, health, reflection (0 = any free port)
+    quic_port: int = 8472          # QUIC/UDP, ALPN atp/1 (0 = any free port)
     workers: int = 1
     max_inflight: int = 512        # requests being dispatched at once
     max_queue: int = 2048          # requests waiting for a dispatch slot; beyond: OVERLOADED

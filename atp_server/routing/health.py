@@ -46,4 +46,10 @@ class HealthBoard:
         return b
 
     def healthy(self, model_id: str, now: float) -> bool:
+        """Routing's question: may a call go to this model now (moves open -> half-open)."""
         return self.breaker(model_id).allows(now)
+
+    def is_open(self, model_id: str, now: float) -> bool:
+        """Reporting's question, without side effects: is the circuit open and still cooling down?"""
+        b = self.breakers.get(model_id)
+        return b is not None and b.state == OPEN and now - b.opened_at < b.cooldown_s

@@ -9,7 +9,7 @@ from codec.errors import ErrorCode
 from .health import HealthBoard
 
 # tier -> weights for (quality, cost, latency); cost and latency are normalised over the candidates.
-TIER_WEIGHTS = {"fast": (0.2, 0.3, 0.5), "balanced": (0.4, 0.4, 0.2), "high": (0.8, 0.1, 0.1)}
+TIER_WEIGHTS = {"fast": (0.2, 0.3, 0.5), "balanced": (0.4, 0.4, 0.2), "high": (0.9, 0.05, 0.05)}
 
 
 class Router:

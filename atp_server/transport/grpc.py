@@ -8,7 +8,6 @@ import asyncio
 import logging
 import operator
 import time
-from collections import deque
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,7 +30,6 @@ _STATUS = {206: _S.PERMISSION_DENIED, 400: _S.INVALID_ARGUMENT, 401: _S.NOT_FOUN
            505: _S.CANCELLED, **{c: _S.RESOURCE_EXHAUSTED for c in (300, 301, 302, 303, 305)},
            **{c: _S.UNAVAILABLE for c in (501, 503, 504)}}   # other 2xx: UNAUTHENTICATED
 _WAKE = object()          # Session queue item: re-check whether the session may close now
-MAX_FEEDBACK = 10_000     # feedback kept in memory (app.feedback) until routing learns from it
 _ser = operator.methodcaller("SerializeToString")
 
 
@@ -116,8 +114,6 @@ class GrpcTransport:
         self.health = health.aio.HealthServicer()
         self.draining = False
         self._calls: set[_SessionCall] = set()
-        if not hasattr(app, "feedback"):
-            app.feedback = deque(maxlen=MAX_FEEDBACK)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -219,13 +215,10 @@ class GrpcTransport:
             raise AtpError(ErrorCode.INVALID_REQUEST, "request_id is required")
         if not 0.0 <= m.score <= 1.0:
             raise AtpError(ErrorCode.INVALID_REQUEST, f"score must be in [0, 1], not {m.score}")
-        tenant, fb = m.tenant or principal.tenant, self.app.feedback
-        if any(f["request_id"] == m.request_id and f["tenant"] == tenant for f in fb):
-            return pb.FeedbackAck(accepted=False)       # already rated
-        fb.append({"request_id": m.request_id, "score": m.score, "tenant": tenant,
-                   "comment": m.comment if m.HasField("comment") else None,
-                   "principal": principal.name, "ts": time.time()})
-        return pb.FeedbackAck(accepted=True)
+        accepted = self.app.feedback.add(m.tenant or principal.tenant, m.request_id, m.score,
+                                         m.comment if m.HasField("comment") else None,
+                                         principal.name)
+        return pb.FeedbackAck(accepted=accepted)
 
     @_unary
     async def ListModels(self, m, principal, t0):
@@ -236,7 +229,7 @@ class GrpcTransport:
             id=s.id, provider=s.provider, capabilities=sorted(s.capabilities),
             context_window=s.context_window, price_in_per_mtok_usd=s.price_in_per_mtok,
             price_out_per_mtok_usd=s.price_out_per_mtok, quality=s.quality,
-            healthy=router.health.healthy(s.id, pipeline.clock()))
+            healthy=not router.health.is_open(s.id, pipeline.clock()))
             for s in router.models.values() if only is None or s.id in only])
 
     del _unary

@@ -1,0 +1,6 @@
+"""`python -m atp_server ...` is the `atp` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,425 @@
+"""The `atp` command line: run a server (`atp serve`) and talk to one (`atp chat|models|health`)."""
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+
+from . import config as atp_config
+
+EXIT_OK, EXIT_REQUEST, EXIT_USAGE = 0, 1, 2
+DEFAULT_PORTS = {"http": 8470, "grpc": 8471, "session": 8471, "quic": 8472}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+class RequestFailed(Exception):
+    """A request got an ATP error (or none could be made): exit 1 with `atp: NAME (code): message`."""
+
+    def __init__(self, name: str, code: int, message: str):
+        super().__init__(f"{name} ({code}): {message}")
+
+
+def _fail_from(exc) -> RequestFailed:
+    return RequestFailed(getattr(exc, "name", "UNAVAILABLE"), getattr(exc, "code", 504),
+                         getattr(exc, "message", str(exc)))
+
+
+def _host_port(target: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not host:
+        return target or "127.0.0.1", default_port
+    return host.strip("[]"), int(port)
+
+
+def _target(args, transport: str) -> str:
+    return args.target or f"127.0.0.1:{DEFAULT_PORTS[transport]}"
+
+
+# ---- atp serve -------------------------------------------------------------------------------------
+
+def _banner(cfg, args, enabled: dict) -> str:
+    s = cfg.server
+    ports = {"http": s.http_port, "grpc": s.grpc_port, "quic": s.quic_port}
+    lines = [f"ATP starting on {s.host} (config: {args.config or 'embedded default'})"]
+    for name, label in (("http", "HTTP (OpenAI-compatible)"), ("grpc", "gRPC"), ("quic", "QUIC/UDP")):
+        where = (ports[name] or "a free port (see the log)") if enabled[name] else "off"
+        lines.append(f"  {label:<26} {where}")
+    if args.config is None:
+        lines += ["", "  development defaults, loopback only — never expose these credentials:",
+                  f"    API key       {atp_config.DEV_API_KEY}",
+                  f"    HMAC key id   {atp_config.DEV_HMAC_KEY_ID} (secret: the embedded default's, "
+                  "see atp_server/config.py)"]
+    http, grpc = f"{s.host}:{s.http_port}", f"{s.host}:{s.grpc_port}"
+    lines += ["", "  try:",
+              f'    atp chat "hello" --transport http --target {http}',
+              f'    atp chat "hello" --target {grpc}',
+              f"    atp models --target {grpc}",
+              f"    curl -s http://{http}/v1/chat/completions -H 'Authorization: Bearer "
+              f"{atp_config.DEV_API_KEY if args.config is None else '<key>'}' "
+              "-d '{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'", ""]
+    return "\n".join(lines)
+
+
+def cmd_serve(args) -> int:
+    try:
+        cfg = atp_config.load(args.config)
+        overrides = {k: v for k, v in (("host", args.host), ("http_port", args.http_port),
+                                       ("grpc_port", args.grpc_port), ("quic_port", args.quic_port))
+                     if v is not None}
+        for key, value in overrides.items():
+            if key.endswith("_port") and not 0 <= value <= 65535:
+                raise atp_config.ConfigError(f"--{key.replace('_', '-')}: must be 0..65535")
+        cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **overrides))
+        if args.config is None and cfg.server.host not in LOOPBACK:
+            raise atp_config.ConfigError(
+                f"server.host: {cfg.server.host} is not loopback; the embedded default carries "
+                "well-known development credentials, so give a --config with your own keys")
+        logging.basicConfig(level=args.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from .app import App
+        app = App(cfg)
+    except atp_config.ConfigError as exc:
+        print(f"atp: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    enabled = {"http": not args.no_http, "grpc": not args.no_grpc, "quic": not args.no_quic}
+    if not any(enabled.values()):
+        print("atp: config error: every transport is disabled", file=sys.stderr)
+        return EXIT_USAGE
+    print(_banner(cfg, args, enabled), file=sys.stderr, flush=True)
+    import uvloop
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(app.serve_forever(**enabled))
+    except atp_config.ConfigError as exc:
+        print(f"atp: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"atp: cannot start: {exc}", file=sys.stderr)
+        return EXIT_REQUEST
+    return EXIT_OK
+
+
+# ---- atp chat --------------------------------------------------------------------------------------
+
+async def _http_chat(args, on_text) -> dict:
+    """A minimal OpenAI-protocol call with aiohttp; SSE unless --no-stream."""
+    import aiohttp
+    body = {"model": args.model or (f"atp-{args.tier}" if args.tier else "auto"),
+            "messages": [{"role": "user", "content": args.prompt}], "stream": not args.no_stream}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    if body["stream"]:
+        body["stream_options"] = {"include_usage": True}
+    url = f"http://{_target(args, 'http')}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {args.api_key}"}
+    out = {"text": "", "model": None, "provider": None, "usage": None, "cost_usd": None,
+           "overhead_us": None, "request_id": None}
+    parts = []
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body, headers=headers) as resp:
+            out["request_id"] = resp.headers.get("x-request-id")
+            if resp.status != 200 or not body["stream"]:
+                data = await resp.json(content_type=None)
+                if "error" in data:
+                    e = data["error"]
+                    raise RequestFailed(e.get("code", "HTTP_ERROR"), e.get("atp_code", resp.status),
+                                        e.get("message", ""))
+                parts.append(data["choices"][0]["message"]["content"])
+                on_text(parts[-1])
+                _take_final(out, data)
+            else:
+                done = False
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        break
+                    chunk = json.loads(payload)
+                    if "error" in chunk:
+                        e = chunk["error"]
+                        raise RequestFailed(e["code"], e["atp_code"], e["message"])
+                    for choice in chunk.get("choices", ()):
+                        text = choice.get("delta", {}).get("content")
+                        if text:
+                            parts.append(text)
+                            on_text(text)
+                    _take_final(out, chunk)
+                if not done:
+                    raise RequestFailed("UPSTREAM_CUT", 503, "the stream ended without [DONE]")
+    out["text"] = "".join(parts)
+    return out
+
+
+def _take_final(out: dict, data: dict) -> None:
+    if data.get("usage"):
+        u = data["usage"]
+        out["usage"] = {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"]}
+    ext = data.get("atp")
+    if ext:
+        out.update(model=ext["model"], provider=ext["provider"], cost_usd=ext["cost_usd"],
+                   overhead_us=ext["overhead_us"])
+
+
+async def _sdk_chat(args, on_text) -> dict:
+    from atp_client import AsyncGrpcClient, AsyncQuicClient, AsyncSessionClient, Result
+    target = _target(args, args.transport)
+    secret = os.environ.get("ATP_HMAC_SECRET", "").encode() or atp_config.DEV_HMAC_SECRET
+    if args.transport == "grpc":
+        client = AsyncGrpcClient(target, args.api_key)
+    elif args.transport == "session":
+        client = AsyncSessionClient(target, args.key_id, secret)
+    else:
+        host, port = _host_port(target, DEFAULT_PORTS["quic"])
+        client = AsyncQuicClient(host, port, args.key_id, secret)
+    kwargs = {"tier": args.tier, "model": args.model, "max_tokens": args.max_tokens}
+    try:
+        if args.no_stream:
+            result = await client.complete(args.prompt, **kwargs)
+            on_text(result.text)
+        else:
+            result = None
+            async for item in client.stream(args.prompt, **kwargs):
+                if isinstance(item, Result):
+                    result = item
+                else:
+                    on_text(item.text)
+            if result is None:
+                raise RequestFailed("UPSTREAM_CUT", 503, "the stream ended without a result")
+    finally:
+        await client.close()
+    return {"text": result.text, "model": result.model, "provider": result.provider,
+            "usage": {"input_tokens": result.input_tokens, "output_tokens": result.output_tokens},
+            "cost_usd": result.cost_usd, "overhead_us": result.gateway_overhead_us,
+            "request_id": result.request_id}
+
+
+def cmd_chat(args) -> int:
+    printed = []
+
+    def on_text(text: str) -> None:
+        if not args.json:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            printed.append(text)
+
+    t0 = time.perf_counter()
+    run = _http_chat if args.transport == "http" else _sdk_chat
+    try:
+        out = _run(run(args, on_text))
+    finally:
+        if printed and not printed[-1].endswith("\n"):
+            sys.stdout.write("\n")
+    out["transport"] = args.transport
+    if args.json:
+        print(json.dumps(out))
+        return EXIT_OK
+    u = out["usage"] or {}
+    cost = f"${out['cost_usd']:.6f}" if out["cost_usd"] is not None else "$?"
+    print(f"[{out['model']} via {out['provider']} · {u.get('input_tokens', '?')} in / "
+          f"{u.get('output_tokens', '?')} out tokens · {cost} · gateway overhead "
+          f"{out['overhead_us']} µs · {time.perf_counter() - t0:.2f} s over {args.transport}]",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+# ---- atp models / atp health -----------------------------------------------------------------------
+
+async def _models(args) -> list[dict]:
+    if args.transport == "http":
+        import aiohttp
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://{_target(args, 'http')}/v1/models",
+                             headers={"Authorization": f"Bearer {args.api_key}"}) as r:
+                data = await r.json(content_type=None)
+        if "error" in data:
+            e = data["error"]
+            raise RequestFailed(e["code"], e["atp_code"], e["message"])
+        return [{"id": m["id"], "provider": m["owned_by"], "capabilities": m["atp"]["capabilities"],
+                 "context_window": m["atp"]["context_window"],
+                 "price_in_per_mtok_usd": m["atp"]["price"]["input_per_mtok"],
+                 "price_out_per_mtok_usd": m["atp"]["price"]["output_per_mtok"],
+                 "quality": m["atp"]["quality"], "healthy": m["atp"]["healthy"]} for m in data["data"]]
+    from atp_client import AsyncGrpcClient
+    client = AsyncGrpcClient(_target(args, "grpc"), args.api_key)
+    try:
+        return await client.list_models()
+    finally:
+        await client.close()
+
+
+def cmd_models(args) -> int:
+    models = _run(_models(args))
+    if args.json:
+        print(json.dumps(models))
+        return EXIT_OK
+    print(f"{'MODEL':<24} {'PROVIDER':<14} {'$IN/MTOK':>9} {'$OUT/MTOK':>10} {'QUALITY':>8} "
+          f"{'CONTEXT':>8}  {'HEALTHY':<8}CAPABILITIES")
+    for m in models:
+        print(f"{m['id']:<24} {m['provider']:<14} {m['price_in_per_mtok_usd']:>9.2f} "
+              f"{m['price_out_per_mtok_usd']:>10.2f} {m['quality']:>8.2f} {m['context_window']:>8}  "
+              f"{'yes' if m['healthy'] else 'NO':<8}{','.join(m['capabilities'])}")
+    return EXIT_OK
+
+
+async def _health(args) -> dict:
+    checks = {}
+    if args.transport in ("all", "grpc"):
+        from atp_client import AsyncGrpcClient
+        client = AsyncGrpcClient(args.target or "127.0.0.1:8471", timeout=args.timeout)
+        try:
+            checks["grpc"] = await client.health()
+        except Exception as exc:
+            checks["grpc"] = f"DOWN ({getattr(exc, 'message', None) or exc})"
+        finally:
+            await client.close()
+    if args.transport in ("all", "http"):
+        import aiohttp
+        url = f"http://{args.http_target or '127.0.0.1:8470'}/healthz"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as s:
+                async with s.get(url) as r:
+                    status = (await r.json(content_type=None)).get("status", "?")
+                    checks["http"] = "SERVING" if r.status == 200 else status.upper()
+        except Exception as exc:
+            checks["http"] = f"DOWN ({exc or type(exc).__name__})"
+    return checks
+
+
+def cmd_health(args) -> int:
+    checks = _run(_health(args))
+    ok = all(v == "SERVING" for v in checks.values())
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": checks}))
+    else:
+        for name, state in checks.items():
+            print(f"{name:<5} {state}")
+    return EXIT_OK if ok else EXIT_REQUEST
+
+
+def _run(coro):
+    import uvloop
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+# ---- argument parsing ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="atp", formatter_class=_RAW,
+        description="ATP: an AI request control plane. One server routes every request to the model "
+                    "that fits its quality tier,\nbudget and latency goal, and speaks an "
+                    "OpenAI-compatible HTTP API, typed gRPC and signed ATP frames (gRPC, QUIC).",
+        epilog="examples:\n  atp serve                        # embedded default: simulated models, "
+               "dev credentials\n  atp chat \"hello\"                 # stream an answer over gRPC\n"
+               "  atp models\n  atp health\n\nrun `atp <command> --help` for each command's options.")
+    sub = p.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    s = sub.add_parser("serve", formatter_class=_RAW, help="run the ATP server",
+                       description="Run the ATP server until SIGINT/SIGTERM, then drain: new requests "
+                                   "are refused, in-flight ones\nget server.drain_seconds to finish. "
+                                   "Without --config it runs the embedded default: three simulated\n"
+                                   "models and well-known development credentials (loopback only).",
+                       epilog="examples:\n  atp serve\n  atp serve --config atp.toml\n"
+                              "  atp serve --http-port 9000 --no-quic --log-level debug\n\n"
+                              "see atp.example.toml for every configuration key.")
+    s.add_argument("--config", metavar="PATH", help="TOML configuration (default: the embedded one)")
+    s.add_argument("--host", help="listen address (overrides server.host)")
+    for name, port in (("http", 8470), ("grpc", 8471), ("quic", 8472)):
+        s.add_argument(f"--{name}-port", type=int, metavar="PORT",
+                       help=f"{name.upper()} port (overrides server.{name}_port, default {port}; "
+                            "0 = any free port)")
+    for name in ("http", "grpc", "quic"):
+        s.add_argument(f"--no-{name}", action="store_true", help=f"do not start the {name.upper()} transport")
+    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="logging verbosity (default info)")
+    s.set_defaults(func=cmd_serve)
+
+    def client_options(q, transports, default):
+        q.add_argument("--transport", choices=transports, default=default,
+                       help=f"how to reach the server (default {default})")
+        q.add_argument("--target", metavar="HOST:PORT",
+                       help="server address (default 127.0.0.1 and the transport's default port: "
+                            "http 8470, grpc/session 8471, quic 8472)")
+        q.add_argument("--api-key", default=os.environ.get("ATP_API_KEY", atp_config.DEV_API_KEY),
+                       help="API key for http/grpc (default: $ATP_API_KEY, else the dev key)")
+        q.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    c = sub.add_parser("chat", formatter_class=_RAW, help="send a prompt and stream the answer",
+                       description="Send one prompt; the answer streams to stdout as it arrives and a "
+                                   "summary line (model,\ntokens, cost, gateway overhead) goes to "
+                                   "stderr. Exit status: 0 ok, 1 request error, 2 usage.\n"
+                                   "session and quic sign with HMAC key --key-id and the secret in "
+                                   "$ATP_HMAC_SECRET (default:\nthe embedded development key).",
+                       epilog="examples:\n  atp chat \"why is the sky blue?\"\n"
+                              "  atp chat \"summarise RFC 9000\" --tier high --max-tokens 400\n"
+                              "  atp chat \"hi\" --transport http --target 127.0.0.1:8470 --json\n"
+                              "  atp chat \"hi\" --model sim-fast --transport quic --no-stream")
+    c.add_argument("prompt", help="the user message")
+    c.add_argument("--model", help="pin a model id (default: let the router choose)")
+    c.add_argument("--tier", choices=("fast", "balanced", "high"), help="quality tier for routing")
+    c.add_argument("--max-tokens", type=int, metavar="N", help="cap on output tokens")
+    client_options(c, ("http", "grpc", "session", "quic"), "grpc")
+    c.add_argument("--key-id", type=int, default=os.environ.get("ATP_KEY_ID", str(atp_config.DEV_HMAC_KEY_ID)),
+                   help="HMAC key id for session/quic (default: $ATP_KEY_ID, else 1)")
+    c.add_argument("--no-stream", action="store_true", help="wait for the whole answer (unary call)")
+    c.set_defaults(func=cmd_chat)
+
+    m = sub.add_parser("models", formatter_class=_RAW, help="list the routable models",
+                       description="List the models the server routes to, with prices (USD per "
+                                   "million tokens), quality prior,\ncontext window, health and "
+                                   "capabilities (gRPC ListModels, or HTTP /v1/models).",
+                       epilog="examples:\n  atp models\n  atp models --json\n"
+                              "  atp models --transport http --target 127.0.0.1:8470")
+    client_options(m, ("grpc", "http"), "grpc")
+    m.set_defaults(func=cmd_models)
+
+    h = sub.add_parser("health", formatter_class=_RAW, help="check that a server is serving",
+                       description="Check the gRPC health service (grpc.health.v1, service "
+                                   "atp.v1.Atp) and HTTP /healthz.\nExit status 0 when every "
+                                   "check reports SERVING, 1 otherwise (down, or draining).",
+                       epilog="examples:\n  atp health\n  atp health --transport http "
+                              "--http-target 127.0.0.1:9000 --json")
+    h.add_argument("--transport", choices=("all", "grpc", "http"), default="all",
+                   help="which checks to run (default all)")
+    h.add_argument("--target", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:8471)")
+    h.add_argument("--http-target", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8470)")
+    h.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default 5)")
+    h.add_argument("--json", action="store_true", help="print one JSON document")
+    h.set_defaults(func=cmd_health)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RequestFailed as exc:
+        print(f"atp: {exc}", file=sys.stderr)
+        return EXIT_REQUEST
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if type(exc).__name__ == "AtpClientError" or _is_connection_error(exc):
+            print(f"atp: {_fail_from(exc)}", file=sys.stderr)
+            return EXIT_REQUEST
+        raise
+
+
+def _is_connection_error(exc) -> bool:
+    try:
+        import aiohttp
+    except ImportError:
+        return isinstance(exc, OSError)
+    return isinstance(exc, (OSError, aiohttp.ClientError, asyncio.TimeoutError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
