@@ -1,7 +1,7 @@
 """Runs one ATP frame session for a transport: bytes in, a pipeline task per stream, frames out.
 
-Shared by the gRPC Session RPC (one frame per message) and QUIC (one session per bidirectional
-stream, frames back to back). Output is flushed once per event-loop pass, so a burst of chunks
+Shared by the gRPC Session RPC (each message holds whole frames) and QUIC (one session per
+bidirectional stream, frames back to back). Output is flushed once per event-loop pass, so a burst of chunks
 from many streams leaves as one write: on QUIC that is the 4-5x cheaper coalesced transmit.
 """
 import asyncio
@@ -65,7 +65,7 @@ class FrameSession:
     def feed(self, data: bytes) -> None:
         t0 = time.perf_counter_ns()
         if self._message_mode:
-            self.conn.receive_frame(data, now_ms())
+            self.conn.receive_frames(data, now_ms())
         else:
             self.conn.receive_data(data, now_ms())
         self._process_events(t0)

@@ -1,13 +1,17 @@
-"""Pure-Python reference for the codec's two hot primitives: fixed-header peek and keyed HMAC-SHA256.
+"""Pure-Python reference for the codec's hot primitives: fixed-header peek, keyed HMAC-SHA256 and
+strict CBOR decoding of one data item.
 
 codec._native (native/atp_native.c) is its C twin and must give identical results on the same
-inputs; tests/codec/test_backend.py holds both to that. Nothing else in codec/ may know which
-twin is in use: it goes through codec.backend.
+inputs; tests/codec/test_native_twin.py and test_native_cbor.py hold both to that. Nothing else in
+codec/ may know which twin is in use: it goes through codec.backend.
 """
 import hashlib
 import hmac
+import io as _io
 import struct
 from operator import index as _index
+
+import cbor2 as _cbor2
 
 # payload_length, version, type, flags, reserved, key_id, stream_id, sequence, timestamp_ms, nonce
 HEADER = struct.Struct(">IBBBBIIQQ8s")
@@ -99,3 +103,66 @@ def _check_seal_args(ftype, flags, key_id, stream_id, sequence, timestamp_ms, no
         raise ValueError(f"nonce must be exactly 8 bytes, got {len(nonce)}")
     if len(payload) > 0xFFFFFFFF:
         raise ValueError(f"payload of {len(payload)} bytes does not fit the u32 length field")
+
+
+# ---- strict CBOR ---------------------------------------------------------------------------------
+# cbor2 resolves these semantic tags into rich objects (datetime, Fraction, re.Pattern, shared
+# references that can build cycles...) before tag_hook is consulted, so they are overridden here;
+# every other tag reaches tag_hook. ATP payloads are plain data: every tag is rejected.
+_KNOWN_TAGS = (0, 1, 2, 3, 4, 5, 21, 22, 23, 24, 25, 28, 29, 30, 32, 33, 34, 35, 36, 37, 52, 54,
+               100, 256, 258, 260, 261, 1004, 55799)
+_TAG_MESSAGE = "CBOR tags are not allowed in ATP payloads"
+
+
+class _TagRejected(ValueError):
+    pass
+
+
+def _reject_tag(*_):
+    raise _TagRejected(_TAG_MESSAGE)
+
+
+_NO_TAGS = {tag: _reject_tag for tag in _KNOWN_TAGS}
+
+
+def decode_cbor(buf, start, end, max_depth):
+    """Decode exactly one strict CBOR data item from the bytes buf[start:end] and return it.
+
+    The item must use all of those bytes. ValueError for malformed or disallowed CBOR: tags,
+    indefinite lengths, the break byte, reserved additional info, duplicate keys or keys that are
+    not text/byte strings, invalid UTF-8, truncation, trailing bytes, or an item deeper than
+    max_depth (the top-level item is at depth 0, a container's items one deeper). Also ValueError
+    for max_depth < 0 and unless 0 <= start <= end <= the buffer's size in bytes.
+    """
+    start = _index(start)
+    end = _index(end)
+    max_depth = _index(max_depth)
+    if max_depth < 0:
+        raise ValueError("max_depth must be >= 0")
+    if type(buf) is not bytes:  # ranges count bytes, whatever the buffer's item format
+        buf = memoryview(buf)
+        if buf.ndim != 1 or buf.format != "B":
+            buf = buf.cast("B")
+    if start < 0 or end < start or end > len(buf):
+        raise ValueError("decode_cbor range out of bounds")
+    n = end - start
+    stream = _io.BytesIO(buf[start:end])
+    try:
+        obj = _cbor2.CBORDecoder(
+            # no item can be nested deeper than n; clamping keeps cbor2's u64 argument in range
+            stream, max_depth=min(max_depth, n), allow_indefinite=False,
+            allow_duplicate_keys=False, strict_hashable_types=True,
+            semantic_decoders=_NO_TAGS, tag_hook=_reject_tag,
+        ).decode()
+    except _TagRejected:
+        raise ValueError(_TAG_MESSAGE) from None
+    except _cbor2.CBORDecodeError as exc:
+        if isinstance(exc.__cause__ or exc.__context__, _TagRejected):
+            raise ValueError(_TAG_MESSAGE) from None
+        raise ValueError(f"malformed CBOR: {exc}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError, EOFError) as exc:
+        raise ValueError(f"malformed CBOR: {type(exc).__name__}: {exc}") from None
+    tail = n - stream.tell()
+    if tail:
+        raise ValueError(f"{tail} trailing bytes after the CBOR item")
+    return obj

@@ -104,6 +104,24 @@ class Connection:
             self._fail(exc, buf, offset)
         del buf[:offset]
 
+    def receive_frames(self, data, now_ms: int) -> None:
+        """Feed one message holding one or more whole frames back to back (a gRPC Session
+        message); a frame cut at the end of the message is MALFORMED_FRAME, not buffered."""
+        if self.closed:
+            return
+        self._now = now_ms
+        offset, end = 0, len(data)
+        try:
+            while offset < end and not self.closed:
+                opened = open_frame(data, offset, self.keyring, self.limits, now_ms)
+                if opened is None:
+                    raise ProtocolError(f"message ends inside a frame ({end - offset} bytes left)",
+                                        ErrorCode.MALFORMED_FRAME)
+                frame, offset = opened
+                self._on_frame(frame, now_ms)
+        except CodecError as exc:
+            self._fail(exc, data, offset)
+
     def receive_frame(self, data, now_ms: int) -> None:
         """Feed exactly one whole frame (a gRPC Session message); partial or extra bytes are errors."""
         if self.closed:

@@ -1,22 +1,10 @@
 """CBOR payloads: deterministic encoding for what we emit, bounded strict decoding of what we receive."""
-import io
 from dataclasses import dataclass
 
 import cbor2
 
+from . import backend
 from .errors import ErrorCode, PayloadError
-
-# cbor2 resolves these semantic tags into rich objects (datetime, Fraction, re.Pattern, shared
-# references that can build cycles...). ATP payloads are plain data, so every tag is rejected.
-_KNOWN_TAGS = (0, 1, 2, 3, 4, 5, 21, 22, 23, 24, 25, 28, 29, 30, 32, 33, 34, 35, 36, 37, 52, 54,
-               100, 256, 258, 260, 261, 1004, 55799)
-
-
-def _reject_tag(decoder, *_):
-    raise PayloadError("CBOR tags are not allowed in ATP payloads")
-
-
-_NO_TAGS = {tag: _reject_tag for tag in _KNOWN_TAGS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,25 +34,21 @@ def encode(payload: dict) -> bytes:
 
 
 def decode(data, limits: Limits = DEFAULT_LIMITS) -> dict:
-    """Decode one top-level CBOR map; anything else, trailing bytes, or a broken limit -> PayloadError."""
-    stream = io.BytesIO(data)
+    """Decode one top-level CBOR map; anything else, trailing bytes, or a broken limit -> PayloadError.
+
+    Strict CBOR (codec.backend's decode_cbor): no tags, no indefinite lengths, text/byte-string
+    keys only and no duplicates, nesting at most limits.max_depth containers deep.
+    """
+    return decode_span(data, 0, len(data) if type(data) is bytes else memoryview(data).nbytes,
+                       limits)
+
+
+def decode_span(buf, start: int, end: int, limits: Limits = DEFAULT_LIMITS) -> dict:
+    """decode() of the bytes buf[start:end], without slicing or copying them first."""
     try:
-        obj = cbor2.CBORDecoder(
-            stream, max_depth=limits.max_depth, allow_indefinite=False,
-            allow_duplicate_keys=False, strict_hashable_types=True,
-            semantic_decoders=_NO_TAGS, tag_hook=_reject_tag,
-        ).decode()
-    except PayloadError:
-        raise
-    except cbor2.CBORDecodeError as exc:
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, PayloadError):
-            raise PayloadError(str(cause.args[0])) from None
-        raise PayloadError(f"malformed CBOR: {exc}") from None
-    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError, EOFError) as exc:
-        raise PayloadError(f"malformed CBOR: {type(exc).__name__}: {exc}") from None
-    if stream.tell() != len(data):
-        raise PayloadError(f"{len(data) - stream.tell()} trailing bytes after the payload map")
+        obj = backend.impl.decode_cbor(buf, start, end, limits.max_depth)
+    except ValueError as exc:
+        raise PayloadError(exc.args[0] if exc.args else "malformed CBOR") from None
     if type(obj) is not dict:
         raise PayloadError(f"payload must be a CBOR map, got {type(obj).__name__}")
     if len(obj) > limits.max_map_size:
@@ -72,4 +56,4 @@ def decode(data, limits: Limits = DEFAULT_LIMITS) -> dict:
     return obj
 
 
-__all__ = ["Limits", "DEFAULT_LIMITS", "encode", "decode", "ErrorCode"]
+__all__ = ["Limits", "DEFAULT_LIMITS", "encode", "decode", "decode_span", "ErrorCode"]

@@ -283,8 +283,8 @@ class GrpcTransport:
             call.close_if_idle()     # a session opened while draining closes at once
             while (item := await call.queue.get()) is not None:    # None: ended, CLOSE was sent
                 if item is not _WAKE:
-                    for frame in item:
-                        yield pb.Frame(data=frame)
+                    # One message per flush: each gRPC message costs ~75 µs, a frame ~3 µs.
+                    yield pb.Frame(data=b"".join(item))
                 call.close_if_idle()
         finally:
             reader.cancel()

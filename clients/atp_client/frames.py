@@ -75,6 +75,11 @@ class FrameClient:
         self.conn.receive_data(data, now_ms())
         self._dispatch()
 
+    def feed_frames(self, data: bytes) -> None:
+        """One message of whole frames back to back (gRPC Session)."""
+        self.conn.receive_frames(data, now_ms())
+        self._dispatch()
+
     def feed_frame(self, frame: bytes) -> None:
         self.conn.receive_frame(frame, now_ms())
         self._dispatch()

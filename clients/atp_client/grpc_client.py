@@ -254,8 +254,17 @@ class AsyncSessionClient:
         call, out = self._call, self._out
         try:
             while (frames := await out.get()) is not None:
-                for f in frames:
-                    await call.write(pb.Frame(data=f))
+                batch = list(frames)
+                ended = False
+                while not out.empty():      # coalesce everything already queued into one message
+                    more = out.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    batch.extend(more)
+                await call.write(pb.Frame(data=b"".join(batch)))
+                if ended:
+                    break
             await call.done_writing()
         except (grpc.RpcError, asyncio.InvalidStateError):
             pass    # the call ended; the reader reports why
@@ -264,7 +273,7 @@ class AsyncSessionClient:
         fc, why = self.frames, "server ended the session call"
         try:
             while (msg := await self._call.read()) is not grpc.aio.EOF:
-                fc.feed_frame(msg.data)
+                fc.feed_frames(msg.data)
         except grpc.RpcError as exc:
             why = f"session call failed: {exc.code().name}: {exc.details()}"
         except asyncio.CancelledError:   # grpc.aio raises this for a locally cancelled call;

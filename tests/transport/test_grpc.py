@@ -14,7 +14,7 @@ from atp_client import (AsyncGrpcClient, AsyncSessionClient, AtpClientError, Chu
                         QuicClient, Result, SessionClient)
 from atp_client.grpc_client import error_from_rpc, request_message, sign_metadata
 from atp_server.config import DEV_API_KEY, DEV_HMAC_KEY_ID, DEV_HMAC_SECRET
-from codec import Connection, FrameType, Keyring, open_frame
+from codec import Connection, FrameType, Keyring, open_frame, peek_length
 from codec.errors import ErrorCode
 from proto.atp.v1 import atp_pb2 as pb, atp_pb2_grpc
 
@@ -439,9 +439,14 @@ class RawSession:
         return None if msg is grpc.aio.EOF else msg.data
 
     async def recv_until_eof(self):
+        """Every frame until the call ends; a message may hold several frames back to back."""
         out = []
         while (data := await self.recv()) is not None:
-            out.append(data)
+            offset = 0
+            while offset < len(data):
+                size = peek_length(data, offset)
+                out.append(data[offset:offset + size])
+                offset += size
         return out
 
 

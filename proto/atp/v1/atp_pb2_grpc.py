@@ -81,10 +81,10 @@ class AtpServicer:
 
     def Session(self, request_iterator, context):
         """Bidirectional stream of raw ATP wire frames. Each Frame message carries
-        exactly one complete wire frame in each direction. The server verifies
-        the HMAC tag and the header of every inbound frame; a malformed or
-        unauthenticated frame is answered with an ATP ERROR frame (not a gRPC
-        status) unless the stream itself cannot continue.
+        one or more complete wire frames, back to back, in each direction. The
+        server verifies the HMAC tag and the header of every inbound frame; a
+        malformed or unauthenticated frame closes the session with an ATP CLOSE
+        frame carrying the wire error code (not a gRPC status).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
