@@ -3,6 +3,7 @@
  *
  *   HEADER_SIZE, TAG_SIZE, NAME, HEADER     module constants (HEADER is the same struct.Struct)
  *   peek_frame(buf, offset=0)               40-byte big-endian header ">IBBBBIIQQ8s" or None
+ *   decode_cbor(buf, start, end, max_depth) exactly one strict CBOR item from buf[start:end]
  *   HmacKey(key)                            HMAC-SHA256 with the padded-key midstates precomputed
  *       .sign(data) -> bytes(32)
  *       .verify(buf, start, end) -> bool    constant-time tag compare
@@ -15,7 +16,8 @@
  *
  * SHA-256 is implemented here (no OpenSSL): a portable byte-order-independent compressor, plus an
  * x86 SHA-NI compressor chosen at import time when the CPU has it (-DATP_NO_SHANI leaves it out).
- * Only gcc/clang + Python headers are needed to build.
+ * Only gcc/clang + Python headers are needed to build. decode_cbor imports cbor2 (a dependency of
+ * the project) the first time it meets `undefined` or a simple value, to return cbor2's objects.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -762,6 +764,469 @@ static PyTypeObject HmacKeyType = {
 };
 
 /* ---------------------------------------------------------------------------------------------
+ * decode_cbor: strict decoder of exactly one CBOR data item (the twin of cbor2 as _pure uses it)
+ *
+ * Accepted: ints of every width (non-minimal encodings too, as cbor2 does), definite-length byte
+ * and text strings (strict UTF-8), arrays, maps with text/byte-string keys and no duplicates,
+ * half/single/double floats, false/true/null, undefined and simple values (returned as the very
+ * objects cbor2 returns: cbor2.undefined and cbor2.CBORSimpleValue(n); two-byte simple values
+ * below 32 are rejected). Rejected: tags, indefinite lengths, the break byte, additional info
+ * 28-30, truncation, trailing bytes, and any item deeper than max_depth (the top-level item is
+ * at depth 0, the items of a container at depth d are at depth d + 1).
+ *
+ * Iterative, with two explicit stacks: one entry per open container, and the decoded items of
+ * all open containers. A container's list or dict is built, at its exact size, only once its
+ * last item is decoded. So nesting costs heap, never C stack; a claimed length is only checked
+ * against the bytes left (an array item takes >= 1 byte, a map entry >= 2), never allocated
+ * for; and memory stays proportional to what was actually decoded, whatever the claims.
+ * ------------------------------------------------------------------------------------------- */
+
+#define CBOR_CTL_INLINE 16
+#define CBOR_VAL_INLINE 64
+
+static PyObject *CborUndefined;         /* cbor2.undefined, imported on first use */
+static PyObject *CborSimpleValueType;   /* cbor2.CBORSimpleValue, imported on first use */
+
+typedef struct {
+    Py_ssize_t left;      /* items still to decode (a map entry is two: key, value) */
+    Py_ssize_t base;      /* where this container's items start on the value stack */
+    int is_map;
+} cbor_open;
+
+static int cbor2_objects(void)
+{
+    PyObject *mod;
+    if (CborSimpleValueType != NULL)
+        return 0;
+    mod = PyImport_ImportModule("cbor2");
+    if (mod == NULL)
+        return -1;
+    CborUndefined = PyObject_GetAttrString(mod, "undefined");
+    if (CborUndefined != NULL)
+        CborSimpleValueType = PyObject_GetAttrString(mod, "CBORSimpleValue");
+    Py_DECREF(mod);
+    if (CborSimpleValueType == NULL) {
+        Py_CLEAR(CborUndefined);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *cbor_simple_value(unsigned int v)
+{
+    PyObject *n, *res;
+    if (cbor2_objects() < 0)
+        return NULL;
+    n = PyLong_FromUnsignedLong(v);
+    if (n == NULL)
+        return NULL;
+    res = PyObject_CallOneArg(CborSimpleValueType, n);
+    Py_DECREF(n);
+    return res;
+}
+
+/* IEEE 754 binary16 -> double, exactly (as cbor2: NaNs come out quiet, payload kept). */
+static double cbor_half(uint16_t h)
+{
+    uint64_t sign = (uint64_t)(h >> 15) << 63, bits;
+    unsigned int exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    double d;
+
+    if (exp == 0) {                       /* zero and subnormals: mant * 2^-24, exact */
+        d = (double)mant * (1.0 / 16777216.0);
+        return sign ? -d : d;
+    }
+    if (exp == 31)
+        bits = sign | 0x7ff0000000000000ULL |
+               (mant ? 0x0008000000000000ULL | ((uint64_t)mant << 42) : 0);
+    else
+        bits = sign | ((uint64_t)(exp - 15 + 1023) << 52) | ((uint64_t)mant << 42);
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
+static void cbor_error(const char *what, Py_ssize_t at)
+{
+    PyErr_Format(PyExc_ValueError, "malformed CBOR at byte %zd: %s", at, what);
+}
+
+/* A str from UTF-8 bytes (strict): ASCII, the usual case, is checked 8 bytes at a time and
+ * copied straight into a new compact ASCII string, the object PyUnicode_DecodeUTF8 would build. */
+static PyObject *cbor_text(const uint8_t *s, Py_ssize_t len)
+{
+    Py_ssize_t i = 0;
+    uint64_t acc = 0, w;
+    PyObject *u;
+
+    if (len < 2)                            /* the interpreter's shared "" and 1-char strings */
+        return PyUnicode_DecodeUTF8((const char *)s, len, NULL);
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, s + i, 8);
+        acc |= w;
+    }
+    for (; i < len; i++)
+        acc |= s[i];
+    if (acc & 0x8080808080808080ULL)
+        return PyUnicode_DecodeUTF8((const char *)s, len, NULL);
+    u = PyUnicode_New(len, 127);
+    if (u != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(u), s, (size_t)len);
+    return u;
+}
+
+/* Map keys repeat from payload to payload ("messages", "max_tokens", ...), and so do short values
+ * ("user", "balanced"): short ASCII strings are kept in a small direct-mapped cache, with their
+ * hash computed, so a repeated one costs a memcmp and an INCREF instead of an allocation, a
+ * UTF-8 decode and (for keys) a SipHash. Cached strings are immutable and equal to what decoding
+ * gives, so results do not change; at most CBOR_KEY_CACHE of them stay alive. Like the module's
+ * other static state this relies on the GIL (single-phase init: no per-interpreter GIL). */
+#define CBOR_KEY_CACHE 256
+#define CBOR_KEY_MAX 32         /* longest key cached */
+#define CBOR_VALUE_MAX 16       /* longest non-key text cached */
+
+static PyObject *cbor_key_cache[CBOR_KEY_CACHE];
+
+static PyObject *cbor_text_key(const uint8_t *s, Py_ssize_t len)
+{
+    uint32_t h = 2166136261u;               /* FNV-1a */
+    Py_ssize_t i;
+    PyObject *k, **slot;
+
+    if (len > CBOR_KEY_MAX)
+        return cbor_text(s, len);
+    for (i = 0; i < len; i++)
+        h = (h ^ s[i]) * 16777619u;
+    slot = &cbor_key_cache[(h ^ (h >> 16)) & (CBOR_KEY_CACHE - 1)];
+    k = *slot;                              /* cached keys are ASCII: 1 byte per character */
+    if (k != NULL && PyUnicode_GET_LENGTH(k) == len && memcmp(PyUnicode_DATA(k), s, (size_t)len) == 0)
+        return Py_NewRef(k);
+    k = cbor_text(s, len);
+    if (k != NULL && PyUnicode_IS_ASCII(k) && PyObject_Hash(k) != -1)
+        Py_XSETREF(*slot, Py_NewRef(k));
+    return k;
+}
+
+/* Double a stack that starts out in `inline_buf`; -1 (MemoryError set) on failure. */
+static int cbor_grow(void **buf, void *inline_buf, Py_ssize_t *cap, size_t elsize)
+{
+    size_t bytes = (size_t)*cap * 2 * elsize;
+    void *grown;
+    if ((size_t)*cap > (size_t)PY_SSIZE_T_MAX / 2 / elsize) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (*buf == inline_buf) {
+        grown = PyMem_Malloc(bytes);
+        if (grown != NULL)
+            memcpy(grown, inline_buf, (size_t)*cap * elsize);
+    }
+    else
+        grown = PyMem_Realloc(*buf, bytes);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *buf = grown;
+    *cap *= 2;
+    return 0;
+}
+
+/* The completed container whose items are items[0:count]. Steals every one of those references,
+ * on success and on failure alike. */
+static PyObject *cbor_build(PyObject **items, Py_ssize_t count, int is_map)
+{
+    PyObject *c;
+    Py_ssize_t i = 0;
+
+    if (!is_map) {
+        c = PyList_New(count);
+        if (c == NULL)
+            goto fail;
+        for (; i < count; i++)
+            PyList_SET_ITEM(c, i, items[i]);
+        return c;
+    }
+#if PY_VERSION_HEX < 0x030D0000
+    c = _PyDict_NewPresized(count / 2);     /* no resize while filling (public API from 3.13 on: no) */
+#else
+    c = PyDict_New();
+#endif
+    if (c == NULL)
+        goto fail;
+    for (; i < count; i += 2) {
+        /* keys are str or bytes: hashing and comparing them cannot run Python code */
+        if (PyDict_SetItem(c, items[i], items[i + 1]) < 0)
+            goto fail;
+        if (PyDict_GET_SIZE(c) != i / 2 + 1) {      /* it replaced an entry: duplicate key */
+            if (PyObject_Length(items[i]) <= 40)
+                PyErr_Format(PyExc_ValueError, "malformed CBOR: duplicate map key %R", items[i]);
+            else
+                PyErr_SetString(PyExc_ValueError, "malformed CBOR: duplicate map key");
+            goto fail;
+        }
+        Py_DECREF(items[i]);
+        Py_DECREF(items[i + 1]);
+    }
+    return c;
+fail:
+    Py_XDECREF(c);
+    for (; i < count; i++)
+        Py_DECREF(items[i]);
+    return NULL;
+}
+
+static PyObject *cbor_decode(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_depth)
+{
+    cbor_open ctl_inline[CBOR_CTL_INLINE], *ctl = ctl_inline, *top;
+    PyObject *val_inline[CBOR_VAL_INLINE], **vals = val_inline, *obj = NULL;
+    Py_ssize_t ctl_cap = CBOR_CTL_INLINE, val_cap = CBOR_VAL_INLINE, sp = 0, vsp = 0, i;
+    Py_ssize_t pos = 0, at;
+    uint64_t val;
+    unsigned int ib, major, ai;
+    int is_key;
+
+    for (;;) {
+        at = pos;
+        if (pos >= n) {
+            cbor_error("truncated: a data item was expected", at);
+            goto error;
+        }
+        ib = p[pos++];
+        major = ib >> 5;
+        ai = ib & 31;
+        /* a map's items alternate key, value: an even count left means a key comes next */
+        is_key = sp > 0 && ctl[sp - 1].is_map && (ctl[sp - 1].left & 1) == 0;
+        if (is_key && major != 2 && major != 3) {
+            cbor_error("map key must be a text string or byte string", at);
+            goto error;
+        }
+        if (ai < 24)
+            val = ai;
+        else if (ai <= 27) {
+            Py_ssize_t w = (Py_ssize_t)1 << (ai - 24);
+            if (n - pos < w) {
+                cbor_error("truncated argument", at);
+                goto error;
+            }
+            switch (ai) {
+            case 24: val = p[pos]; break;
+            case 25: val = ((uint64_t)p[pos] << 8) | p[pos + 1]; break;
+            case 26: val = load_be32(p + pos); break;
+            default: val = load_be64(p + pos); break;
+            }
+            pos += w;
+        }
+        else if (ai == 31) {
+            if (ib == 0xff)
+                cbor_error("break code where a data item was expected", at);
+            else if (major >= 2 && major <= 5)
+                cbor_error("indefinite-length items are not allowed", at);
+            else if (major == 6)
+                cbor_error("CBOR tags are not allowed in ATP payloads", at);
+            else
+                cbor_error("additional information 31 is not valid here", at);
+            goto error;
+        }
+        else {
+            cbor_error(major == 6 ? "CBOR tags are not allowed in ATP payloads"
+                                  : "reserved additional information 28-30", at);
+            goto error;
+        }
+
+        switch (major) {
+        case 0:
+            obj = PyLong_FromUnsignedLongLong(val);
+            break;
+        case 1:
+            if (val <= (uint64_t)LLONG_MAX)
+                obj = PyLong_FromLongLong(-1 - (long long)val);
+            else {
+                PyObject *u = PyLong_FromUnsignedLongLong(val);
+                if (u == NULL)
+                    goto error;
+                obj = PyNumber_Invert(u);       /* ~u == -1 - u */
+                Py_DECREF(u);
+            }
+            break;
+        case 2:
+        case 3:
+            if (val > (uint64_t)(n - pos)) {
+                cbor_error(major == 2 ? "truncated byte string" : "truncated text string", at);
+                goto error;
+            }
+            if (major == 2)
+                obj = PyBytes_FromStringAndSize((const char *)p + pos, (Py_ssize_t)val);
+            else {
+                obj = is_key || val <= CBOR_VALUE_MAX ? cbor_text_key(p + pos, (Py_ssize_t)val)
+                                                      : cbor_text(p + pos, (Py_ssize_t)val);
+                if (obj == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    PyErr_Clear();
+                    cbor_error("text string is not valid UTF-8", at);
+                    goto error;
+                }
+            }
+            pos += (Py_ssize_t)val;
+            break;
+        case 4:
+        case 5:
+            if (val == 0) {
+                obj = major == 4 ? PyList_New(0) : PyDict_New();
+                break;
+            }
+            /* each array item takes >= 1 byte, each map entry >= 2: nothing is allocated from
+             * the claim, it only has to fit the bytes left */
+            if (val > (uint64_t)(n - pos) / (major == 4 ? 1u : 2u)) {
+                cbor_error(major == 4 ? "truncated array" : "truncated map", at);
+                goto error;
+            }
+            if (sp >= max_depth) {
+                PyErr_Format(PyExc_ValueError, "malformed CBOR at byte %zd: maximum container "
+                             "nesting depth (%zd) exceeded", at, max_depth);
+                goto error;
+            }
+            if (sp == ctl_cap &&
+                cbor_grow((void **)&ctl, ctl_inline, &ctl_cap, sizeof(cbor_open)) < 0)
+                goto error;
+            top = &ctl[sp++];
+            top->is_map = major == 5;
+            top->left = (Py_ssize_t)val * (major == 5 ? 2 : 1);
+            top->base = vsp;
+            continue;                           /* on to the container's first item */
+        case 6:
+            cbor_error("CBOR tags are not allowed in ATP payloads", at);
+            goto error;
+        default:                                /* 7: simple values and floats */
+            if (ai < 20)
+                obj = cbor_simple_value(ai);
+            else if (ai == 20)
+                obj = Py_NewRef(Py_False);
+            else if (ai == 21)
+                obj = Py_NewRef(Py_True);
+            else if (ai == 22)
+                obj = Py_NewRef(Py_None);
+            else if (ai == 23)
+                obj = cbor2_objects() < 0 ? NULL : Py_NewRef(CborUndefined);
+            else if (ai == 24) {
+                if (val < 32) {
+                    cbor_error("two-byte simple value below 32", at);
+                    goto error;
+                }
+                obj = cbor_simple_value((unsigned int)val);
+            }
+            else if (ai == 25)
+                obj = PyFloat_FromDouble(cbor_half((uint16_t)val));
+            else if (ai == 26) {
+                uint32_t b32 = (uint32_t)val;
+                float f;
+                memcpy(&f, &b32, sizeof f);
+                obj = PyFloat_FromDouble((double)f);    /* as cbor2: a NaN comes out quiet */
+            }
+            else {
+                double d;
+                memcpy(&d, &val, sizeof d);
+                obj = PyFloat_FromDouble(d);
+            }
+            break;
+        }
+        if (obj == NULL)
+            goto error;
+
+        /* obj is a finished item: it goes to its container; containers that complete bubble up */
+        for (;;) {
+            if (sp == 0)
+                goto done;
+            if (vsp == val_cap &&
+                cbor_grow((void **)&vals, val_inline, &val_cap, sizeof(PyObject *)) < 0)
+                goto error;
+            vals[vsp++] = obj;
+            obj = NULL;
+            top = &ctl[sp - 1];
+            if (--top->left > 0)
+                break;
+            obj = cbor_build(vals + top->base, vsp - top->base, top->is_map);
+            vsp = top->base;                    /* cbor_build took those references */
+            sp--;
+            if (obj == NULL)
+                goto error;
+        }
+    }
+
+done:
+    if (pos != n) {
+        PyErr_Format(PyExc_ValueError, "%zd trailing bytes after the CBOR item", n - pos);
+        Py_CLEAR(obj);
+    }
+    /* the stacks are empty here: nothing else to release */
+    if (ctl != ctl_inline)
+        PyMem_Free(ctl);
+    if (vals != val_inline)
+        PyMem_Free(vals);
+    return obj;
+
+error:
+    Py_XDECREF(obj);
+    for (i = 0; i < vsp; i++)
+        Py_DECREF(vals[i]);
+    if (ctl != ctl_inline)
+        PyMem_Free(ctl);
+    if (vals != val_inline)
+        PyMem_Free(vals);
+    return NULL;
+}
+
+PyDoc_STRVAR(decode_cbor_doc,
+"decode_cbor(buf, start, end, max_depth)\n--\n\n"
+"Decode exactly one strict CBOR data item from the bytes buf[start:end] (it must use all of\n"
+"them) and return it. ValueError for malformed or disallowed CBOR (tags, indefinite lengths,\n"
+"duplicate or non-string map keys, invalid UTF-8, items deeper than max_depth, trailing bytes),\n"
+"for max_depth < 0, and unless 0 <= start <= end <= buf's size in bytes.");
+
+static PyObject *decode_cbor(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
+{
+    static const char *const names[] = {"buf", "start", "end", "max_depth"};
+    PyObject *a[4], *res;
+    Py_ssize_t start, end, depth;
+    Py_buffer view;
+
+    if (kwnames == NULL && nargs == 4)
+        memcpy(a, args, sizeof a);
+    else if (bind_args("decode_cbor", args, nargs, kwnames, names, 4, 4, a) < 0)
+        return NULL;
+    start = index_clamped(a[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    end = index_clamped(a[2]);
+    if (end == -1 && PyErr_Occurred())
+        return NULL;
+    depth = index_clamped(a[3]);
+    if (depth == -1 && PyErr_Occurred())
+        return NULL;
+    if (depth < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_depth must be >= 0");
+        return NULL;
+    }
+    if (PyBytes_CheckExact(a[0])) {
+        if (start < 0 || end < start || end > PyBytes_GET_SIZE(a[0]))
+            goto bad_range;
+        return cbor_decode((const uint8_t *)PyBytes_AS_STRING(a[0]) + start, end - start, depth);
+    }
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (start < 0 || end < start || end > view.len) {
+        PyBuffer_Release(&view);
+        goto bad_range;
+    }
+    /* nothing in the decoder runs code that could mutate the exported buffer */
+    res = cbor_decode((const uint8_t *)view.buf + start, end - start, depth);
+    PyBuffer_Release(&view);
+    return res;
+bad_range:
+    PyErr_SetString(PyExc_ValueError, "decode_cbor range out of bounds");
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Test hooks (private): which SHA-256 compressor is in use, and forcing the portable one.
  * ------------------------------------------------------------------------------------------- */
 
@@ -802,6 +1267,8 @@ static PyObject *set_sha256_backend(PyObject *module, PyObject *arg)
 static PyMethodDef module_methods[] = {
     {"peek_frame", (PyCFunction)(void (*)(void))peek_frame, METH_FASTCALL | METH_KEYWORDS,
      peek_frame_doc},
+    {"decode_cbor", (PyCFunction)(void (*)(void))decode_cbor, METH_FASTCALL | METH_KEYWORDS,
+     decode_cbor_doc},
     {"_sha256_backend", get_sha256_backend, METH_NOARGS,
      "Name of the SHA-256 compressor in use: 'shani' or 'portable'."},
     {"_set_sha256_backend", set_sha256_backend, METH_O,
@@ -812,7 +1279,8 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "codec._native",
-    .m_doc = "C twin of codec._pure: frame-header peek and HMAC-SHA256 with precomputed pads.",
+    .m_doc = "C twin of codec._pure: frame-header peek, HMAC-SHA256 with precomputed pads and "
+             "strict CBOR decoding.",
     .m_size = -1,
     .m_methods = module_methods,
 };
