@@ -82,19 +82,33 @@ def _num(v, limits):
     return (type(v) is float and v - v == 0.0) or (type(v) is int and -(1 << 53) <= v <= 1 << 53)
 
 
+# Plain loops, not all(<generator>): a generator frame per call costs more than the checks.
+
 def _strs(v, limits):
-    return type(v) is list and len(v) <= limits.max_array_len and all(type(s) is str for s in v)
+    if type(v) is not list or len(v) > limits.max_array_len:
+        return False
+    for s in v:
+        if type(s) is not str:
+            return False
+    return True
 
 
 def _messages(v, limits):
-    return (type(v) is list and 0 < len(v) <= limits.max_array_len
-            and all(type(m) is list and len(m) == 2 and type(m[0]) is str and type(m[1]) is str
-                    for m in v))
+    if type(v) is not list or not 0 < len(v) <= limits.max_array_len:
+        return False
+    for m in v:
+        if type(m) is not list or len(m) != 2 or type(m[0]) is not str or type(m[1]) is not str:
+            return False
+    return True
 
 
 def _smap(v, limits):
-    return (type(v) is dict and len(v) <= limits.max_map_size
-            and all(type(k) is str and type(x) is str for k, x in v.items()))
+    if type(v) is not dict or len(v) > limits.max_map_size:
+        return False
+    for k, x in v.items():
+        if type(k) is not str or type(x) is not str:
+            return False
+    return True
 
 
 def _uint3(v, limits):
