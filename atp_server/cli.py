@@ -51,16 +51,18 @@ def _banner(cfg, args, enabled: dict) -> str:
     if args.config is None:
         lines += ["", "  development defaults, loopback only — never expose these credentials:",
                   f"    API key       {atp_config.DEV_API_KEY}",
-                  f"    HMAC key id   {atp_config.DEV_HMAC_KEY_ID} (secret: the embedded default's, "
-                  "see atp_server/config.py)"]
-    http, grpc = f"{s.host}:{s.http_port}", f"{s.host}:{s.grpc_port}"
-    lines += ["", "  try:",
-              f'    atp chat "hello" --transport http --target {http}',
-              f'    atp chat "hello" --target {grpc}',
-              f"    atp models --target {grpc}",
-              f"    curl -s http://{http}/v1/chat/completions -H 'Authorization: Bearer "
-              f"{atp_config.DEV_API_KEY if args.config is None else '<key>'}' "
-              "-d '{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'", ""]
+                  f"    HMAC key      id {atp_config.DEV_HMAC_KEY_ID}, secret "
+                  f'"{atp_config.DEV_HMAC_SECRET.decode()}"']
+    http, grpc = f"{s.host}:{s.http_port or '<port>'}", f"{s.host}:{s.grpc_port or '<port>'}"
+    key = atp_config.DEV_API_KEY if args.config is None else "<key>"
+    lines += ["", "  try:"]
+    if enabled["grpc"]:
+        lines += [f'    atp chat "hello" --target {grpc}', f"    atp models --target {grpc}"]
+    if enabled["http"]:
+        lines += [f'    atp chat "hello" --transport http --target {http}',
+                  f"    curl -s http://{http}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+                  "-d '{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"]
+    lines.append("")
     return "\n".join(lines)
 
 

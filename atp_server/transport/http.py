@@ -249,29 +249,29 @@ class HttpTransport:
                         decision = item.decision
                         routed_ns = routed_ns or time.perf_counter_ns()
                         continue
+                    out = b""
                     if resp is None:
                         resp = web.StreamResponse(headers={
                             **_SSE_HEADERS, "x-atp-overhead-us": str((routed_ns - t0) // 1000),
                             "x-atp-model": decision.model, "x-atp-provider": decision.provider,
                             "x-request-id": chat.request_id})
-                        await resp.prepare(request)
+                        await resp.prepare(request)     # headers leave with the first write
                         prefix = (b'data: {"id":"chatcmpl-' + chat.request_id.encode()
                                   + b'","object":"chat.completion.chunk","created":'
                                   + str(int(time.time())).encode() + b',"model":'
                                   + orjson.dumps(decision.model) + b',"choices":[{"index":0,"delta":')
-                        await resp.write(prefix + b'{"role":"assistant","content":""},'
-                                                  b'"finish_reason":null}]}\n\n')
-                    if kind is Delta:
-                        await resp.write(prefix + b'{"content":' + orjson.dumps(item.text)
+                        out = prefix + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+                    if kind is Delta:        # one write (one syscall) per delta, the first with the head
+                        await resp.write(out + prefix + b'{"content":' + orjson.dumps(item.text)
                                          + b'},"finish_reason":null}]}\n\n')
                     elif kind is Done:
-                        out = (prefix + b'{},"finish_reason":' + orjson.dumps(item.finish_reason)
-                               + b'}],"atp":' + orjson.dumps(_atp(item.decision, item.usage,
-                                                                   item.overhead_us)) + b'}\n\n')
+                        out += (prefix + b'{},"finish_reason":' + orjson.dumps(item.finish_reason)
+                                + b'}],"atp":' + orjson.dumps(_atp(item.decision, item.usage,
+                                                                    item.overhead_us)) + b'}\n\n')
                         if include_usage:
                             out += (prefix[:prefix.index(b'"choices"')] + b'"choices":[],"usage":'
                                     + orjson.dumps(_usage(item.usage)) + b'}\n\n')
-                        await resp.write(out + _DONE)
+                        await resp.write_eof(out + _DONE)
         except ConnectionResetError:
             return resp           # the client left; aclosing() has closed the pipeline (CANCELLED)
         except (Exception, asyncio.CancelledError) as exc:

@@ -1,0 +1,178 @@
+"""The `atp` command line: help texts, config errors, and `atp serve` end to end as a subprocess."""
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from atp_server import cli
+from atp_server import config as atp_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def atp(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m atp_server ARGS` (what the `atp` console script runs)."""
+    return subprocess.run([sys.executable, "-m", "atp_server", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, **kw)
+
+
+def importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("argv,needles", [
+    ([], ["serve", "chat", "models", "health", "examples:"]),
+    (["serve"], ["--config", "--host", "--http-port", "--grpc-port", "--quic-port", "--no-http",
+                 "--no-grpc", "--no-quic", "--log-level", "drain", "examples:"]),
+    (["chat"], ["--model", "--tier", "--max-tokens", "--transport", "--target", "--api-key",
+                "--json", "--no-stream", "session", "quic", "ATP_API_KEY", "examples:"]),
+    (["models"], ["--json", "--target", "examples:"]),
+    (["health"], ["--json", "--target", "--http-target", "examples:"]),
+])
+def test_help_explains_each_command(argv, needles, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for needle in needles:
+        assert needle in out, needle
+
+
+def test_console_entry_point_help():
+    r = atp("--help")
+    assert r.returncode == 0 and "serve" in r.stdout
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["chat"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["chat", "hi", "--tier", "ultra"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("toml,key", [
+    ('[server]\nhttp_port = "x"\n', "server.http_port"),
+    ("[server]\nbogus = 1\n", "server.bogus"),
+    ("[[providers]]\nname = \"p\"\ntype = \"nope\"\n", "providers[0].type"),
+])
+def test_serve_with_bad_config_exits_2_naming_the_key(tmp_path, capsys, toml, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    assert cli.main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atp: config error: " + key), err
+
+
+def test_serve_bad_config_subprocess_and_non_loopback_default(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\nmax_queue = -1\n")
+    r = atp("serve", "--config", str(path))
+    assert r.returncode == 2 and "atp: config error: server.max_inflight" in r.stderr
+    r = atp("serve", "--host", "0.0.0.0")       # dev credentials must not leave loopback
+    assert r.returncode == 2 and "server.host" in r.stderr
+    r = atp("serve", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "cannot read" in r.stderr
+
+
+def test_chat_without_a_server_is_a_request_error():
+    port = free_port(socket.SOCK_STREAM)
+    r = atp("chat", "hi", "--transport", "http", "--target", f"127.0.0.1:{port}")
+    assert r.returncode == 1 and r.stderr.startswith("atp: UNAVAILABLE (504):")
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+
+def free_port(kind) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"atp serve exited early with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"atp serve was not ready within {timeout}s")
+
+
+def test_serve_end_to_end(tmp_path):
+    http, grpc, quic = (free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM),
+                        free_port(socket.SOCK_DGRAM))
+    use_grpc = importable("atp_server.transport.grpc") and importable("atp_client.grpc_client")
+    use_quic = importable("atp_server.transport.quic")
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace(
+        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\ndrain_seconds = 5.0\n', 1))
+    log = open(tmp_path / "serve.log", "w+")
+    flags = ([] if use_grpc else ["--no-grpc"]) + ([] if use_quic else ["--no-quic"])
+    proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
+                             "--http-port", str(http), "--grpc-port", str(grpc),
+                             "--quic-port", str(quic), *flags], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+    try:
+        wait_ready(http, proc)
+        r = atp("chat", "hello", "--json", "--transport", "http", "--target", f"127.0.0.1:{http}")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["text"] and out["model"].startswith("sim-") and out["provider"] == "sim"
+        assert out["usage"]["output_tokens"] == 24 and out["cost_usd"] > 0
+        assert isinstance(out["overhead_us"], int) and out["transport"] == "http"
+
+        r = atp("chat", "hello", "--transport", "http", "--target", f"127.0.0.1:{http}",
+                "--tier", "fast", "--max-tokens", "5", "--no-stream")
+        assert r.returncode == 0 and len(r.stdout.split()) == 5
+        assert "sim-fast via sim" in r.stderr and "overhead" in r.stderr
+
+        r = atp("chat", "hello", "--transport", "http", "--target", f"127.0.0.1:{http}",
+                "--model", "gpt-nope")
+        assert r.returncode == 1 and r.stderr.startswith("atp: UNKNOWN_MODEL (401):")
+
+        if use_grpc:
+            r = atp("chat", "hello", "--json", "--target", f"127.0.0.1:{grpc}", "--max-tokens", "7")
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            assert out["text"] and out["usage"]["output_tokens"] == 7 and out["transport"] == "grpc"
+            r = atp("models", "--json", "--target", f"127.0.0.1:{grpc}")
+        else:
+            r = atp("models", "--json", "--transport", "http", "--target", f"127.0.0.1:{http}")
+        assert r.returncode == 0, r.stderr
+        assert {m["id"] for m in json.loads(r.stdout)} == {"sim-fast", "sim-balanced", "sim-high"}
+
+        health = ["health", "--http-target", f"127.0.0.1:{http}", "--target", f"127.0.0.1:{grpc}"]
+        r = atp(*health, *([] if use_grpc else ["--transport", "http"]))
+        assert r.returncode == 0 and "SERVING" in r.stdout, r.stdout + r.stderr
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5.0 + 10) == 0
+        r = atp("health", "--transport", "http", "--http-target", f"127.0.0.1:{http}",
+                "--timeout", "2")
+        assert r.returncode == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        print(log.read())       # shown by pytest on failure
+        log.close()
