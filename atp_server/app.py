@@ -118,13 +118,19 @@ class App:
         if self.audit is not None:
             await self.audit.close()
 
-    async def serve_forever(self, **start_kwargs) -> None:
-        """Run until SIGINT/SIGTERM, then drain."""
+    async def serve_forever(self, on_started=None, **start_kwargs) -> None:
+        """Run until SIGINT/SIGTERM, then drain. `on_started(ports)` runs once everything listens."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await self.start(**start_kwargs)
+        try:
+            await self.start(**start_kwargs)
+        except BaseException:
+            await self.stop(0)      # a later transport failed (port in use): close the earlier ones
+            raise
+        if on_started is not None:
+            on_started(self.ports)
         log.info("ATP serving: http=%s grpc=%s quic=%s", self.ports.http, self.ports.grpc, self.ports.quic)
         await stop.wait()
         log.info("draining (up to %.1fs)", self.config.server.drain_seconds)

@@ -91,11 +91,16 @@ def cmd_serve(args) -> int:
     if not any(enabled.values()):
         print("atp: config error: every transport is disabled", file=sys.stderr)
         return EXIT_USAGE
-    print(_banner(cfg, args, enabled), file=sys.stderr, flush=True)
+    def announce(ports) -> None:   # after binding, so port 0 shows the port actually chosen
+        bound = dataclasses.replace(cfg.server, http_port=ports.http, grpc_port=ports.grpc,
+                                    quic_port=ports.quic)
+        print(_banner(dataclasses.replace(cfg, server=bound), args, enabled), file=sys.stderr,
+              flush=True)
+
     import uvloop
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(app.serve_forever(**enabled))
+            runner.run(app.serve_forever(on_started=announce, **enabled))
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

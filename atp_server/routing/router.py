@@ -54,7 +54,11 @@ class Router:
         if not usable:
             detail = "; ".join(f"{k}: {v}" for k, v in sorted(why_not.items()))
             raise AtpError(ErrorCode.NO_ROUTE, f"no model satisfies the request ({detail})")
-        ranked = sorted(usable, key=lambda m: self._score(m, usable, request), reverse=True)
+        max_cost = max(p.price_in_per_mtok + p.price_out_per_mtok for p in usable) or 1.0
+        max_lat = max(p.latency_ms for p in usable) or 1.0
+        weights = TIER_WEIGHTS[request.tier]
+        ranked = sorted(usable, key=lambda m: self._score(m, weights, max_cost, max_lat),
+                        reverse=True)
         best = ranked[0]
         if not request.model:
             reasons.append(f"tier {request.tier}: best quality/cost/latency of {len(usable)} candidates")
@@ -67,9 +71,9 @@ class Router:
             confidence=1.0 if request.model else round(0.5 + 0.5 / len(usable), 3),
             reasons=tuple(reasons), fallbacks=tuple(m.id for m in ranked[1:]))
 
-    def _score(self, m: ModelSpec, pool: list[ModelSpec], request: ChatRequest) -> float:
-        wq, wc, wl = TIER_WEIGHTS[request.tier]
-        max_cost = max(p.price_in_per_mtok + p.price_out_per_mtok for p in pool) or 1.0
-        max_lat = max(p.latency_ms for p in pool) or 1.0
+    @staticmethod
+    def _score(m: ModelSpec, weights, max_cost: float, max_lat: float) -> float:
+        """Tier-weighted quality minus normalised price and latency (normalised over the pool)."""
+        wq, wc, wl = weights
         cost = (m.price_in_per_mtok + m.price_out_per_mtok) / max_cost
         return wq * m.quality - wc * cost - wl * (m.latency_ms / max_lat)
