@@ -61,7 +61,6 @@ class App:
 
     def __init__(self, config: Config, *, audit_path: str | None = None):
         self.config = config
-        self.metrics = Metrics()
         self.auth = Authenticator(config.auth)
         self.keyring = self.auth.keyring
         self.limits = Limits()
@@ -71,6 +70,9 @@ class App:
         self.router = Router(list(config.models), HealthBoard())
         self.admission = Admission(config.server.max_inflight, config.server.max_queue)
         self.accountant = Accountant()
+        self.metrics = Metrics(self.accountant)
+        self.metrics.inflight.set_function(lambda: self.admission.inflight)
+        self.metrics.queued.set_function(lambda: self.admission.queued)
         self.audit = None
         if config.audit.enabled:
             path = Path(os.path.expanduser(audit_path or config.audit.path or

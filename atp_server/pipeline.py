@@ -3,7 +3,7 @@ account → audit → metrics. Authentication happens at the door (transport + a
 here as a Principal."""
 import asyncio
 import time
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 from codec.errors import ErrorCode
@@ -40,6 +40,25 @@ class BasicPolicy:
                                f"model {request.model!r}")
 
 
+class _Trace:
+    """What one request did, for accounting, audit and metrics at the end (whatever the end)."""
+
+    __slots__ = ("t0", "upstream_ns", "decision", "usage", "outcome", "code", "finished",
+                 "failures")
+
+    def __init__(self, started_ns: int | None):
+        self.t0 = started_ns or time.perf_counter_ns()
+        self.upstream_ns = 0
+        self.decision: RouteDecision | None = None
+        self.usage = None
+        self.outcome, self.code = "ok", 0
+        self.finished = False          # the result was produced; a later close is not a cancel
+        self.failures: list[str] = []
+
+    def overhead_us(self) -> int:
+        return (time.perf_counter_ns() - self.t0 - self.upstream_ns) // 1000
+
+
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
@@ -53,6 +72,7 @@ class Pipeline:
         self.policy = policy
         self.clock = clock
         self._ids = 0
+        self.observers: list = []   # fn(request_id, transport, outcome, code) after each request
 
     def _request_id(self, request: ChatRequest) -> str:
         if request.request_id:
@@ -66,37 +86,83 @@ class Pipeline:
         self.policy.check(principal, request)
         return self.router.choose(request, self.clock())
 
-    async def stream(self, request: ChatRequest, principal: Principal, transport: str,
-                     started_ns: int | None = None):
-        """Async generator: Routed, then Delta..., then Done; failures raise AtpError.
-
-        Closing the generator early (client gone) closes the upstream call with it.
-        """
-        t0 = started_ns or time.perf_counter_ns()
-        upstream_ns = 0
+    @asynccontextmanager
+    async def _admitted(self, request: ChatRequest, principal: Principal, transport: str,
+                        started_ns: int | None):
+        """Validate, apply policy, take a dispatch slot and route; always release, always record."""
+        trace = _Trace(started_ns)
         request.request_id = self._request_id(request)
-        decision = None
-        outcome, code, usage = "ok", 0, None
-        admitted = finished = False
+        admitted = False
         try:
             request.validate()
             self.policy.check(principal, request)
             await self.admission.acquire()
             admitted = True
-            decision = self.router.choose(request, self.clock())
-            yield Routed(decision)
-            chain = (decision.model,) + decision.fallbacks
-            failures = []
-            for attempt, model_id in enumerate(chain[:MAX_ATTEMPTS]):
+            trace.decision = self.router.choose(request, self.clock())
+            yield trace
+        except AtpError as exc:
+            trace.outcome, trace.code = exc.name, int(exc.code)
+            raise
+        except BaseException as exc:   # client gone (GeneratorExit / cancel) or a bug
+            if not trace.finished:
+                cancelled = isinstance(exc, (GeneratorExit, asyncio.CancelledError))
+                trace.outcome, trace.code = (("CANCELLED", int(ErrorCode.CANCELLED)) if cancelled
+                                             else ("INTERNAL", int(ErrorCode.INTERNAL)))
+            raise
+        finally:
+            if admitted:
+                self.admission.release()
+            self._record(request, principal, transport, trace)
+
+    def _chain(self, trace: _Trace) -> tuple:
+        d = trace.decision
+        return ((d.model,) + d.fallbacks)[:MAX_ATTEMPTS]
+
+    def _attempt_failed(self, trace: _Trace, chain: tuple, attempt: int, exc: AtpError,
+                        emitted: int) -> RouteDecision:
+        """Decide after a failed attempt: re-raise, or return the decision for the next model."""
+        model_id = chain[attempt]
+        self.router.health.breaker(model_id).on_failure(self.clock())
+        if emitted or not exc.retryable or attempt + 1 >= len(chain):
+            if emitted and exc.code is not ErrorCode.UPSTREAM_CUT:
+                raise AtpError(ErrorCode.UPSTREAM_CUT,
+                               f"{model_id} failed mid-stream: {exc.message}") from exc
+            raise exc
+        trace.failures.append(f"{model_id}: {exc.name}")
+        nxt = self.router.models[chain[attempt + 1]]
+        d = trace.decision
+        trace.decision = RouteDecision(
+            nxt.provider, nxt.id, d.estimated_cost_usd, nxt.latency_ms, d.confidence,
+            d.reasons + (f"failed over after {'; '.join(trace.failures)}",),
+            tuple(m for m in chain if m != nxt.id))
+        return trace.decision
+
+    def _succeeded(self, trace: _Trace, principal: Principal, model, request, finish: Finish,
+                   tokens: int):
+        self.router.health.breaker(model.id).on_success()
+        trace.usage = usage = self.accountant.usage(model, request, finish, tokens)
+        self.accountant.record(principal.tenant, model.id, usage)
+        trace.finished = True
+        return usage
+
+    async def stream(self, request: ChatRequest, principal: Principal, transport: str,
+                     started_ns: int | None = None):
+        """Async generator: Routed, then Delta..., then Done; failures raise AtpError.
+
+        Closing the generator early (client gone) closes the upstream call with it. After a
+        failover before the first token a second Routed names the model that answers now.
+        """
+        async with self._admitted(request, principal, transport, started_ns) as trace:
+            yield Routed(trace.decision)
+            chain = self._chain(trace)
+            for attempt, model_id in enumerate(chain):
                 model = self.router.models[model_id]
-                adapter = self.adapters[model.provider]
-                breaker = self.router.health.breaker(model_id)
-                breaker.on_dispatch()
+                self.router.health.breaker(model_id).on_dispatch()
                 emitted = tokens = 0
                 finish = None
                 try:
-                    async with aclosing(_upstream(adapter, model, request)) as upstream:
-                        it = upstream.__aiter__()
+                    async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
+                        it = up.__aiter__()
                         while True:
                             u0 = time.perf_counter_ns()
                             try:
@@ -104,7 +170,7 @@ class Pipeline:
                             except StopAsyncIteration:
                                 break
                             finally:
-                                upstream_ns += time.perf_counter_ns() - u0
+                                trace.upstream_ns += time.perf_counter_ns() - u0
                             if type(item) is TextDelta:
                                 yield Delta(emitted, item.text, item.tokens)
                                 emitted += 1
@@ -116,94 +182,68 @@ class Pipeline:
                         raise AtpError(ErrorCode.UPSTREAM_CUT,
                                        f"{model_id} ended the stream without finishing")
                 except AtpError as exc:
-                    breaker.on_failure(self.clock())
-                    if emitted or not exc.retryable or attempt + 1 >= min(len(chain), MAX_ATTEMPTS):
-                        if emitted and exc.code is not ErrorCode.UPSTREAM_CUT:
-                            raise AtpError(ErrorCode.UPSTREAM_CUT,
-                                           f"{model_id} failed mid-stream: {exc.message}") from exc
-                        raise
-                    failures.append(f"{model_id}: {exc.name}")
-                    nxt = self.router.models[chain[attempt + 1]]
-                    # Nothing was emitted yet: tell the transport who answers now (HTTP headers).
-                    yield Routed(RouteDecision(
-                        nxt.provider, nxt.id, decision.estimated_cost_usd, nxt.latency_ms,
-                        decision.confidence, decision.reasons + (
-                            f"failing over after {'; '.join(failures)}",),
-                        tuple(m for m in chain if m != nxt.id)))
+                    yield Routed(self._attempt_failed(trace, chain, attempt, exc, emitted))
                     continue
-                breaker.on_success()
-                if failures:
-                    decision = RouteDecision(
-                        model.provider, model.id, decision.estimated_cost_usd,
-                        model.latency_ms, decision.confidence,
-                        decision.reasons + (f"failed over after {'; '.join(failures)}",),
-                        tuple(m for m in chain if m != model.id))
-                usage = self.accountant.usage(model, request, finish, tokens)
-                self.accountant.record(principal.tenant, model.id, usage)
-                overhead_us = (time.perf_counter_ns() - t0 - upstream_ns) // 1000
-                finished = True     # a consumer closing us after Done is not a cancellation
-                yield Done(finish.reason, usage, decision, overhead_us)
+                usage = self._succeeded(trace, principal, model, request, finish, tokens)
+                yield Done(finish.reason, usage, trace.decision, trace.overhead_us())
                 return
-        except AtpError as exc:
-            outcome, code = exc.name, int(exc.code)
-            raise
-        except GeneratorExit:
-            if not finished:
-                outcome, code = "CANCELLED", int(ErrorCode.CANCELLED)
-            raise
-        except BaseException as exc:  # CancelledError or a bug: never leak a slot, always audit
-            if not finished:
-                outcome, code = ("CANCELLED", int(ErrorCode.CANCELLED)) if isinstance(
-                    exc, asyncio.CancelledError) else ("INTERNAL", int(ErrorCode.INTERNAL))
-            raise
-        finally:
-            if admitted:
-                self.admission.release()
-            self._finish(request, principal, transport, decision, outcome, code, usage, t0,
-                         upstream_ns)
 
-    def _finish(self, request, principal, transport, decision, outcome, code, usage, t0,
-                upstream_ns) -> None:
-        elapsed_ns = time.perf_counter_ns() - t0
+    async def complete(self, request: ChatRequest, principal: Principal, transport: str,
+                       started_ns: int | None = None) -> Completion:
+        """A whole answer (non-streaming callers): the adapter's one-shot `complete` when it has
+        one — a single JSON answer costs the upstream and us less than an SSE stream — else its
+        stream, drained. Same admission, failover, accounting and audit as stream()."""
+        async with self._admitted(request, principal, transport, started_ns) as trace:
+            chain = self._chain(trace)
+            for attempt, model_id in enumerate(chain):
+                model = self.router.models[model_id]
+                self.router.health.breaker(model_id).on_dispatch()
+                adapter = self.adapters[model.provider]
+                u0 = time.perf_counter_ns()
+                try:
+                    if hasattr(adapter, "complete"):
+                        text, finish = await adapter.complete(model, request)
+                        tokens = finish.output_tokens or 0
+                    else:
+                        text, finish, tokens = await _drain(adapter, model, request)
+                except AtpError as exc:
+                    self._attempt_failed(trace, chain, attempt, exc, 0)
+                    continue
+                finally:
+                    trace.upstream_ns += time.perf_counter_ns() - u0
+                usage = self._succeeded(trace, principal, model, request, finish, tokens)
+                return Completion(request.request_id, text, finish.reason, usage, trace.decision,
+                                  trace.overhead_us())
+        raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+
+    def _record(self, request, principal, transport, trace: _Trace) -> None:
+        elapsed_ns = time.perf_counter_ns() - trace.t0
+        decision, usage = trace.decision, trace.usage
         model = decision.model if decision else (request.model or "-")
         if self.metrics is not None:
-            self.metrics.observe(
-                transport, model, outcome, elapsed_ns / 1e9,
-                (elapsed_ns - upstream_ns) / 1e9 if usage else None, principal.tenant,
-                usage.input_tokens if usage else 0, usage.output_tokens if usage else 0,
-                usage.cost_usd_micros if usage else 0)
+            self.metrics.observe(transport, model, trace.outcome, elapsed_ns / 1e9,
+                                 (elapsed_ns - trace.upstream_ns) / 1e9 if usage else None)
         if self.audit is not None:
             self.audit.record(principal.tenant, principal.name, transport, request.request_id, model,
-                              outcome, code, {
-                                  "tier": request.tier, "provider": decision.provider if decision else None,
+                              trace.outcome, trace.code, {
+                                  "tier": request.tier,
+                                  "provider": decision.provider if decision else None,
                                   "in": usage.input_tokens if usage else 0,
                                   "out": usage.output_tokens if usage else 0,
                                   "cost_micros": usage.cost_usd_micros if usage else 0,
                                   "elapsed_us": elapsed_ns // 1000})
-
-    async def complete(self, request: ChatRequest, principal: Principal, transport: str,
-                       started_ns: int | None = None) -> Completion:
-        """A whole answer (non-streaming transports), assembled from the same stream."""
-        parts = []
-        async with aclosing(self.stream(request, principal, transport, started_ns)) as events:
-            async for item in events:
-                if type(item) is Delta:
-                    parts.append(item.text)
-                elif type(item) is Done:
-                    return Completion(request.request_id, "".join(parts), item.finish_reason,
-                                      item.usage, item.decision, item.overhead_us)
-        raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+        for observer in self.observers:
+            observer(request.request_id, transport, trace.outcome, trace.code)
 
 
-async def _upstream(adapter, model, request: ChatRequest):
-    """The adapter's stream; for non-streaming requests its one-shot `complete` when it has one
-    (a single JSON answer costs the upstream and us less than parsing an SSE stream)."""
-    if request.stream or not hasattr(adapter, "complete"):
-        async with aclosing(adapter.stream(model, request)) as items:
-            async for item in items:
-                yield item
-        return
-    text, finish = await adapter.complete(model, request)
-    tokens = finish.output_tokens if finish.output_tokens is not None else 1
-    yield TextDelta(text, tokens)
-    yield finish
+async def _drain(adapter, model, request: ChatRequest):
+    """Collect an adapter's stream into (text, finish, tokens); a stream without Finish is a cut."""
+    parts, tokens = [], 0
+    async with aclosing(adapter.stream(model, request)) as items:
+        async for item in items:
+            if type(item) is TextDelta:
+                parts.append(item.text)
+                tokens += item.tokens
+            elif type(item) is Finish:
+                return "".join(parts), item, tokens
+    raise AtpError(ErrorCode.UPSTREAM_CUT, f"{model.id} ended the stream without finishing")

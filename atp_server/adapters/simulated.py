@@ -1,7 +1,7 @@
 """A deterministic simulated provider: configurable latency, speed, price, failures and stream cuts."""
 import asyncio
-import hashlib
 import random
+import zlib
 from dataclasses import dataclass
 
 from codec.errors import ErrorCode
@@ -35,36 +35,62 @@ class SimulatedAdapter:
         self.settings = settings
         self.calls = 0
 
-    def _rng(self, model: ModelSpec, request: ChatRequest) -> random.Random:
-        digest = hashlib.blake2b(digest_size=8)
-        digest.update(f"{self.settings.seed}|{model.id}|{request.request_id}|".encode())
+    def _plan(self, model: ModelSpec, request: ChatRequest):
+        """(tokens out, fail?, cut index or None, delay s, first word) — all from a stable hash.
+
+        crc32 (C, stable across processes, unlike hash()) instead of a seeded random.Random,
+        which alone cost ~10 µs per request; Random is built only when latency jitter needs it.
+        """
+        s = self.settings
+        h = zlib.crc32(f"{s.seed}|{model.id}|{request.request_id}".encode())
         for role, content in request.messages:
-            digest.update(role.encode())
-            digest.update(content.encode())
-        return random.Random(int.from_bytes(digest.digest(), "big"))
+            h = zlib.crc32(content.encode(), zlib.crc32(role.encode(), h))
+        n_out = min(s.output_tokens, request.max_tokens or s.output_tokens, model.max_output_tokens)
+        fails = bool(s.failure_rate) and (h % 10_007) / 10_007 < s.failure_rate
+        cut_at = (n_out // 2 if s.cut_rate and ((h >> 7) % 10_009) / 10_009 < s.cut_rate
+                  else None)
+        delay = s.latency_ms / 1000
+        if delay and s.latency_jitter:
+            delay *= random.Random(h).lognormvariate(0.0, s.latency_jitter)
+        return n_out, fails, cut_at, delay, h % len(_WORDS)
+
+    def _word(self, start: int, i: int) -> str:
+        word = _WORDS[(start + i * 7) % len(_WORDS)]
+        return word if i == 0 else " " + word
+
+    def _finish(self, request: ChatRequest, n_out: int) -> Finish:
+        return Finish("length" if n_out < self.settings.output_tokens else "stop",
+                      estimate_tokens(request.prompt_chars()), n_out)
 
     async def stream(self, model: ModelSpec, request: ChatRequest):
         self.calls += 1
-        s = self.settings
-        rng = self._rng(model, request)
-        n_out = min(s.output_tokens, request.max_tokens or s.output_tokens, model.max_output_tokens)
-        fails = s.failure_rate and rng.random() < s.failure_rate
-        cut_at = n_out // 2 if s.cut_rate and rng.random() < s.cut_rate else None
-        if s.latency_ms:
-            delay = s.latency_ms * (rng.lognormvariate(0.0, s.latency_jitter) if s.latency_jitter else 1.0)
-            await asyncio.sleep(delay / 1000)
+        n_out, fails, cut_at, delay, start = self._plan(model, request)
+        if delay:
+            await asyncio.sleep(delay)
         if fails:
             raise AtpError(ErrorCode.UPSTREAM_ERROR, f"simulated failure of {model.id}")
-        gap = 1.0 / s.tokens_per_s if s.tokens_per_s else 0.0
+        gap = 1.0 / self.settings.tokens_per_s if self.settings.tokens_per_s else 0.0
         for i in range(n_out):
             if cut_at is not None and i == cut_at:
                 raise AtpError(ErrorCode.UPSTREAM_CUT, f"simulated stream cut after {i} tokens")
             if gap and i:
                 await asyncio.sleep(gap)
-            word = _WORDS[(i + rng.randrange(len(_WORDS))) % len(_WORDS)]
-            yield TextDelta(word if i == 0 else " " + word, 1)
-        yield Finish("length" if n_out < s.output_tokens else "stop",
-                     estimate_tokens(request.prompt_chars()), n_out)
+            yield TextDelta(self._word(start, i), 1)
+        yield self._finish(request, n_out)
+
+    async def complete(self, model: ModelSpec, request: ChatRequest):
+        """The one-shot answer: the same text the stream would give, after the same total time."""
+        self.calls += 1
+        n_out, fails, cut_at, delay, start = self._plan(model, request)
+        if self.settings.tokens_per_s and n_out > 1:
+            delay += (n_out - 1) / self.settings.tokens_per_s
+        if delay:
+            await asyncio.sleep(delay)
+        if fails:
+            raise AtpError(ErrorCode.UPSTREAM_ERROR, f"simulated failure of {model.id}")
+        if cut_at is not None:
+            raise AtpError(ErrorCode.UPSTREAM_CUT, f"simulated connection cut after {cut_at} tokens")
+        return "".join(self._word(start, i) for i in range(n_out)), self._finish(request, n_out)
 
     async def aclose(self) -> None:
         return None

@@ -103,14 +103,12 @@ class ServerHarness:
 
     async def _start_app(self, enabled: dict) -> App:
         app = App(self.config, audit_path=self.audit_path)
-        finish = app.pipeline._finish
 
-        def spy(request, principal, transport, decision, outcome, code, *rest):
-            finish(request, principal, transport, decision, outcome, code, *rest)
+        def spy(request_id, transport, outcome, code):
             with self._cond:
-                self._outcomes[request.request_id] = (transport, outcome, code)
+                self._outcomes[request_id] = (transport, outcome, code)
                 self._cond.notify_all()
-        app.pipeline._finish = spy
+        app.pipeline.observers.append(spy)
         try:
             await app.start(**enabled)
         except BaseException:
