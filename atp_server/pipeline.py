@@ -122,7 +122,7 @@ class Pipeline:
                         emitted: int) -> RouteDecision:
         """Decide after a failed attempt: re-raise, or return the decision for the next model."""
         model_id = chain[attempt]
-        self.router.health.breaker(model_id).on_failure(self.clock())
+        self.router.health.record_failure(model_id, self.clock())
         if emitted or not exc.retryable or attempt + 1 >= len(chain):
             if emitted and exc.code is not ErrorCode.UPSTREAM_CUT:
                 raise AtpError(ErrorCode.UPSTREAM_CUT,
@@ -139,7 +139,7 @@ class Pipeline:
 
     def _succeeded(self, trace: _Trace, principal: Principal, model, request, finish: Finish,
                    tokens: int):
-        self.router.health.breaker(model.id).on_success()
+        self.router.health.record_success(model.id)
         trace.usage = usage = self.accountant.usage(model, request, finish, tokens)
         self.accountant.record(principal.tenant, model.id, usage)
         trace.finished = True

@@ -38,6 +38,21 @@ class HealthBoard:
     threshold: int = 5
     cooldown_s: float = 10.0
     breakers: dict = field(default_factory=dict)
+    not_closed: set = field(default_factory=set)   # model ids whose circuit is open or half-open
+
+    def record_failure(self, model_id: str, now: float) -> None:
+        b = self.breaker(model_id)
+        b.on_failure(now)
+        if b.state != CLOSED:
+            self.not_closed.add(model_id)
+
+    def record_success(self, model_id: str) -> None:
+        self.breaker(model_id).on_success()
+        self.not_closed.discard(model_id)
+
+    def all_closed(self) -> bool:
+        """True when no circuit is open or probing: routing results may then be reused."""
+        return not self.not_closed
 
     def breaker(self, model_id: str) -> Breaker:
         b = self.breakers.get(model_id)

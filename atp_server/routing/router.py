@@ -3,9 +3,10 @@
 choose(request, now) never touches the network; health is read from the HealthBoard. This is the
 minimal real router (tier-weighted quality/cost/latency); the learned router replaces `_score`.
 """
+from codec.errors import ErrorCode
+
 from ..adapters.base import ModelSpec, estimate_tokens
 from ..types import AtpError, ChatRequest, RouteDecision
-from codec.errors import ErrorCode
 from .health import HealthBoard
 
 # tier -> weights for (quality, cost, latency); cost and latency are normalised over the candidates.
@@ -18,13 +19,39 @@ class Router:
             raise ValueError("the router needs at least one model")
         self.models = {m.id: m for m in models}
         self.health = health or HealthBoard()
+        self._min_context = min(m.context_window for m in models)
+        # (pinned model, tier, capabilities) -> (ranked models, reasons): the masks and scores
+        # that depend on nothing but these, reused while every circuit is closed.
+        self._ranked: dict[tuple, tuple] = {}
 
-    def expected_cost_micros(self, model: ModelSpec, request: ChatRequest) -> int:
-        out = request.max_tokens or model.max_output_tokens
-        return model.cost_micros(estimate_tokens(request.prompt_chars()), out)
+    def expected_cost_micros(self, model: ModelSpec, request: ChatRequest,
+                             prompt_tokens: int | None = None) -> int:
+        if prompt_tokens is None:
+            prompt_tokens = estimate_tokens(request.prompt_chars())
+        return model.cost_micros(prompt_tokens, request.max_tokens or model.max_output_tokens)
 
     def choose(self, request: ChatRequest, now: float) -> RouteDecision:
         prompt_tokens = estimate_tokens(request.prompt_chars())
+        simple = (request.max_cost_usd is None and request.latency_slo_ms is None
+                  and prompt_tokens + (request.max_tokens or 0) <= self._min_context
+                  and self.health.all_closed())
+        caps = request.capabilities
+        key = (request.model, request.tier, caps if type(caps) is tuple else tuple(caps))
+        cached = self._ranked.get(key) if simple else None
+        if cached is None:
+            cached = self._rank(request, prompt_tokens, now)
+            if simple:
+                self._ranked[key] = cached
+        ranked, reasons = cached
+        best = ranked[0]
+        return RouteDecision(
+            provider=best.provider, model=best.id,
+            estimated_cost_usd=self.expected_cost_micros(best, request, prompt_tokens) / 1e6,
+            estimated_latency_ms=best.latency_ms,
+            confidence=1.0 if request.model else round(0.5 + 0.5 / len(ranked), 3),
+            reasons=reasons, fallbacks=tuple(m.id for m in ranked[1:]))
+
+    def _rank(self, request: ChatRequest, prompt_tokens: int, now: float):
         if request.model:
             model = self.models.get(request.model)
             if model is None:
@@ -42,7 +69,7 @@ class Router:
             elif prompt_tokens + (request.max_tokens or 0) > m.context_window:
                 why_not[m.id] = f"context {m.context_window} too small"
             elif (request.max_cost_usd is not None
-                  and self.expected_cost_micros(m, request) > request.max_cost_usd * 1e6):
+                  and self.expected_cost_micros(m, request, prompt_tokens) > request.max_cost_usd * 1e6):
                 why_not[m.id] = "over max_cost_usd"
             elif (request.latency_slo_ms is not None and not request.model
                   and m.latency_ms > request.latency_slo_ms):
@@ -59,17 +86,11 @@ class Router:
         weights = TIER_WEIGHTS[request.tier]
         ranked = sorted(usable, key=lambda m: self._score(m, weights, max_cost, max_lat),
                         reverse=True)
-        best = ranked[0]
         if not request.model:
             reasons.append(f"tier {request.tier}: best quality/cost/latency of {len(usable)} candidates")
         if why_not:
             reasons.append("excluded " + ", ".join(f"{k} ({v})" for k, v in sorted(why_not.items())))
-        return RouteDecision(
-            provider=best.provider, model=best.id,
-            estimated_cost_usd=self.expected_cost_micros(best, request) / 1e6,
-            estimated_latency_ms=best.latency_ms,
-            confidence=1.0 if request.model else round(0.5 + 0.5 / len(usable), 3),
-            reasons=tuple(reasons), fallbacks=tuple(m.id for m in ranked[1:]))
+        return ranked, tuple(reasons)
 
     @staticmethod
     def _score(m: ModelSpec, weights, max_cost: float, max_lat: float) -> float:

@@ -59,7 +59,7 @@ def test_open_breaker_removes_a_model_until_cooldown():
     health = HealthBoard(threshold=2, cooldown_s=10)
     router = Router(MODELS, health)
     for _ in range(2):
-        health.breaker("big").on_failure(now=100.0)
+        health.record_failure("big", now=100.0)
     assert router.choose(ChatRequest([("user", "x")], tier="high"), 101.0).model != "big"
     assert router.choose(ChatRequest([("user", "x")], tier="high"), 111.0).model == "big"
 
@@ -78,3 +78,14 @@ def test_breaker_table():
     assert b.allows(12)
     b.on_success()
     assert b.state == CLOSED and b.failures == 0
+
+
+def test_cached_ranking_is_not_used_while_a_circuit_is_open():
+    health = HealthBoard(threshold=1, cooldown_s=10)
+    router = Router(MODELS, health)
+    req = ChatRequest([("user", "x")], tier="high")
+    assert router.choose(req, 0.0).model == "big"          # cached: all circuits closed
+    health.record_failure("big", now=1.0)
+    assert router.choose(req, 2.0).model != "big"          # the cache must not hide the failure
+    health.record_success("big")
+    assert router.choose(req, 3.0).model == "big"
