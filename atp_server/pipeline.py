@@ -3,7 +3,7 @@ account → audit → metrics. Authentication happens at the door (transport + a
 here as a Principal."""
 import asyncio
 import time
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from codec.errors import ErrorCode
@@ -59,6 +59,48 @@ class _Trace:
         return (time.perf_counter_ns() - self.t0 - self.upstream_ns) // 1000
 
 
+class _Admitted:
+    """The request's admission scope (a class, not @asynccontextmanager: a third of the cost)."""
+
+    __slots__ = ("p", "request", "principal", "transport", "trace", "admitted")
+
+    def __init__(self, pipeline, request, principal, transport, started_ns):
+        self.p, self.request, self.principal, self.transport = pipeline, request, principal, transport
+        self.trace = _Trace(started_ns)
+        self.admitted = False
+
+    async def __aenter__(self) -> _Trace:
+        p, request, trace = self.p, self.request, self.trace
+        request.request_id = p._request_id(request)
+        try:
+            request.validate()
+            p.policy.check(self.principal, request)
+            await p.admission.acquire()
+            self.admitted = True
+            trace.decision = p.router.choose(request, p.clock())
+        except BaseException as exc:
+            self._close(exc)
+            raise
+        return trace
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        self._close(exc)
+        return False
+
+    def _close(self, exc: BaseException | None) -> None:
+        trace = self.trace
+        if isinstance(exc, AtpError):
+            trace.outcome, trace.code = exc.name, int(exc.code)
+        elif exc is not None and not trace.finished:   # client gone (GeneratorExit/cancel) or a bug
+            cancelled = isinstance(exc, (GeneratorExit, asyncio.CancelledError))
+            trace.outcome, trace.code = (("CANCELLED", int(ErrorCode.CANCELLED)) if cancelled
+                                         else ("INTERNAL", int(ErrorCode.INTERNAL)))
+        if self.admitted:
+            self.admitted = False
+            self.p.admission.release()
+        self.p._record(self.request, self.principal, self.transport, trace)
+
+
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
@@ -86,33 +128,11 @@ class Pipeline:
         self.policy.check(principal, request)
         return self.router.choose(request, self.clock())
 
-    @asynccontextmanager
-    async def _admitted(self, request: ChatRequest, principal: Principal, transport: str,
-                        started_ns: int | None):
-        """Validate, apply policy, take a dispatch slot and route; always release, always record."""
-        trace = _Trace(started_ns)
-        request.request_id = self._request_id(request)
-        admitted = False
-        try:
-            request.validate()
-            self.policy.check(principal, request)
-            await self.admission.acquire()
-            admitted = True
-            trace.decision = self.router.choose(request, self.clock())
-            yield trace
-        except AtpError as exc:
-            trace.outcome, trace.code = exc.name, int(exc.code)
-            raise
-        except BaseException as exc:   # client gone (GeneratorExit / cancel) or a bug
-            if not trace.finished:
-                cancelled = isinstance(exc, (GeneratorExit, asyncio.CancelledError))
-                trace.outcome, trace.code = (("CANCELLED", int(ErrorCode.CANCELLED)) if cancelled
-                                             else ("INTERNAL", int(ErrorCode.INTERNAL)))
-            raise
-        finally:
-            if admitted:
-                self.admission.release()
-            self._record(request, principal, transport, trace)
+    def _admitted(self, request: ChatRequest, principal: Principal, transport: str,
+                  started_ns: int | None) -> "_Admitted":
+        """`async with`: validate, apply policy, take a dispatch slot and route; always release,
+        always record the outcome."""
+        return _Admitted(self, request, principal, transport, started_ns)
 
     def _chain(self, trace: _Trace) -> tuple:
         d = trace.decision
