@@ -80,27 +80,42 @@ def cmd_serve(args) -> int:
             raise atp_config.ConfigError(
                 f"server.host: {cfg.server.host} is not loopback; the embedded default carries "
                 "well-known development credentials, so give a --config with your own keys")
+        workers = args.workers if args.workers is not None else cfg.server.workers
+        if workers < 1:
+            raise atp_config.ConfigError("--workers: must be >= 1")
+        enabled = {"http": not args.no_http, "grpc": not args.no_grpc, "quic": not args.no_quic}
+        if not any(enabled.values()):
+            raise atp_config.ConfigError("every transport is disabled")
+        if workers > 1:
+            zero = [n for n in ("http", "grpc") if enabled[n] and getattr(cfg.server, f"{n}_port") == 0]
+            if zero:
+                raise atp_config.ConfigError(f"server.{zero[0]}_port: workers share ports with "
+                                             "SO_REUSEPORT, so 0 (any free port) cannot be used")
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from .app import App
-        app = App(cfg)
+        if workers == 1:
+            from .app import App
+            app = App(cfg)      # config errors found while building show before anything binds
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    enabled = {"http": not args.no_http, "grpc": not args.no_grpc, "quic": not args.no_quic}
-    if not any(enabled.values()):
-        print("atp: config error: every transport is disabled", file=sys.stderr)
-        return EXIT_USAGE
-    def announce(ports) -> None:   # after binding, so port 0 shows the port actually chosen
-        bound = dataclasses.replace(cfg.server, http_port=ports.http, grpc_port=ports.grpc,
-                                    quic_port=ports.quic)
-        print(_banner(dataclasses.replace(cfg, server=bound), args, enabled), file=sys.stderr,
-              flush=True)
+    if workers > 1:
+        return _serve_workers(cfg, args, enabled, workers)
+    return _serve_one(app, cfg, args, enabled, announce=True, reuse_port=False)
+
+
+def _serve_one(app, cfg, args, enabled: dict, *, announce: bool, reuse_port: bool) -> int:
+    def on_started(ports) -> None:   # after binding, so port 0 shows the port actually chosen
+        if announce:
+            bound = dataclasses.replace(cfg.server, http_port=ports.http, grpc_port=ports.grpc,
+                                        quic_port=ports.quic)
+            print(_banner(dataclasses.replace(cfg, server=bound), args, enabled), file=sys.stderr,
+                  flush=True)
 
     import uvloop
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(app.serve_forever(on_started=announce, **enabled))
+            runner.run(app.serve_forever(on_started=on_started, reuse_port=reuse_port, **enabled))
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -108,6 +123,48 @@ def cmd_serve(args) -> int:
         print(f"atp: cannot start: {exc}", file=sys.stderr)
         return EXIT_REQUEST
     return EXIT_OK
+
+
+def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
+    """N processes sharing the HTTP and gRPC ports (SO_REUSEPORT: the kernel spreads connections).
+
+    Forked before any gRPC object exists (gRPC's threads do not survive a fork). QUIC runs in
+    worker 0 only: UDP port sharing would break a connection whose packets hash to another worker.
+    Per-process state (nonce cache, breakers, accounting) is not shared between workers yet.
+    """
+    import signal as _signal
+    from .app import App
+    children = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:   # the worker: its own App, loop and sockets
+            code = EXIT_REQUEST
+            try:
+                _signal.signal(_signal.SIGINT, _signal.SIG_IGN)   # the parent forwards signals
+                mine = dict(enabled, quic=enabled["quic"] and index == 0)
+                code = _serve_one(App(cfg), cfg, args, mine, announce=index == 0, reuse_port=True)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum, _frame) -> None:
+        for child in children:
+            try:
+                os.kill(child, _signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    _signal.signal(_signal.SIGTERM, forward)
+    _signal.signal(_signal.SIGINT, forward)
+    print(f"atp: {workers} workers: {', '.join(map(str, children))}", file=sys.stderr, flush=True)
+    worst = EXIT_OK
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != EXIT_OK:
+            worst = code if code > 0 else EXIT_REQUEST
+            forward(_signal.SIGTERM, None)   # one worker failed (port in use...): stop the rest
+    return worst
 
 
 # ---- atp chat --------------------------------------------------------------------------------------
@@ -335,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Without --config it runs the embedded default: three simulated\n"
                                    "models and well-known development credentials (loopback only).",
                        epilog="examples:\n  atp serve\n  atp serve --config atp.toml\n"
-                              "  atp serve --http-port 9000 --no-quic --log-level debug\n\n"
+                              "  atp serve --http-port 9000 --no-quic --log-level debug\n"
+                              "  atp serve --config atp.toml --workers 2\n\n"
                               "see atp.example.toml for every configuration key.")
     s.add_argument("--config", metavar="PATH", help="TOML configuration (default: the embedded one)")
     s.add_argument("--host", help="listen address (overrides server.host)")
@@ -345,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "0 = any free port)")
     for name in ("http", "grpc", "quic"):
         s.add_argument(f"--no-{name}", action="store_true", help=f"do not start the {name.upper()} transport")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes sharing the HTTP and gRPC ports via SO_REUSEPORT "
+                        "(overrides server.workers, default 1; QUIC runs in worker 0)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="logging verbosity (default info)")
     s.set_defaults(func=cmd_serve)

@@ -176,3 +176,40 @@ def test_serve_end_to_end(tmp_path):
         log.seek(0)
         print(log.read())       # shown by pytest on failure
         log.close()
+
+
+def test_serve_workers_share_ports_and_stop_together(tmp_path):
+    http, grpc = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace(
+        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\ndrain_seconds = 2.0\n', 1))
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
+                             "--http-port", str(http), "--grpc-port", str(grpc), "--no-quic",
+                             "--workers", "2"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_ready(http, proc)
+        children = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="],
+                                  capture_output=True, text=True).stdout.split()
+        assert len(children) == 2          # two workers bound the same ports (SO_REUSEPORT)
+        for _ in range(4):                 # new connections each time: the kernel spreads them
+            r = atp("chat", "hello", "--json", "--transport", "http", "--target", f"127.0.0.1:{http}")
+            assert r.returncode == 0, r.stderr
+            r = atp("chat", "hello", "--json", "--target", f"127.0.0.1:{grpc}")
+            assert r.returncode == 0, r.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        for child in children:             # no worker outlives the parent
+            assert subprocess.run(["ps", "-p", child], capture_output=True).returncode == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        print(log.read())
+        log.close()
+
+
+def test_workers_need_fixed_ports(tmp_path, capsys):
+    assert cli.main(["serve", "--workers", "2", "--http-port", "0", "--no-grpc", "--no-quic"]) == 2
+    assert "server.http_port" in capsys.readouterr().err
