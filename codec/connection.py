@@ -31,6 +31,10 @@ class ConnectionConfig:
 
 
 _ZERO_NONCE = bytes(NONCE_SIZE)
+# END keys in deterministic CBOR order (shorter first, then bytewise): lets send_end use the
+# cheap encoder (payload.encode_ordered) whenever the caller sticks to the schema.
+_END_ORDER = ("in", "out", "rid", "cost", "model", "finish", "provider", "overhead_us")
+_END_KEYS = frozenset(_END_ORDER)
 
 
 class Connection:
@@ -158,7 +162,7 @@ class Connection:
         p = frame.payload
         if self.is_server:
             self._send(FrameType.HELLO, 0, {
-                "agent": self.config.agent, "win": list(self.config.initial_window),
+                "win": list(self.config.initial_window), "agent": self.config.agent,
                 "hb_ms": self.config.heartbeat_ms, "idle_ms": self.config.idle_timeout_ms,
                 "max_payload": self.limits.max_payload})
             window = (0, 0, 0)
@@ -249,8 +253,8 @@ class Connection:
             code = frame.payload.get("code", int(ErrorCode.CANCELLED))
             self._events.append(ev.StreamCancelled(sid, code))
             self._release(sid)
-            self._send(FrameType.ERROR, sid, {"code": int(ErrorCode.CANCELLED),
-                                              "msg": "cancelled by client", "retry": False})
+            self._send(FrameType.ERROR, sid, {"msg": "cancelled by client",
+                                              "code": int(ErrorCode.CANCELLED), "retry": False})
 
     def _on_window_update(self, frame) -> None:
         self._require_established(frame)
@@ -282,11 +286,13 @@ class Connection:
 
     # ---- output ----------------------------------------------------------------------------------
 
-    def _send(self, ftype: FrameType, stream_id: int, payload: dict) -> None:
+    def _send(self, ftype: FrameType, stream_id: int, payload: dict, ordered: bool = True) -> None:
+        """Queue a frame. Payloads built here are in deterministic key order without floats
+        (ordered=True, the cheap encoder); anything a caller supplied uses the canonical one."""
         flags = self._flags | (CONGESTION if self.congested else 0)
         self._outbox.append(seal(self.keyring.signer, self.keyring.current_id, ftype, flags,
                                  stream_id, self._send_seq, self._now,
-                                 self._guard.session_nonce or _ZERO_NONCE, payload))
+                                 self._guard.session_nonce or _ZERO_NONCE, payload, ordered))
         self._send_seq += 1
         self._last_sent = self._now
 
@@ -312,7 +318,7 @@ class Connection:
         self._reserved[sid] = need
         self._last_stream_id = sid
         self.streams[sid] = transition(self._table, IDLE, sid, "send_request")
-        self._send(FrameType.REQUEST, sid, request)
+        self._send(FrameType.REQUEST, sid, request, ordered=False)
         return sid
 
     def send_cancel(self, stream_id: int, now_ms: int | None = None) -> None:
@@ -330,22 +336,24 @@ class Connection:
         self._stream_output(stream_id, "send_chunk")
         index = self._chunk_index.get(stream_id, 0)
         self._chunk_index[stream_id] = index + 1
-        payload = {"i": index, "text": text}
-        if tokens:
-            payload["tok"] = tokens
+        payload = {"i": index, "tok": tokens, "text": text} if tokens else {"i": index, "text": text}
         self._send(FrameType.CHUNK, stream_id, payload)
 
     def send_end(self, stream_id: int, usage: dict, now_ms: int | None = None) -> None:
         """usage: in, out, cost (USD micros) required; model, provider, finish, overhead_us optional."""
         self._check_open(now_ms)
-        self._send_stream_close(stream_id, "send_end", FrameType.END, usage)
+        if usage.keys() <= _END_KEYS:
+            self._send_stream_close(stream_id, "send_end", FrameType.END,
+                                    {k: usage[k] for k in _END_ORDER if k in usage})
+        else:   # keys this version does not know: let the canonical encoder order them
+            self._send_stream_close(stream_id, "send_end", FrameType.END, usage, ordered=False)
 
     def send_error(self, stream_id: int, code: int, message: str = "",
                    retry_after_ms: int = 0, now_ms: int | None = None) -> None:
         self._check_open(now_ms)
-        payload = {"code": int(code), "msg": message, "retry": code in RETRYABLE}
+        payload = {"msg": message, "code": int(code), "retry": code in RETRYABLE}
         if retry_after_ms:
-            payload["after_ms"] = retry_after_ms
+            payload["after_ms"] = int(retry_after_ms)
         self._send_stream_close(stream_id, "send_error", FrameType.ERROR, payload)
 
     def _stream_output(self, stream_id: int, event: str):
@@ -356,12 +364,12 @@ class Connection:
         self.streams[stream_id] = new
         return new
 
-    def _send_stream_close(self, stream_id, event, ftype, payload) -> None:
+    def _send_stream_close(self, stream_id, event, ftype, payload, ordered: bool = True) -> None:
         self._stream_output(stream_id, event)
         del self.streams[stream_id]
         self._chunk_index.pop(stream_id, None)
         self._release(stream_id)
-        self._send(ftype, stream_id, payload)
+        self._send(ftype, stream_id, payload, ordered)
 
     def _release(self, stream_id: int) -> None:
         """Server: a closed stream's reservation returns to the client (unless the owner meters)."""
@@ -394,7 +402,7 @@ class Connection:
         if now_ms is not None:
             self._now = now_ms
         self._flush_grant()
-        self._send(FrameType.CLOSE, 0, {"code": int(code), "msg": message})
+        self._send(FrameType.CLOSE, 0, {"msg": message, "code": int(code)})
         self.closed = True
         self.close_code = int(code)
         self.streams.clear()

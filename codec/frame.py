@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from . import backend
 from .errors import AuthError, ErrorCode, FrameError, PayloadError
-from .payload import DEFAULT_LIMITS, Limits, decode, decode_span, encode
+from .payload import DEFAULT_LIMITS, Limits, decode, decode_span, encode, encode_ordered
 
 VERSION = 1
 HEADER_SIZE = 40
@@ -170,10 +170,15 @@ def check_shape(ftype: FrameType, payload: dict, limits: Limits = DEFAULT_LIMITS
 
 # ---- sealing and opening ------------------------------------------------------------------------
 
-def seal(key, key_id, ftype, flags, stream_id, sequence, timestamp_ms, nonce, payload) -> bytes:
-    """Encode `payload` (dict) deterministically and return the signed frame bytes."""
+def seal(key, key_id, ftype, flags, stream_id, sequence, timestamp_ms, nonce, payload,
+         ordered: bool = False) -> bytes:
+    """Encode `payload` (dict) deterministically and return the signed frame bytes.
+
+    ordered=True: the caller built the payload in deterministic key order without floats
+    (see payload.encode_ordered), so the cheaper encoder gives the same bytes.
+    """
     return key.seal(int(ftype), flags, key_id, stream_id, sequence, timestamp_ms, nonce,
-                    encode(payload))
+                    encode_ordered(payload) if ordered else encode(payload))
 
 
 def peek_length(buf, offset: int, limits: Limits = DEFAULT_LIMITS):
