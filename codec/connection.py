@@ -96,16 +96,17 @@ class Connection:
         self._now = now_ms
         self._buffer += data
         buf = self._buffer
-        offset = 0
+        offset = start = 0      # start: the frame being processed, whose nonce a refusal echoes
         try:
             while not self.closed:
+                start = offset
                 total = peek_length(buf, offset, self.limits)
                 if total is None or offset + total > len(buf):
                     break
                 frame, offset = open_frame(buf, offset, self.keyring, self.limits, now_ms)
                 self._on_frame(frame, now_ms)
         except CodecError as exc:
-            self._fail(exc, buf, offset)
+            self._fail(exc, buf, start)
         del buf[:offset]
 
     def receive_frames(self, data, now_ms: int) -> None:
@@ -121,8 +122,9 @@ class Connection:
                 if opened is None:
                     raise ProtocolError(f"message ends inside a frame ({end - offset} bytes left)",
                                         ErrorCode.MALFORMED_FRAME)
-                frame, offset = opened
+                frame, next_offset = opened
                 self._on_frame(frame, now_ms)
+                offset = next_offset
         except CodecError as exc:
             self._fail(exc, data, offset)
 

@@ -1,20 +1,24 @@
 """ATP's own targets: `atp serve` with one openai_compat provider pointing at nginx.
 
 atp-http: the OpenAI-compatible HTTP front, measured with wrk like the peers.
-The typed gRPC target (atp-grpc) belongs here too: a start function like _start_http with
-`--no-http --no-quic --grpc-port P`, and a `measure` that runs the harness's own client pinned to
-spec.core and returns wrk.run's keys (see targets.py); then one Target(...) line in TARGETS below.
+atp-grpc: the typed gRPC front (`--no-http --no-quic --grpc-port P`), same nginx behind it through the
+openai_compat adapter, measured by the load generator of `python -m bench load` (the SDK's typed
+client on uvloop, one channel, closed loop with as many requests in flight as wrk has connections),
+run as a child pinned to the load core, and reported with wrk.run's keys.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from . import upstream
-from .base import Ctx, Running, Target
-from .common import REPO, WORK, Proc, Unavailable, free_port, run_text
+from .base import Ctx, MeasureSpec, Running, Target
+from .common import REPO, WORK, Proc, Unavailable, free_port, pinned, run_text, wait_ready
 
 API_KEY = "sk-atp-dev"          # the development key; its sha256 is in the generated config
 HMAC_KEY_ID = 1
@@ -92,7 +96,82 @@ def _start_http(ctx: Ctx) -> Running:
                             {"Authorization": f"Bearer {API_KEY}"}, ready_timeout_s=60)
 
 
+def _load_cmd(target: str, *extra: str) -> list[str]:
+    """`python -m bench load` against a running atp-grpc: the bench model, every answer checked."""
+    return [sys.executable, "-m", "bench", "load", "--target", "grpc", "--server", target,
+            "--model", upstream.MODEL, "--expect", upstream.MARKER, *extra]
+
+
+def _grpc_check(target: str):
+    # In a child process: the harness itself stays free of grpc threads (it forks gateways later).
+    def check():
+        r = subprocess.run(_load_cmd(target, "--probe"), capture_output=True, text=True, timeout=60, cwd=REPO)
+        return r.returncode == 0, (r.stdout + r.stderr).strip()[-300:]
+    return check
+
+
+def _start_grpc(ctx: Ctx) -> Running:
+    available()
+    port = free_port()
+    conf = write_config(ctx.upstream_base_url)
+    proc = Proc("atp-grpc", [*atp_command(), "serve", "--config", str(conf), "--no-http", "--no-quic",
+                             "--grpc-port", str(port), "--log-level", "warning"],
+                core=ctx.gateway_core, cwd=REPO, log_path=ctx.log("atp-grpc"))
+    target = f"127.0.0.1:{port}"
+    try:
+        ready = wait_ready(proc.name, _grpc_check(target), 60, proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return Running(f"grpc://{target}/atp.v1.Atp/Complete", {"authorization": f"Bearer {API_KEY}"},
+                   [proc.pid], proc.stop, proc.stopped, ready, proc.log_path, {"target": target})
+
+
+def _measure_grpc(running: Running, spec: MeasureSpec) -> dict:
+    """Closed loop, spec.connections requests in flight on one channel; wrk.run's keys.
+
+    ATP errors (the gateway answered with an error code) count as non2xx, answers without the
+    upstream's marker as bad_bodies, transport failures (UNAVAILABLE, timeouts, unfinished) as
+    socket_errors."""
+    (WORK / "wrk").mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix="atp-grpc-", suffix=".json", dir=WORK / "wrk", delete=False) as f:
+        out = Path(f.name)
+    cmd = pinned(_load_cmd(running.extra["target"], "--mode", "closed", "--concurrency", str(spec.connections),
+                           "--duration", f"{spec.duration_s:g}", "--warmup", "0", "--timeout", "10",
+                           "--no-pin", "--quiet", "--json", str(out)), spec.core)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=spec.duration_s + 120, cwd=REPO)
+        if spec.log_path is not None:
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            spec.log_path.write_text(f"$ {' '.join(cmd)}\n{r.stdout}\n{r.stderr}\n")
+        try:
+            doc = json.loads(out.read_text())
+        except (OSError, ValueError):
+            raise RuntimeError(f"gRPC load client produced no result (exit {r.returncode}): "
+                               f"{r.stdout[-500:]} {r.stderr[-500:]}") from None
+    finally:
+        out.unlink(missing_ok=True)
+    res = doc["results"][0]
+    if "error" in res:
+        raise RuntimeError(f"gRPC load client failed: {res['error']}")
+    errors = res["errors"]
+    transport = {"UNAVAILABLE", "TIMEOUT", "UNFINISHED", "CANCELLED"}
+    bad = errors.get("BAD_ANSWER", 0)
+    sock = sum(v for k, v in errors.items() if k in transport or not k.isupper())
+    non2xx = sum(errors.values()) - bad - sock
+    lat = {k: (round(v / 1000, 3) if v is not None else None) for k, v in res["latency_us"].items()
+           if k in ("p50", "p90", "p99", "p99.9", "mean", "max")}
+    return {
+        "requests": res["requests"], "responses": res["requests"], "rps": res["achieved_rps"],
+        "duration_s": res["duration_s"], "latency_ms": lat, "non2xx": non2xx, "bad_bodies": bad,
+        "socket_errors": sock, "errors": errors,
+        "first_bad": next(iter(res["error_samples"].values()), ""),
+        "client_cpu_us_per_req": res["client"]["cpu_us_per_req"],
+        "gateway_overhead_us": res["gateway_overhead_us"],
+    }
+
+
 TARGETS = [
     Target("atp-http", "ATP OpenAI-compatible HTTP", _start_http, version),
-    # Target("atp-grpc", "ATP typed gRPC", _start_grpc, version, measure=_measure_grpc),
+    Target("atp-grpc", "ATP typed gRPC", _start_grpc, version, measure=_measure_grpc),
 ]

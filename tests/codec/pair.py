@@ -14,8 +14,9 @@ class ConnectionPair:
     """client + server sharing one key configuration.
 
     transport="stream" moves `data_to_send()` through `receive_data()` (QUIC/TCP-like);
-    transport="frames" moves `frames_to_send()` one message at a time through `receive_frame()`
-    (gRPC-like). `wire[side]` keeps every chunk of bytes each side emitted, for replays.
+    transport="frames" moves `frames_to_send()` one message at a time through `receive_frame()`;
+    transport="batches" moves all queued frames as one message through `receive_frames()` (gRPC
+    Session batching). `wire[side]` keeps every chunk of bytes each side emitted, for replays.
     """
 
     def __init__(self, *, client_config: ConnectionConfig = ConnectionConfig(),
@@ -23,7 +24,7 @@ class ConnectionPair:
                  limits=DEFAULT_LIMITS, nonce_cache: NonceCache | None = None,
                  keys: dict | None = None, nonce: bytes = ff.NONCE, now_ms: int = START_MS,
                  transport: str = "stream"):
-        if transport not in ("stream", "frames"):
+        if transport not in ("stream", "frames", "batches"):
             raise ValueError(transport)
         keys = keys or {ff.KEY_ID: ff.KEY}
         self.now = now_ms
@@ -64,11 +65,11 @@ class ConnectionPair:
         """Move whatever `src` queued to its peer (after `hop_ms` of latency); True if anything moved."""
         sender = self.side(src)
         receiver = self.side("server" if src == "client" else "client")
-        if self.transport == "stream":
+        if self.transport == "frames":
+            messages = sender.frames_to_send()
+        else:
             data = sender.data_to_send()
             messages = [data] if data else []
-        else:
-            messages = sender.frames_to_send()
         if not messages:
             return False
         self.advance(hop_ms)
@@ -76,8 +77,10 @@ class ConnectionPair:
             self.wire[src].append(message)
             if self.transport == "stream":
                 receiver.receive_data(message, self.now)
-            else:
+            elif self.transport == "frames":
                 receiver.receive_frame(message, self.now)
+            else:
+                receiver.receive_frames(message, self.now)
         self._collect()
         return True
 

@@ -202,12 +202,13 @@ def test_missing_required_keys(codec_backend, ftype):
         assert _open(ff.build(ftype, payload={}))[0].payload == {}
 
 
-# one wrong value per kind (bool is not an int; uint is u64; num excludes NaN and bigger-than-2^53 ints)
+# wrong values per kind (bool is not an int; uint is u64; num: finite floats (codec since 7e087ff;
+# PROTOCOL.md §6.2 still says ±Infinity is accepted) and ints within ±2^53)
 WRONG = {
     "uint": [-1, True, 1.0, "1", None, [1]],
     "str": [1, b"s", None, ["s"], True],
     "bool": [0, 1, "true", None],
-    "num": [float("nan"), "1", True, None, (1 << 53) + 1, [1.0]],
+    "num": [float("nan"), float("inf"), float("-inf"), "1", True, None, (1 << 53) + 1, [1.0]],
     "tier": ["slow", "", 1, None, "FAST"],
     "strs": ["a", [1], ["a", 2], [b"a"], {"a": "b"}],
     "messages": [[], [["user"]], [["user", "hi", "x"]], [["user", 1]], "user: hi", [[1, "hi"]], [{"role": "user"}]],
@@ -215,7 +216,7 @@ WRONG = {
     "uint3": [[1, 2], [1, 2, 3, 4], [1, -2, 3], [1, True, 3], [1, 2, "3"], {"a": 1}],
 }
 RIGHT = {"uint": [0, 2**64 - 1], "str": ["", "é"], "bool": [True, False],
-         "num": [0, -1.5, 1 << 53, float("inf")], "tier": ["fast", "balanced", "high"],
+         "num": [0, -1.5, 1 << 53, -(1 << 53), 1e308], "tier": ["fast", "balanced", "high"],
          "strs": [[], ["a", "b"]], "messages": [[["user", "hi"]], [["a", ""], ["b", "c"]]],
          "smap": [{}, {"a": "b"}], "uint3": [[0, 0, 0], [1, 2**64 - 1, 3]]}
 
