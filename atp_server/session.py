@@ -16,6 +16,7 @@ from codec.errors import ErrorCode
 from .types import AtpError, ChatRequest, Delta, Done
 
 log = logging.getLogger("atp.session")
+FLUSH_EVERY = 16      # ended streams that force a flush before the loop pass is over
 
 
 def now_ms() -> int:
@@ -54,6 +55,7 @@ class FrameSession:
         self.principal = None
         self.tasks: dict[int, asyncio.Task] = {}
         self._flush_pending = False
+        self._ended = 0                 # streams ended since the last flush
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._finished = False
@@ -107,10 +109,18 @@ class FrameSession:
                     task.cancel()
 
     async def _run(self, sid: int, request: ChatRequest, started_ns: int) -> None:
-        conn = self.conn
+        conn, pipeline = self.conn, self.app.pipeline
         try:
-            async with aclosing(self.app.pipeline.stream(request, self.principal, self.transport,
-                                                         started_ns)) as items:
+            if not request.stream:
+                # The whole answer as one CHUNK: a signed frame per token costs ~10 µs a side.
+                c = await pipeline.complete(request, self.principal, self.transport, started_ns)
+                if conn.closed:
+                    return
+                conn.send_chunk(sid, c.text, c.usage.output_tokens, now_ms=now_ms())
+                self._send_end(sid, request, c.usage, c.decision, c.finish_reason, c.overhead_us)
+                return
+            async with aclosing(pipeline.stream(request, self.principal, self.transport,
+                                                started_ns)) as items:
                 async for item in items:
                     if conn.closed:
                         return
@@ -119,12 +129,8 @@ class FrameSession:
                         conn.send_chunk(sid, item.text, item.tokens, now_ms=now_ms())
                         self._schedule_flush()
                     elif kind is Done:
-                        u, d = item.usage, item.decision
-                        conn.send_end(sid, {"in": u.input_tokens, "out": u.output_tokens,
-                                            "cost": u.cost_usd_micros, "model": d.model,
-                                            "provider": d.provider, "finish": item.finish_reason,
-                                            "overhead_us": item.overhead_us,
-                                            "rid": request.request_id}, now_ms=now_ms())
+                        self._send_end(sid, request, item.usage, item.decision, item.finish_reason,
+                                       item.overhead_us)
         except AtpError as exc:
             if not conn.closed and sid in conn.streams:
                 conn.send_error(sid, exc.code, exc.message, exc.retry_after_ms, now_ms=now_ms())
@@ -138,6 +144,18 @@ class FrameSession:
             self.tasks.pop(sid, None)
             self._schedule_flush()
 
+    def _send_end(self, sid, request, usage, decision, finish_reason, overhead_us) -> None:
+        self.conn.send_end(sid, {"in": usage.input_tokens, "out": usage.output_tokens,
+                                 "cost": usage.cost_usd_micros, "model": decision.model,
+                                 "provider": decision.provider, "finish": finish_reason,
+                                 "overhead_us": overhead_us, "rid": request.request_id},
+                           now_ms=now_ms())
+        self._ended += 1
+        if self._ended >= FLUSH_EVERY:
+            # A burst of many finished streams leaves in slices, so the peer starts on the first
+            # answers while we still work on the rest (no lock-step between the two sides).
+            self._flush()
+
     # ---- output and timers -----------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
@@ -147,6 +165,7 @@ class FrameSession:
 
     def _flush(self) -> None:
         self._flush_pending = False
+        self._ended = 0
         if self._finished:
             return
         conn = self.conn
