@@ -34,6 +34,7 @@ class SimulatedAdapter:
         self.name = name
         self.settings = settings
         self.calls = 0
+        self._texts: dict[tuple[int, int], str] = {}
 
     def _plan(self, model: ModelSpec, request: ChatRequest):
         """(tokens out, fail?, cut index or None, delay s, first word) — all from a stable hash.
@@ -90,7 +91,10 @@ class SimulatedAdapter:
             raise AtpError(ErrorCode.UPSTREAM_ERROR, f"simulated failure of {model.id}")
         if cut_at is not None:
             raise AtpError(ErrorCode.UPSTREAM_CUT, f"simulated connection cut after {cut_at} tokens")
-        return "".join(self._word(start, i) for i in range(n_out)), self._finish(request, n_out)
+        text = self._texts.get((start, n_out))
+        if text is None:   # at most len(_WORDS) x output_tokens distinct answers: cache them
+            text = self._texts[(start, n_out)] = "".join(self._word(start, i) for i in range(n_out))
+        return text, self._finish(request, n_out)
 
     async def aclose(self) -> None:
         return None

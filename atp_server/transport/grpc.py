@@ -54,9 +54,10 @@ def to_chat_request(m: pb.CompletionRequest) -> ChatRequest:
         max_tokens=m.max_tokens if m.HasField("max_tokens") else None,
         max_cost_usd=m.max_cost_usd if m.HasField("max_cost_usd") else None,
         latency_slo_ms=m.latency_slo_ms if m.HasField("latency_slo_ms") else None,
-        tenant=m.tenant, capabilities=tuple(m.required_capabilities),
+        tenant=m.tenant,
+        capabilities=tuple(m.required_capabilities) if m.required_capabilities else (),
         temperature=m.temperature if m.HasField("temperature") else None,
-        request_id=m.request_id, metadata=dict(m.metadata))
+        request_id=m.request_id, metadata=dict(m.metadata) if m.metadata else {})
 
 
 def route_pb(d: RouteDecision) -> pb.RouteDecision:
