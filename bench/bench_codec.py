@@ -95,7 +95,7 @@ def cases():
         def run(k):
             key = ring.signer
             for i in range(k):
-                seal(key, 1, FrameType.CHUNK, 0x80, 1, i, TS, NONCE, CHUNK)
+                seal(key, 1, FrameType.CHUNK, 0x80, 1, i, TS, NONCE, CHUNK, ordered=True)
         return run
 
     def connection_case(n):
@@ -126,7 +126,7 @@ def cases():
             "sign ~400 B frame (HMAC-SHA256)": sign_case,
             "verify ~400 B frame": verify_case,
             "inbound frame path (parse+verify+replay+decode+shape)": inbound_case,
-            "outbound CHUNK frame (encode+header+sign)": outbound_case,
+            "outbound CHUNK frame (ordered encode+header+sign)": outbound_case,
             "server Connection.receive_frame(REQUEST) -> event": connection_case}
 
 

@@ -90,7 +90,8 @@ def _start_http(ctx: Ctx) -> Running:
     port = free_port()
     conf = write_config(ctx.upstream_base_url)
     proc = Proc("atp-http", [*atp_command(), "serve", "--config", str(conf), "--no-grpc", "--no-quic",
-                             "--http-port", str(port), "--log-level", "warning"],
+                             "--http-port", str(port), "--log-level", "warning",
+                             "--workers", str(ctx.workers)],
                 core=ctx.gateway_core, cwd=REPO, log_path=ctx.log("atp-http"))
     return Running.for_proc(proc, f"http://127.0.0.1:{port}/v1/chat/completions",
                             {"Authorization": f"Bearer {API_KEY}"}, ready_timeout_s=60)
@@ -115,7 +116,8 @@ def _start_grpc(ctx: Ctx) -> Running:
     port = free_port()
     conf = write_config(ctx.upstream_base_url)
     proc = Proc("atp-grpc", [*atp_command(), "serve", "--config", str(conf), "--no-http", "--no-quic",
-                             "--grpc-port", str(port), "--log-level", "warning"],
+                             "--grpc-port", str(port), "--log-level", "warning",
+                             "--workers", str(ctx.workers)],
                 core=ctx.gateway_core, cwd=REPO, log_path=ctx.log("atp-grpc"))
     target = f"127.0.0.1:{port}"
     try:

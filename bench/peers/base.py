@@ -14,10 +14,11 @@ from .common import LOGS, Proc, completion_check, wait_ready
 class Ctx:
     """What a target's start function gets."""
     nginx: Nginx
-    gateway_core: int | None
+    gateway_core: int | str | None           # a core, or "0,1" for several workers
     load_core: int | None
     tag: str = "run"                          # e.g. "r2": distinguishes log files per round
     log_dir: Path = LOGS
+    workers: int = 1                          # gateway worker processes (targets that have them)
 
     @property
     def upstream_base_url(self) -> str:       # http://127.0.0.1:<nginx>/v1

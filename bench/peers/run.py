@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every target once (default 3)")
     p.add_argument("--only", default=names, help=f"comma-separated targets, in run order (default {names})")
     p.add_argument("--gateway-core", type=int, default=0, help="core the gateway under test is pinned to (default 0)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway worker processes for targets that have them (atp-*: --workers, litellm: "
+                        "--num_workers); >1 spreads gateway, wrk and nginx over all cores unpinned")
     p.add_argument("--load-core", type=int, default=1, help="core for nginx and the load generator (default 1)")
     p.add_argument("--settle", type=float, default=1.0, help="pause between targets, seconds (default 1)")
     p.add_argument("--json", metavar="PATH", help="write every round and the summary as JSON")
@@ -278,7 +281,11 @@ def main(args) -> int:
     ncpu = len(os.sched_getaffinity(0))
     gw_core, load_core = args.gateway_core, args.load_core
     usable = os.sched_getaffinity(0)
-    if gw_core not in usable or load_core not in usable:
+    if args.workers > 1:
+        # Several workers need several cores: nobody is pinned, the kernel shares all of them.
+        log(f"{args.workers} gateway workers: gateway, wrk and nginx share all {ncpu} cores (unpinned)")
+        gw_core = load_core = None
+    elif gw_core not in usable or load_core not in usable:
         log(f"cores {gw_core}/{load_core} not usable here (usable: {sorted(usable)}); not pinning")
         gw_core = load_core = None
     elif gw_core == load_core or ncpu < 2:
@@ -304,7 +311,7 @@ def main(args) -> int:
                     continue
                 if tty:
                     print(f"{prefix} starting…", end="", file=sys.stderr, flush=True)
-                ctx = Ctx(upstream, gw_core, load_core, tag=f"r{rnd}")
+                ctx = Ctx(upstream, gw_core, load_core, tag=f"r{rnd}", workers=args.workers)
                 try:
                     row = measure_target(t, ctx, args, rnd)
                 except (Unavailable, RuntimeError, OSError) as e:

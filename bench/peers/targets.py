@@ -47,7 +47,7 @@ def _start_bare(ctx: Ctx) -> Running:
 
 
 def _start_litellm(ctx: Ctx) -> Running:
-    g = litellm.LiteLLM(ctx.upstream_base_url, ctx.gateway_core, ctx.log("litellm"))
+    g = litellm.LiteLLM(ctx.upstream_base_url, ctx.gateway_core, ctx.log("litellm"), ctx.workers)
     try:
         g.start()
     except BaseException:
