@@ -129,7 +129,9 @@ class GrpcTransport:
                           ("Feedback", pb.FeedbackRequest), ("ListModels", pb.ListModelsRequest)):
             table[name] = grpc.unary_unary_rpc_method_handler(getattr(self, name),
                                                               _with_raw(cls), _ser)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, table),))
+        # Registered (not generic) handlers: grpc matches them in C; with the health and
+        # reflection services present, a generic handler cost ~20 µs more per call here.
+        server.add_registered_method_handlers(SERVICE, table)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
