@@ -1,4 +1,11 @@
-"""Audit hook: every finished or failed request becomes a record, batched into SQLite off the hot path."""
+"""Audit hook: every finished or failed request becomes a record, batched into SQLite off the hot path.
+
+Why the batches are written on the event loop and only checkpoints run in a thread: a writer
+thread competing for the GIL with the loop (bind a row, release for sqlite3_step, re-acquire)
+gave the loop multi-millisecond stalls — p99 latency 3–40 ms at 3.5k req/s. Appends to the WAL
+without fsync cost ~1.5 µs a row on the loop, in slices every 50 ms; the one slow part, the WAL
+checkpoint (fsync), runs on its own connection in a worker thread, in C without the GIL.
+"""
 import asyncio
 import sqlite3
 import threading
@@ -14,17 +21,20 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
 class AuditLog:
     """Appends records to a buffer (O(1) on the request path); a background flush writes batches."""
 
-    def __init__(self, path: str, flush_every_s: float = 0.25, max_buffer: int = 4096):
+    def __init__(self, path: str, flush_every_s: float = 0.05, max_buffer: int = 4096,
+                 checkpoint_every_s: float = 5.0):
         self.path = path
         self.flush_every_s = flush_every_s
+        self.checkpoint_every_s = checkpoint_every_s
         self.max_buffer = max_buffer
         self._buffer: list[tuple] = []
-        self._lock = threading.Lock()       # the flush runs in a worker thread
+        self._lock = threading.Lock()       # count() may be called from other threads (tests)
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a committed batch survives a process crash (not an OS crash before the
         # next checkpoint); halves the cost per row against FULL (1.5 vs 3 µs measured here).
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")   # checkpoints: _checkpoint(), threaded
         self._db.execute(_SCHEMA)
         self._db.commit()
         self._task: asyncio.Task | None = None
@@ -48,16 +58,27 @@ class AuditLog:
         self.written += len(rows)
         return len(rows)
 
+    def _checkpoint(self) -> None:
+        """Fold the WAL into the database (fsync) on a connection of this worker thread's own."""
+        db = sqlite3.connect(self.path)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        next_checkpoint = loop.time() + self.checkpoint_every_s
         while not self._stopping.is_set():
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.flush_every_s)
             except asyncio.TimeoutError:
                 pass
             if self._buffer:
-                # Not cancellable mid-write: close() waits for this batch instead of losing it.
-                await loop.run_in_executor(None, self.flush)
+                self.flush()
+            if loop.time() >= next_checkpoint:
+                await loop.run_in_executor(None, self._checkpoint)
+                next_checkpoint = loop.time() + self.checkpoint_every_s
 
     def start(self) -> None:
         self._stopping = asyncio.Event()
@@ -70,6 +91,7 @@ class AuditLog:
             self._task = None
         self.flush()
         with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
 
     def count(self) -> int:

@@ -126,7 +126,13 @@ def _start_grpc(ctx: Ctx) -> Running:
         proc.stop()
         raise
     return Running(f"grpc://{target}/atp.v1.Atp/Complete", {"authorization": f"Bearer {API_KEY}"},
-                   [proc.pid], proc.stop, proc.stopped, ready, proc.log_path, {"target": target})
+                   [proc.pid], proc.stop, proc.stopped, ready, proc.log_path,
+                   {"target": target, "workers": ctx.workers})
+
+
+def _connections(workers: int) -> int:
+    """gRPC channels for the load client: SO_REUSEPORT spreads connections, not calls."""
+    return 1 if workers == 1 else 2 * workers
 
 
 def _measure_grpc(running: Running, spec: MeasureSpec) -> dict:
@@ -140,7 +146,10 @@ def _measure_grpc(running: Running, spec: MeasureSpec) -> dict:
         out = Path(f.name)
     cmd = pinned(_load_cmd(running.extra["target"], "--mode", "closed", "--concurrency", str(spec.connections),
                            "--duration", f"{spec.duration_s:g}", "--warmup", "0", "--timeout", "10",
-                           "--no-pin", "--quiet", "--json", str(out)), spec.core)
+                           "--no-pin", "--quiet", "--json", str(out),
+                           # SO_REUSEPORT spreads connections, not calls: one per worker at least
+                           "--connections", str(_connections(running.extra.get("workers", 1)))),
+                 spec.core)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=spec.duration_s + 120, cwd=REPO)
         if spec.log_path is not None:
