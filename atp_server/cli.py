@@ -93,6 +93,8 @@ def cmd_serve(args) -> int:
                                              "SO_REUSEPORT, so 0 (any free port) cannot be used")
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.log_level != "debug":   # aioquic logs every handshake at INFO
+            logging.getLogger("quic").setLevel(logging.WARNING)
         if workers == 1:
             from .app import App
             app = App(cfg)      # config errors found while building show before anything binds
