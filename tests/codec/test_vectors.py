@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from codec import Connection, ConnectionTerminated, Keyring, Limits, NonceCache, SessionGuard
-from codec.errors import CodecError, ErrorCode
+from codec import Connection, ConnectionTerminated, Keyring, Limits, NonceCache
+from codec.errors import ErrorCode
 from codec.frame import HEADER_SIZE, OVERHEAD, TAG_SIZE, FrameType, open_frame
 from codec.payload import encode
 
@@ -41,6 +41,9 @@ def _load_generator():
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+GENERATOR = _load_generator()
+
 
 def make_keyring() -> Keyring:
     """The vectors' key ring, built from the document (call after the backend fixture ran)."""
@@ -89,42 +92,17 @@ def is_incomplete(data: bytes) -> bool:
 
 
 def replay(case):
-    """open_frame + SessionGuard over one case: [(frame dict, (Frame, None) | (None, code))]."""
-    ring = make_keyring()
-    skew, window = DOC["replay"]["skew_ms"], DOC["replay"]["window"]
-    cache = NonceCache(skew_ms=skew)
-    server = case["receiver"] == "server"
-    session_nonce = None if server else bytes.fromhex(case["session_nonce"])
-
-    def new_guard():
-        return SessionGuard(is_responder=server, nonce_cache=cache if server else None,
-                            session_nonce=session_nonce, window=window)
-
-    guard = new_guard()
-    results = []
-    for f in case["frames"]:
-        if f["new_session"]:
-            guard = new_guard()
-        data = bytes.fromhex(f["hex"])
-        try:
-            opened = open_frame(data, 0, ring, LIMITS, f["now_ms"])
-            if opened is None:   # the vectors' rule: the input ends after the last frame
-                raise CodecError("incomplete at end of input", ErrorCode.MALFORMED_FRAME)
-            frame, end = opened
-            if end != len(data):
-                raise CodecError("bytes after the frame", ErrorCode.MALFORMED_FRAME)
-            guard.check(frame, f["now_ms"])
-        except CodecError as exc:
-            results.append((f, (None, int(exc.code))))
-        else:
-            results.append((f, (frame, None)))
-    return results
+    """open_frame + SessionGuard over one case, with the document's keys and parameters (the
+    generator's own replay, fed from the JSON): [(frame dict, (Frame, None) | (None, code))]."""
+    verdicts = GENERATOR.python_verdicts(case, make_keyring(), skew=DOC["replay"]["skew_ms"],
+                                         window=DOC["replay"]["window"], limits=LIMITS)
+    return [(f, (got, None) if ok else (None, got)) for f, (ok, got) in zip(case["frames"], verdicts)]
 
 
 # ---- (a) the committed file is the generator's output ------------------------------------------
 
 def test_frames_json_is_generator_output(codec_backend):
-    assert _load_generator().render() == FRAMES.read_text(encoding="utf-8"), (
+    assert GENERATOR.render() == FRAMES.read_text(encoding="utf-8"), (
         "tests/vectors/frames.json is stale: run python tests/vectors/generate.py")
 
 

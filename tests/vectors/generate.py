@@ -739,16 +739,21 @@ def build_cases():
 
 # ---- self-check against the Python codec --------------------------------------------------------
 
-def python_verdicts(case: dict, ring=None):
-    """Replay one case (JSON form) through open_frame + SessionGuard: [(ok, code or Frame)]."""
+def python_verdicts(case: dict, ring=None, *, skew=None, window=None, limits=None):
+    """Replay one case (JSON form) through open_frame + SessionGuard: [(ok, code or Frame)].
+
+    The parameters default to this generator's constants; tests pass the document's own."""
     ring = keyring() if ring is None else ring
-    cache = NonceCache(skew_ms=SKEW)
+    skew = SKEW if skew is None else skew
+    window = WINDOW if window is None else window
+    limits = LIMITS if limits is None else limits
+    cache = NonceCache(skew_ms=skew)
     server = case["receiver"] == "server"
     nonce = None if server else bytes.fromhex(case["session_nonce"])
 
     def new_guard():
         return SessionGuard(is_responder=server, nonce_cache=cache if server else None,
-                            session_nonce=nonce, window=WINDOW)
+                            session_nonce=nonce, window=window)
 
     guard = new_guard()
     out = []
@@ -757,7 +762,7 @@ def python_verdicts(case: dict, ring=None):
             guard = new_guard()
         data = bytes.fromhex(f["hex"])
         try:
-            opened = open_frame(data, 0, ring, LIMITS, f["now_ms"])
+            opened = open_frame(data, 0, ring, limits, f["now_ms"])
             if opened is None:
                 raise CodecError("incomplete at end of input", ErrorCode.MALFORMED_FRAME)
             frame, end = opened
