@@ -86,20 +86,27 @@ DEV_API_KEY = "sk-atp-dev"
 DEV_HMAC_KEY_ID = 1
 DEV_HMAC_SECRET = b"atp-dev-hmac-secret-change-me!!!"
 
-DEFAULT_TOML = f"""
-[server]
-host = "127.0.0.1"
 
+
+def dev_auth_toml(name: str = "dev", api_key: str = DEV_API_KEY) -> str:
+    """TOML tables accepting the development credentials: the embedded default, benches, tests."""
+    return f"""
 [[auth.api_keys]]
-name = "dev"
-sha256 = "{hashlib.sha256(DEV_API_KEY.encode()).hexdigest()}"
+name = "{name}"
+sha256 = "{hashlib.sha256(api_key.encode()).hexdigest()}"
 tenant = "default"
 
 [[auth.hmac_keys]]
 id = {DEV_HMAC_KEY_ID}
 secret = "{DEV_HMAC_SECRET.decode()}"
 tenant = "default"
+"""
 
+
+DEFAULT_TOML = """
+[server]
+host = "127.0.0.1"
+""" + dev_auth_toml() + """
 [[providers]]
 name = "sim"
 type = "simulated"

@@ -7,7 +7,6 @@ the load run then sends one real request before the clock starts.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import sys
@@ -15,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atp_server.config import DEV_API_KEY, DEV_HMAC_KEY_ID, DEV_HMAC_SECRET
+from atp_server.config import dev_auth_toml
 
 from bench.peers.common import REPO, WORK, Proc, Unavailable, free_port
 from bench.peers.atp import atp_command
@@ -48,16 +47,7 @@ host = "127.0.0.1"
 state_dir = "{state_dir}"
 drain_seconds = 1.0
 
-[[auth.api_keys]]
-name = "bench"
-sha256 = "{hashlib.sha256(DEV_API_KEY.encode()).hexdigest()}"
-tenant = "default"
-
-[[auth.hmac_keys]]
-id = {DEV_HMAC_KEY_ID}
-secret = "{DEV_HMAC_SECRET.decode()}"
-tenant = "default"
-
+{dev_auth_toml("bench")}
 [[providers]]
 name = "sim"
 type = "simulated"

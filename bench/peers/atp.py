@@ -8,7 +8,6 @@ run as a child pinned to the load core, and reported with wrk.run's keys.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -21,12 +20,11 @@ from .base import Ctx, MeasureSpec, Running, Target
 from .common import REPO, WORK, Proc, Unavailable, free_port, pinned, run_text, wait_ready
 
 API_KEY = "sk-atp-dev"          # the development key; its sha256 is in the generated config
-HMAC_KEY_ID = 1
-HMAC_SECRET = "atp-dev-hmac-secret-change-me!!!"
 DIR = WORK / "atp"
 
 
 def write_config(upstream_base_url: str, path: Path | None = None, *, audit: bool = True) -> Path:
+    from atp_server.config import dev_auth_toml   # here: the harness imports no ATP code up front
     path = path or DIR / "atp.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     (DIR / "state").mkdir(parents=True, exist_ok=True)  # ATP opens the audit file, not the dir
@@ -35,16 +33,7 @@ def write_config(upstream_base_url: str, path: Path | None = None, *, audit: boo
 host = "127.0.0.1"
 state_dir = "{DIR / 'state'}"
 
-[[auth.api_keys]]
-name = "bench"
-sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"
-tenant = "default"
-
-[[auth.hmac_keys]]
-id = {HMAC_KEY_ID}
-secret = "{HMAC_SECRET}"
-tenant = "default"
-
+{dev_auth_toml("bench")}
 [[providers]]
 name = "nginx"
 type = "openai_compat"

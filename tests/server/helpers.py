@@ -1,5 +1,4 @@
 """Builders for in-memory server tests: a config with chosen simulated behaviour, a principal."""
-import hashlib
 
 from atp_server import config
 from atp_server.auth import Principal
@@ -35,14 +34,7 @@ quic_port = 0
 state_dir = "{tmp_path}"
 {server}
 
-[[auth.api_keys]]
-name = "dev"
-sha256 = "{hashlib.sha256(config.DEV_API_KEY.encode()).hexdigest()}"
-
-[[auth.hmac_keys]]
-id = {config.DEV_HMAC_KEY_ID}
-secret = "{config.DEV_HMAC_SECRET.decode()}"
-
+{config.dev_auth_toml("dev")}
 [[providers]]
 name = "sim"
 type = "simulated"
