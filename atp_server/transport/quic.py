@@ -4,11 +4,11 @@ import logging
 from functools import partial
 
 from aioquic.asyncio import serve
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
+from atp_client.quic_protocol import CoalescingQuicProtocol
 from codec.errors import ErrorCode
 
 from ..app import tls_paths
@@ -18,7 +18,7 @@ ALPN = "atp/1"
 log = logging.getLogger("atp.quic")
 
 
-class AtpQuicProtocol(QuicConnectionProtocol):
+class AtpQuicProtocol(CoalescingQuicProtocol):
     """One QUIC connection. It carries no ATP state: each client bidi stream is its own session.
 
     aioquic transmits after every datagram and every write; here a receive or a write only marks
@@ -99,27 +99,10 @@ class AtpQuicProtocol(QuicConnectionProtocol):
             return   # the peer reset/stopped the stream, or it is already finished: drop
         self._transmit_soon()
 
-    def transmit(self) -> None:
-        handle, self._transmit_task = self._transmit_task, None
-        if handle is not None:
-            handle.cancel()      # a direct call (close, timer) supersedes the deferred one
-        sent = 0
-        transport = self._transport
-        if not transport.is_closing():
-            for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
-                transport.sendto(data, addr)
-                sent += 1
-        if sent:
-            owner = self._owner
-            owner.transmits += 1
-            owner.datagrams += sent
-        timer_at = self._quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._handle_timer)
-        self._timer_at = timer_at
+    def _sent(self, datagrams: int) -> None:
+        super()._sent(datagrams)
+        self._owner.transmits += 1
+        self._owner.datagrams += datagrams
 
     # ---- shutdown ----------------------------------------------------------------------------
 

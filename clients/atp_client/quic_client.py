@@ -4,7 +4,6 @@ import ssl
 from contextlib import AsyncExitStack, aclosing
 
 from aioquic.asyncio.client import connect as quic_connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 
@@ -12,6 +11,7 @@ from codec.errors import ErrorCode
 
 from .errors import AtpClientError
 from .frames import FrameClient, build_request, keyring_for
+from .quic_protocol import CoalescingQuicProtocol
 from .types import Chunk, Result
 
 ALPN = "atp/1"
@@ -20,7 +20,7 @@ DEV_HMAC_KEY_ID = 1
 DEV_HMAC_SECRET = b"atp-dev-hmac-secret-change-me!!!"
 
 
-class QuicClientProtocol(QuicConnectionProtocol):
+class QuicClientProtocol(CoalescingQuicProtocol):
     """A client QUIC connection whose streams are routed to handlers (feed / peer_closed).
 
     Like the server, it transmits once per event-loop pass instead of after every datagram and
@@ -31,8 +31,6 @@ class QuicClientProtocol(QuicConnectionProtocol):
         super().__init__(quic, stream_handler)
         self.handlers: dict[int, object] = {}
         self.terminated: qe.ConnectionTerminated | None = None
-        self.transmits = 0
-        self.datagrams = 0
 
     def new_stream_id(self) -> int:
         return self._quic.get_next_available_stream_id()
@@ -79,27 +77,6 @@ class QuicClientProtocol(QuicConnectionProtocol):
         for handler in handlers:
             handler.peer_closed(f"QUIC connection closed: {event.reason_phrase or 'no reason'}"
                                 f" (0x{event.error_code:x})")
-
-    def transmit(self) -> None:
-        handle, self._transmit_task = self._transmit_task, None
-        if handle is not None:
-            handle.cancel()
-        sent = 0
-        transport = self._transport
-        if not transport.is_closing():
-            for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
-                transport.sendto(data, addr)
-                sent += 1
-        if sent:
-            self.transmits += 1
-            self.datagrams += sent
-        timer_at = self._quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._handle_timer)
-        self._timer_at = timer_at
 
 
 class QuicSession:
