@@ -412,6 +412,7 @@ class HttpClient:
         self.read_timeout_s, self.pool_timeout_s = read_timeout_s, pool_timeout_s
         self._ssl = ssl_context
         self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._heads: dict[tuple, tuple[tuple, bytes]] = {}   # (method, url, headers) -> _head()
         self.closed = False
 
     def ssl_context(self) -> _ssl.SSLContext:
@@ -431,21 +432,34 @@ class HttpClient:
         """`async with client.stream(...) as resp: async for chunk in resp` — leaving early closes."""
         return _StreamContext(lambda: self._open(method, url, headers, body, read_timeout_s, True))
 
-    async def _open(self, method, url, headers, body, read_timeout_s, streaming) -> Response:
-        if self.closed:
-            raise HttpClientError("client closed")
-        if method == "HEAD":
-            raise ValueError("HEAD is not supported")  # httptools cannot be told to expect no body
+    @staticmethod
+    def _head(method: str, url: str, headers: dict | None) -> tuple[tuple, bytes]:
+        """(pool key, request line + Host + headers, without Content-Length and the blank line)."""
         key, host, path = _split_url(url)
         head = [f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"]
         for k, v in (headers or {}).items():
             if "\n" in k or "\r" in k or "\n" in v or "\r" in v:
                 raise ValueError(f"header {k!r} contains a line break")
             head.append(f"{k}: {v}\r\n")
+        return key, "".join(head).encode("latin-1")
+
+    async def _open(self, method, url, headers, body, read_timeout_s, streaming) -> Response:
+        if self.closed:
+            raise HttpClientError("client closed")
+        if method == "HEAD":
+            raise ValueError("HEAD is not supported")  # httptools cannot be told to expect no body
+        cache_key = (method, url, tuple(headers.items()) if headers else ())
+        cached = self._heads.get(cache_key)
+        if cached is None:   # an adapter sends the same URL and headers every time: build once
+            cached = self._head(method, url, headers)
+            if len(self._heads) >= 256:
+                self._heads.clear()
+            self._heads[cache_key] = cached
+        key, head = cached
         if body or method in ("POST", "PUT", "PATCH"):
-            head.append(f"Content-Length: {len(body)}\r\n")
-        head.append("\r\n")
-        data = "".join(head).encode("latin-1") + body
+            data = b"".join((head, b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
+        else:
+            data = head + b"\r\n"
         timeout = self.read_timeout_s if read_timeout_s is None else read_timeout_s
         pool = self._pools.get(key)
         if pool is None:
