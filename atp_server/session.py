@@ -9,6 +9,7 @@ import logging
 import time
 from contextlib import aclosing
 
+from atp_client.timer import ConnectionTimer, now_ms
 from codec import Connection, ConnectionConfig
 from codec import events as ev
 from codec.errors import ErrorCode
@@ -17,10 +18,6 @@ from .types import AtpError, ChatRequest, Delta, Done
 
 log = logging.getLogger("atp.session")
 FLUSH_EVERY = 16      # ended streams that force a flush before the loop pass is over
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def request_from_payload(p: dict) -> ChatRequest:
@@ -56,11 +53,10 @@ class FrameSession:
         self.tasks: dict[int, asyncio.Task] = {}
         self._flush_pending = False
         self._ended = 0                 # streams ended since the last flush
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: int | None = None
+        self._timer = ConnectionTimer(self._loop, self.conn, self._after_timer)
         self._finished = False
         app.metrics.sessions.labels(transport).inc()
-        self._arm_timer()
+        self._timer.arm()
 
     # ---- input -----------------------------------------------------------------------------------
 
@@ -176,20 +172,9 @@ class FrameSession:
         if conn.closed:
             self._finish()
         else:
-            self._arm_timer()
+            self._timer.arm()
 
-    def _arm_timer(self) -> None:
-        deadline = self.conn.get_timer()
-        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
-            return   # an earlier (or equal) wake-up is already armed; it re-arms when it fires
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_later(max(0.0, (deadline - now_ms()) / 1000), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
-        self.conn.handle_timer(now_ms())
+    def _after_timer(self) -> None:
         self._process_events(time.perf_counter_ns())
         self._flush()
 
@@ -204,7 +189,6 @@ class FrameSession:
         if self._finished:
             return
         self._finished = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self.app.metrics.sessions.labels(self.transport).dec()
         self._on_closed()

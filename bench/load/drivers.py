@@ -12,6 +12,7 @@ connection per concurrent request (HTTP/1.1), or aiohttp (--http-client aiohttp)
 """
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from collections import deque
@@ -56,7 +57,7 @@ def error_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class Driver:
+class Driver(abc.ABC):
     has_overhead = True
 
     def __init__(self, host: str, port: int, *, connections: int = 1, stream: bool = False,
@@ -81,11 +82,13 @@ class Driver:
         if not text or (self.expect is not None and self.expect not in text):
             raise BadAnswer(f"unexpected answer {text[:120]!r}")
 
+    @abc.abstractmethod
     async def open(self) -> None:
-        raise NotImplementedError
+        """Connect the clients (one per --connections)."""
 
+    @abc.abstractmethod
     def caller(self, i: int):
-        raise NotImplementedError
+        """The coroutine function worker `i` calls once per request."""
 
     async def close(self) -> None:
         for c in self.clients:

@@ -5,20 +5,16 @@ calls `feed()` / `feed_frame()` with what arrives and `peer_closed()` when it en
 """
 import asyncio
 import os
-import time
 
 from codec import Connection, ConnectionConfig, Keyring
 from codec import events as ev
 from codec.errors import ErrorCode, FlowControlError
 
 from .errors import AtpClientError
+from .timer import ConnectionTimer, now_ms
 from .types import Chunk, Result
 
 _END = object()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def build_request(prompt=None, *, messages=None, tier=None, model=None, max_tokens=None,
@@ -56,7 +52,6 @@ class FrameClient:
                  config: ConnectionConfig | None = None, on_closed=None):
         self._send = send
         self._on_closed = on_closed          # called once when the session ends either way
-        self._timer_at = None
         self._loop = asyncio.get_running_loop()
         self.conn = Connection("client", keyring, config=config or ConnectionConfig(
             agent=agent, heartbeat_ms=15_000, idle_timeout_ms=0), now_ms=now_ms())
@@ -65,7 +60,7 @@ class FrameClient:
         self._window_open.set()
         self.started = asyncio.Event()
         self.terminated: AtpClientError | None = None
-        self._timer = None
+        self._timer = ConnectionTimer(self._loop, self.conn, self._dispatch)
         self.conn.initiate(os.urandom(8), now_ms())
         self._flush()
 
@@ -131,21 +126,7 @@ class FrameClient:
         frames = self.conn.frames_to_send()
         if frames:
             self._send(frames)
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        deadline = self.conn.get_timer()
-        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
-            return   # an earlier wake-up is armed already; it re-arms itself when it fires
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_later(max(0.0, (deadline - now_ms()) / 1000), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
-        self.conn.handle_timer(now_ms())
-        self._dispatch()
+        self._timer.arm()
 
     async def _open_stream(self, payload: dict) -> int:
         while True:
@@ -200,6 +181,4 @@ class FrameClient:
         if not self.conn.closed:
             self.conn.close(ErrorCode.NO_ERROR, "client closing", now_ms())
             self._flush()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
