@@ -9,6 +9,7 @@ run as a child pinned to the load core, and reported with wrk.run's keys.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -74,14 +75,21 @@ def version() -> str:
     return f"{out or '?'} (git {rev or '?'})"
 
 
-def _start_http(ctx: Ctx) -> Running:
+def tree_env(tree: Path | None) -> dict | None:
+    """The environment that makes a child import ATP from `tree` (a baseline checkout) first."""
+    if tree is None:
+        return None
+    return {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'clients'}"}
+
+
+def _start_http(ctx: Ctx, tree: Path | None = None, name: str = "atp-http") -> Running:
     available()
     port = free_port()
     conf = write_config(ctx.upstream_base_url)
-    proc = Proc("atp-http", [*atp_command(), "serve", "--config", str(conf), "--no-grpc", "--no-quic",
-                             "--http-port", str(port), "--log-level", "warning",
-                             "--workers", str(ctx.workers)],
-                core=ctx.gateway_core, cwd=REPO, log_path=ctx.log("atp-http"))
+    proc = Proc(name, [*atp_command(), "serve", "--config", str(conf), "--no-grpc", "--no-quic",
+                       "--http-port", str(port), "--log-level", "warning",
+                       "--workers", str(ctx.workers)],
+                core=ctx.gateway_core, cwd=tree or REPO, env=tree_env(tree), log_path=ctx.log(name))
     return Running.for_proc(proc, f"http://127.0.0.1:{port}/v1/chat/completions",
                             {"Authorization": f"Bearer {API_KEY}"}, ready_timeout_s=60)
 
@@ -100,14 +108,14 @@ def _grpc_check(target: str):
     return check
 
 
-def _start_grpc(ctx: Ctx) -> Running:
+def _start_grpc(ctx: Ctx, tree: Path | None = None, name: str = "atp-grpc") -> Running:
     available()
     port = free_port()
     conf = write_config(ctx.upstream_base_url)
-    proc = Proc("atp-grpc", [*atp_command(), "serve", "--config", str(conf), "--no-http", "--no-quic",
-                             "--grpc-port", str(port), "--log-level", "warning",
-                             "--workers", str(ctx.workers)],
-                core=ctx.gateway_core, cwd=REPO, log_path=ctx.log("atp-grpc"))
+    proc = Proc(name, [*atp_command(), "serve", "--config", str(conf), "--no-http", "--no-quic",
+                       "--grpc-port", str(port), "--log-level", "warning",
+                       "--workers", str(ctx.workers)],
+                core=ctx.gateway_core, cwd=tree or REPO, env=tree_env(tree), log_path=ctx.log(name))
     target = f"127.0.0.1:{port}"
     try:
         ready = wait_ready(proc.name, _grpc_check(target), 60, proc)
@@ -175,3 +183,35 @@ TARGETS = [
     Target("atp-http", "ATP OpenAI-compatible HTTP", _start_http, version),
     Target("atp-grpc", "ATP typed gRPC", _start_grpc, version, measure=_measure_grpc),
 ]
+
+
+def baseline_tree(ref: str) -> tuple[Path, str]:
+    """A detached checkout of git `ref` under the work dir (reused when it exists), with the native
+    codec built for it: the 'before' of a before/after comparison measured in one run."""
+    sha = run_text(["git", "-C", str(REPO), "rev-parse", "--short", f"{ref}^{{commit}}"])
+    if not sha:
+        raise Unavailable(f"--baseline: {ref!r} is not a commit of {REPO}")
+    tree = WORK / f"baseline-{sha}"
+    if not (tree / "atp_server").is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False)
+        r = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(tree), sha],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Unavailable(f"--baseline: git worktree add failed: {r.stderr.strip()[-300:]}")
+    if not list((tree / "codec").glob("_native*.so")):
+        # Same build as the set-up script's (setup.py: optional, never fatal).
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree,
+                       capture_output=True, text=True)
+    return tree, sha
+
+
+def baseline_targets(ref: str) -> list[Target]:
+    """`atp-http@<sha>` / `atp-grpc@<sha>`: the same targets served from the baseline checkout."""
+    tree, sha = baseline_tree(ref)
+
+    def ver() -> str:
+        return f"git {sha} (baseline)"
+    http, grpc = f"atp-http@{sha}", f"atp-grpc@{sha}"
+    return [Target(http, f"ATP HTTP at {sha}", lambda ctx: _start_http(ctx, tree, http), ver),
+            Target(grpc, f"ATP typed gRPC at {sha}", lambda ctx: _start_grpc(ctx, tree, grpc), ver,
+                   measure=_measure_grpc)]

@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
                         "--num_workers); >1 spreads gateway, wrk and nginx over all cores unpinned")
     p.add_argument("--load-core", type=int, default=1, help="core for nginx and the load generator (default 1)")
     p.add_argument("--settle", type=float, default=1.0, help="pause between targets, seconds (default 1)")
+    p.add_argument("--baseline", metavar="REF",
+                   help="also run every selected atp-* target from a checkout of git REF (e.g. HEAD~3), "
+                        "alternating with the current tree in each round: a same-run before/after")
     p.add_argument("--json", metavar="PATH", help="write every round and the summary as JSON")
     p.add_argument("--markdown", action="store_true", help="print the summary as a markdown table")
     p.add_argument("--install-only", action="store_true",
@@ -263,6 +266,15 @@ def main(args) -> int:
         return 2
     targets = [TARGETS[n] for n in dict.fromkeys(names)]
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.baseline:
+        from .atp import baseline_targets
+        try:
+            before = {t.name.split("@")[0]: t for t in baseline_targets(args.baseline)}
+        except Unavailable as e:
+            print(e, file=sys.stderr)
+            return 2
+        # Each baseline target runs right before its current-tree twin in every round.
+        targets = [x for t in targets for x in ((before[t.name], t) if t.name in before else (t,))]
 
     needs = dict.fromkeys(["nginx", "wrk", *(t.name for t in targets if t.install)])
     log(f"installing/checking: {', '.join(needs)}")
