@@ -167,8 +167,8 @@ def test_feedback_is_recorded_once(atp_server):
 
     async def go():
         async with AsyncGrpcClient(atp_server.grpc_target) as c:
-            first = await c.feedback(r_id, 0.8, "nice")
-            again = await c.feedback(r_id, 0.1)
+            first = await c.feedback(r_id, 0.8, "nice", tenant="someone-else")
+            again = await c.feedback(r_id, 0.1)     # the tenant comes from the key, not the field
             with pytest.raises(AtpClientError) as bad:
                 await c.feedback(r_id, 1.5)
             return first, again, bad.value
@@ -177,6 +177,7 @@ def test_feedback_is_recorded_once(atp_server):
     assert bad.code == ErrorCode.INVALID_REQUEST
     mine = [f for f in atp_server.app.feedback if f["request_id"] == r_id]
     assert len(mine) == 1 and mine[0]["score"] == 0.8 and mine[0]["comment"] == "nice"
+    assert mine[0]["tenant"] == "default"       # the dev key's tenant
 
 
 # ---- errors and authentication -------------------------------------------------------------------
