@@ -563,8 +563,6 @@ def test_sync_session_client(atp_server):
 
 
 def test_sync_quic_client(atp_server):
-    if not atp_server.ports.quic:
-        pytest.skip(f"QUIC transport not running: {atp_server.start_errors.get('quic')}")
     with QuicClient("127.0.0.1", atp_server.ports.quic) as q:
         assert q.complete("over quic", max_tokens=3).output_tokens == 3
         items = list(q.stream("quic stream", max_tokens=2))
@@ -591,8 +589,9 @@ def test_graceful_stop_lets_in_flight_streams_finish(start_server):
             assert (await typed.read()).WhichOneof("event") == "route"
             assert (await typed.read()).WhichOneof("event") == "chunk"
             assert type(await framed.__anext__()) is Chunk
-            t0 = time.monotonic()
-            stopping = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(app.stop(20), h.loop))
+            # A grace far beyond the test's own timeouts: the stop can only end in time by
+            # draining as soon as the work is done (the old check timed it against the clock).
+            stopping = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(app.stop(600), h.loop))
             stopping.add_done_callback(lambda _: stopped.set())
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watch.cancel()
@@ -600,19 +599,17 @@ def test_graceful_stop_lets_in_flight_streams_finish(start_server):
             while (e := await typed.read()) is not grpc.aio.EOF:
                 rest.append(e.WhichOneof("event"))
             framed_rest = [x async for x in framed]
-            await stopping
-            took = time.monotonic() - t0
+            await asyncio.wait_for(stopping, 60)   # TimeoutError here = waited for the grace
             with pytest.raises(grpc.aio.AioRpcError):      # refused once stopped
                 await stub.ListModels(pb.ListModelsRequest(), metadata=AUTH, timeout=2)
-            return rest, framed_rest, took, s.terminated
-    rest, framed_rest, took, terminated = run(go())
+            return rest, framed_rest, s.terminated
+    rest, framed_rest, terminated = run(go())
     h.app = None     # already stopped
     assert stopped.is_set()
     assert rest[-1] == "end" and set(rest[:-1]) == {"chunk"}
     assert type(framed_rest[-1]) is Result and framed_rest[-1].output_tokens == 25
     # the server's CLOSE NO_ERROR "server draining" (the SDK reports it as retryable UNAVAILABLE)
     assert terminated.message == "server draining" and terminated.retryable
-    assert took < 15        # drained when the work was done, not at the end of the grace
     assert h.outcome("drain-typed") == ("grpc", "ok", 0)
 
 

@@ -69,6 +69,31 @@ def on_audit(app) -> asyncio.Event:
     return event
 
 
+def on_admitted(app) -> asyncio.Event:
+    """An event set once a request holds a dispatch slot (instead of polling admission.inflight)."""
+    event = asyncio.Event()
+    acquire = app.admission.acquire
+
+    async def wrapped():
+        await acquire()
+        event.set()
+    app.admission.acquire = wrapped
+    return event
+
+
+def on_draining(quic) -> asyncio.Event:
+    """An event set once the QUIC transport's stop has begun (it checks for idleness at once)."""
+    event = asyncio.Event()
+    check = quic.check_drained
+
+    def wrapped():
+        check()
+        if quic.draining:
+            event.set()
+    quic.check_drained = wrapped
+    return event
+
+
 class RawStream:
     """A hand-driven stream on a client QUIC connection: raw bytes out, a codec Connection in."""
 
@@ -265,10 +290,9 @@ def test_cancelling_a_complete_call_cancels_upstream(tmp_path):
     async def body():
         async with quic_app(tmp_path, latency_ms=10_000) as app, \
                 AsyncQuicClient(port=app.ports.quic) as client:
-            audited = on_audit(app)
+            audited, admitted = on_audit(app), on_admitted(app)
             call = asyncio.ensure_future(client.complete("too slow"))
-            while app.admission.inflight == 0:
-                await asyncio.sleep(0)
+            await admitted.wait()
             call.cancel()                          # e.g. the caller's asyncio.wait_for expired
             await audited.wait()
             assert audit_rows(app) == [("quic", "CANCELLED", int(ErrorCode.CANCELLED))]
@@ -347,12 +371,11 @@ def test_stop_lets_inflight_finish_and_refuses_new_work(tmp_path):
     async def body():
         async with quic_app(tmp_path, latency_ms=300) as app, \
                 AsyncQuicClient(port=app.ports.quic) as client:
+            admitted, draining = on_admitted(app), on_draining(app.quic)
             slow = asyncio.ensure_future(client.complete("finish me"))
-            while app.admission.inflight == 0:          # the request reached the pipeline
-                await asyncio.sleep(0)
+            await admitted.wait()                       # the request reached the pipeline
             stopping = asyncio.ensure_future(app.stop(grace_s=10))
-            while not app.quic.draining:
-                await asyncio.sleep(0)
+            await draining.wait()
             # a new session on the live connection is answered with CLOSE UNAVAILABLE
             fresh = RawStream(client.protocol, client_conn())
             fresh.send(fresh.conn.data_to_send())
@@ -378,10 +401,9 @@ def test_stop_after_grace_cuts_streams_with_unavailable(tmp_path):
     async def body():
         async with quic_app(tmp_path, latency_ms=10_000) as app, \
                 AsyncQuicClient(port=app.ports.quic) as client:
-            audited = on_audit(app)
+            audited, admitted = on_audit(app), on_admitted(app)
             slow = asyncio.ensure_future(client.complete("never finishes"))
-            while app.admission.inflight == 0:
-                await asyncio.sleep(0)
+            await admitted.wait()
             await app.stop(grace_s=0.05)
             with pytest.raises(AtpClientError) as info:
                 await slow
@@ -415,8 +437,6 @@ def test_client_reconnects_after_the_server_restarts(tmp_path):
 
 def test_quic_against_the_shared_threaded_server(atp_server):
     """The SDK on its own loop against the full App (every transport) on the server's thread."""
-    if not atp_server.ports.quic:
-        pytest.skip(atp_server.start_errors.get("quic", "QUIC transport not started"))
 
     async def body():
         async with AsyncQuicClient(port=atp_server.ports.quic, streams=2) as client:
