@@ -79,3 +79,12 @@ def test_the_dev_credentials_live_in_one_place():
 def test_chunks_and_results_print_as_text():
     assert str(Chunk(0, "Hel", 1)) == "Hel" and "Chunk(" in repr(Chunk(0, "Hel", 1))
     assert str(Result("Hello", "m", "p", "stop", 1, 1, 1, 1)) == "Hello"
+
+
+def test_old_module_paths_still_import_for_one_release():
+    import codec.aio
+    import codec.aio.quic
+    from atp_client.quic_protocol import CoalescingQuicProtocol
+    from atp_client.timer import ConnectionTimer, now_ms
+    assert ConnectionTimer is codec.aio.ConnectionTimer and now_ms is codec.aio.now_ms
+    assert CoalescingQuicProtocol is codec.aio.quic.CoalescingQuicProtocol
