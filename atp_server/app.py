@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 from .routing.health import HealthBoard
 from .routing.router import Router
+from .service import GatewayService
 
 log = logging.getLogger("atp")
 
@@ -58,7 +59,8 @@ class BoundPorts:
 
 
 class App:
-    """Everything one server process needs; transports receive the App and use its parts."""
+    """Everything one server process needs, built from the Config; transports receive its
+    GatewayService (and QUIC its certificate), never the App itself."""
 
     def __init__(self, config: Config, *, audit_path: str | None = None):
         self.config = config
@@ -83,9 +85,22 @@ class App:
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics)
         self.feedback = FeedbackLog()
+        # The transports' one way in (service.py): they never reach the parts above directly.
+        self.service = GatewayService(
+            auth=self.auth, pipeline=self.pipeline, router=self.router, feedback=self.feedback,
+            metrics=self.metrics, admission=self.admission, limits=self.limits,
+            connection_config=self.connection_config,
+            congestion_watermark=config.server.congestion_watermark)
         self.transports: list = []
         self.ports = BoundPorts()
-        self.draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self.service.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.service.draining = value     # read by the transports on every request
 
     async def start(self, *, http: bool = True, grpc: bool = True, quic: bool = True,
                     reuse_port: bool = False) -> BoundPorts:
@@ -95,17 +110,18 @@ class App:
             self.audit.start()
         if http:
             from .transport.http import HttpTransport
-            t = HttpTransport(self)
+            t = HttpTransport(self.service)
             self.ports.http = await t.start(s.host, s.http_port, reuse_port=reuse_port)
             self.transports.append(t)
         if grpc:
             from .transport.grpc import GrpcTransport
-            t = GrpcTransport(self)
+            t = GrpcTransport(self.service)
             self.ports.grpc = await t.start(s.host, s.grpc_port, reuse_port=reuse_port)
             self.transports.append(t)
         if quic:
+            from .tls import tls_paths
             from .transport.quic import QuicTransport
-            t = QuicTransport(self)
+            t = QuicTransport(self.service, tls_paths(self.config))
             self.ports.quic = await t.start(s.host, s.quic_port)
             self.transports.append(t)
         return self.ports
@@ -143,14 +159,3 @@ class App:
         log.info("draining (up to %.1fs)", self.config.server.drain_seconds)
         await self.stop()
 
-
-def tls_paths(config: Config) -> tuple[Path, Path]:
-    """The QUIC certificate: configured, or generated once into the state directory."""
-    if config.server.tls_cert:
-        return Path(config.server.tls_cert), Path(config.server.tls_key)
-    d = state_dir(config)
-    cert, key = d / "quic-cert.pem", d / "quic-key.pem"
-    if not cert.exists() or not key.exists():
-        from .tls import generate_self_signed
-        generate_self_signed(cert, key, config.server.host)
-    return cert, key

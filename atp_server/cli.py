@@ -233,6 +233,18 @@ def _take_final(out: dict, data: dict) -> None:
                    overhead_us=ext["overhead_us"])
 
 
+def _quic_trust(args, host: str) -> dict:
+    """How `atp chat` checks a QUIC server's certificate: --insecure or --ca-file if given; else
+    the system store for a remote host; on loopback the embedded default's generated certificate
+    (pinned), or no check if there is none here (loopback traffic stays on this host)."""
+    if args.insecure or args.ca_file:
+        return {"insecure": True} if args.insecure else {"ca_file": args.ca_file}
+    if host not in LOOPBACK:
+        return {}
+    cert = os.path.join(os.path.expanduser(atp_config.ServerConfig().state_dir), "quic-cert.pem")
+    return {"ca_file": cert} if os.path.exists(cert) else {"insecure": True}
+
+
 async def _sdk_chat(args, on_text) -> dict:
     from atp_client import AsyncGrpcClient, AsyncQuicClient, AsyncSessionClient, Result
     target = _target(args, args.transport)
@@ -243,7 +255,7 @@ async def _sdk_chat(args, on_text) -> dict:
         client = AsyncSessionClient(target, args.key_id, secret)
     else:
         host, port = _host_port(target, DEFAULT_PORTS["quic"])
-        client = AsyncQuicClient(host, port, args.key_id, secret)
+        client = AsyncQuicClient(host, port, args.key_id, secret, **_quic_trust(args, host))
     kwargs = {"tier": args.tier, "model": args.model, "max_tokens": args.max_tokens}
     try:
         if args.no_stream:
@@ -440,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key-id", type=int, default=os.environ.get("ATP_KEY_ID", str(atp_config.DEV_HMAC_KEY_ID)),
                    help="HMAC key id for session/quic (default: $ATP_KEY_ID, else 1)")
     c.add_argument("--no-stream", action="store_true", help="wait for the whole answer (unary call)")
+    c.add_argument("--ca-file", metavar="PEM", help="quic: verify the server certificate against "
+                   "this file (default on loopback: ~/.atp/quic-cert.pem when present)")
+    c.add_argument("--insecure", action="store_true", help="quic: do not verify the certificate")
     c.set_defaults(func=cmd_chat)
 
     m = sub.add_parser("models", formatter_class=_RAW, help="list the routable models",

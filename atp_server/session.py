@@ -6,12 +6,11 @@ from many streams leaves as one write: on QUIC that is the 4-5x cheaper coalesce
 """
 import asyncio
 import logging
-import time
 from contextlib import aclosing
 
-from atp_client.timer import ConnectionTimer, now_ms
-from codec import Connection, ConnectionConfig
+from codec import Connection
 from codec import events as ev
+from codec.aio import FrameDriver, now_ms
 from codec.errors import ErrorCode
 
 from .types import AtpError, ChatRequest, Delta, Done
@@ -32,56 +31,44 @@ def request_from_payload(p: dict) -> ChatRequest:
         stream=p.get("stream", True), request_id=p.get("rid", ""), metadata=p.get("meta", {}))
 
 
-class FrameSession:
+class FrameSession(FrameDriver):
     """Glue between a codec.Connection and the pipeline; the transport supplies `write` and `closed`.
 
     write(frames: list[bytes]) sends frames in order; on_closed() is called once, after the final
-    frames (a CLOSE) were handed to write, so the transport can end its stream.
+    frames (a CLOSE) were handed to write, so the transport can end its stream. `service` is the
+    transports' facade (atp_server/service.py): credentials, limits and the pipeline's calls.
     """
 
-    def __init__(self, app, transport: str, write, on_closed, *, message_mode: bool):
-        self.app = app
+    def __init__(self, service, transport: str, write, on_closed, *, message_mode: bool):
+        super().__init__(Connection("server", service.keyring, limits=service.limits,
+                                    config=service.connection_config,
+                                    nonce_cache=service.nonce_cache, now_ms=now_ms()), write)
+        self.service = service
         self.transport = transport
-        self._write = write
         self._on_closed = on_closed
-        self._message_mode = message_mode
-        self._loop = asyncio.get_running_loop()
-        self.conn = Connection("server", app.keyring, limits=app.limits,
-                               config=app.connection_config, nonce_cache=app.auth.nonce_cache,
-                               now_ms=now_ms())
+        if message_mode:
+            self.feed = self.feed_frames    # each gRPC message holds whole frames
         self.principal = None
         self.tasks: dict[int, asyncio.Task] = {}
-        self._flush_pending = False
         self._ended = 0                 # streams ended since the last flush
-        self._timer = ConnectionTimer(self._loop, self.conn, self._after_timer)
-        self._finished = False
-        app.metrics.sessions.labels(transport).inc()
+        service.session_opened(transport)
         self._timer.arm()
 
     # ---- input -----------------------------------------------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        t0 = time.perf_counter_ns()
-        if self._message_mode:
-            self.conn.receive_frames(data, now_ms())
-        else:
-            self.conn.receive_data(data, now_ms())
-        self._process_events(t0)
-        self._schedule_flush()
 
     def peer_gone(self) -> None:
         """The transport lost the peer: cancel every stream (and so every upstream call)."""
         for task in list(self.tasks.values()):
             task.cancel()
-        self._finish()
+        self.finish()
 
-    def _process_events(self, t0: int) -> None:
-        conn = self.conn
+    def _dispatch(self) -> None:
+        conn, service = self.conn, self.service
         while (event := conn.next_event()) is not None:
             kind = type(event)
             if kind is ev.RequestReceived:
                 sid = event.stream_id
-                if self.app.draining:
+                if service.draining:
                     conn.send_error(sid, ErrorCode.UNAVAILABLE, "server draining: retry elsewhere",
                                     retry_after_ms=1000)
                     continue
@@ -90,32 +77,32 @@ class FrameSession:
                 except (TypeError, ValueError, KeyError) as exc:
                     conn.send_error(sid, ErrorCode.INVALID_REQUEST, f"bad request: {exc}")
                     continue
-                self.tasks[sid] = self._loop.create_task(self._run(sid, request, t0))
+                self.tasks[sid] = self._loop.create_task(self._run(sid, request, self.fed_ns))
             elif kind is ev.StreamCancelled:
                 task = self.tasks.pop(event.stream_id, None)
                 if task is not None:
                     task.cancel()
             elif kind is ev.SessionStarted:
-                self.principal = self.app.auth.session_principal(event.key_id)
+                self.principal = service.session_principal(event.key_id)
             elif kind is ev.ConnectionTerminated:
                 if not event.by_peer and event.code != ErrorCode.NO_ERROR:
-                    self.app.metrics.protocol_errors.labels(self.transport, str(event.code)).inc()
+                    service.protocol_error(self.transport, event.code)
                     log.info("%s session closed: %s (%d)", self.transport, event.message, event.code)
                 for task in list(self.tasks.values()):
                     task.cancel()
 
     async def _run(self, sid: int, request: ChatRequest, started_ns: int) -> None:
-        conn, pipeline = self.conn, self.app.pipeline
+        conn, service = self.conn, self.service
         try:
             if not request.stream:
                 # The whole answer as one CHUNK: a signed frame per token costs ~10 µs a side.
-                c = await pipeline.complete(request, self.principal, self.transport, started_ns)
+                c = await service.complete(request, self.principal, self.transport, started_ns)
                 if conn.closed:
                     return
                 conn.send_chunk(sid, c.text, c.usage.output_tokens, now_ms=now_ms())
                 self._send_end(sid, request, c.usage, c.decision, c.finish_reason, c.overhead_us)
                 return
-            async with aclosing(pipeline.stream(request, self.principal, self.transport,
+            async with aclosing(service.stream(request, self.principal, self.transport,
                                                 started_ns)) as items:
                 async for item in items:
                     if conn.closed:
@@ -123,7 +110,7 @@ class FrameSession:
                     kind = type(item)
                     if kind is Delta:
                         conn.send_chunk(sid, item.text, item.tokens, now_ms=now_ms())
-                        self._schedule_flush()
+                        self.schedule_flush()
                     elif kind is Done:
                         self._send_end(sid, request, item.usage, item.decision, item.finish_reason,
                                        item.overhead_us)
@@ -138,7 +125,7 @@ class FrameSession:
                 conn.send_error(sid, ErrorCode.INTERNAL, "internal error", now_ms=now_ms())
         finally:
             self.tasks.pop(sid, None)
-            self._schedule_flush()
+            self.schedule_flush()
 
     def _send_end(self, sid, request, usage, decision, finish_reason, overhead_us) -> None:
         self.conn.send_end(sid, {"in": usage.input_tokens, "out": usage.output_tokens,
@@ -150,45 +137,23 @@ class FrameSession:
         if self._ended >= FLUSH_EVERY:
             # A burst of many finished streams leaves in slices, so the peer starts on the first
             # answers while we still work on the rest (no lock-step between the two sides).
-            self._flush()
+            self.flush()
 
-    # ---- output and timers -----------------------------------------------------------------------
+    # ---- output ----------------------------------------------------------------------------------
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_pending and not self._finished:
-            self._flush_pending = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_pending = False
+    def flush(self) -> None:
         self._ended = 0
-        if self._finished:
-            return
-        conn = self.conn
-        conn.congested = self.app.admission.pressure() >= self.app.config.server.congestion_watermark
-        frames = conn.frames_to_send()
-        if frames:
-            self._write(frames)
-        if conn.closed:
-            self._finish()
-        else:
-            self._timer.arm()
-
-    def _after_timer(self) -> None:
-        self._process_events(time.perf_counter_ns())
-        self._flush()
+        if not self.finished:   # the CONGESTION flag rides on the frames about to leave
+            self.conn.congested = self.service.pressure() >= self.service.congestion_watermark
+        super().flush()
 
     def close(self, code: int = ErrorCode.NO_ERROR, message: str = "") -> None:
         """Server-initiated close (shutdown): CLOSE goes out with the next flush."""
         if not self.conn.closed:
             self.conn.close(code, message, now_ms=now_ms())
-            self._process_events(time.perf_counter_ns())
-            self._schedule_flush()
+            self._dispatch()
+            self.schedule_flush()
 
-    def _finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self._timer.cancel()
-        self.app.metrics.sessions.labels(self.transport).dec()
+    def _closed(self) -> None:
+        self.service.session_closed(self.transport)
         self._on_closed()

@@ -1,4 +1,4 @@
-"""Self-signed certificate for QUIC, generated on first start when none is configured."""
+"""The QUIC certificate: the configured one, or a self-signed one generated on first start."""
 import datetime
 import ipaddress
 from pathlib import Path
@@ -7,6 +7,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from .config import Config, state_dir
+
+
+def tls_paths(config: Config) -> tuple[Path, Path]:
+    """(certificate, key): configured, or generated once into the state directory and reused."""
+    if config.server.tls_cert:
+        return Path(config.server.tls_cert), Path(config.server.tls_key)
+    d = state_dir(config)
+    cert, key = d / "quic-cert.pem", d / "quic-key.pem"
+    if not cert.exists() or not key.exists():
+        generate_self_signed(cert, key, config.server.host)
+    return cert, key
 
 
 def generate_self_signed(cert_path: Path, key_path: Path, host: str = "127.0.0.1",

@@ -67,6 +67,14 @@ def route_pb(d: RouteDecision) -> pb.RouteDecision:
         fallbacks=d.fallbacks)
 
 
+def model_pb(row) -> pb.ModelInfo:
+    s = row.spec
+    return pb.ModelInfo(id=s.id, provider=s.provider, capabilities=sorted(s.capabilities),
+                        context_window=s.context_window, price_in_per_mtok_usd=s.price_in_per_mtok,
+                        price_out_per_mtok_usd=s.price_out_per_mtok, quality=s.quality,
+                        healthy=row.healthy)
+
+
 def usage_pb(u) -> pb.Usage:
     return pb.Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                     cost_usd=u.cost_usd, cost_usd_micros=u.cost_usd_micros)
@@ -86,7 +94,7 @@ class _SessionCall:
         self.transport = transport
         self.queue: asyncio.Queue = asyncio.Queue()
         self.half_closed = False
-        self.session = FrameSession(transport.app, "grpc", self.queue.put_nowait,
+        self.session = FrameSession(transport.service, "grpc", self.queue.put_nowait,
                                     lambda: self.queue.put_nowait(None), message_mode=True)
 
     def close_if_idle(self) -> None:
@@ -109,8 +117,8 @@ class _SessionCall:
 
 
 class GrpcTransport:
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, service):
+        self.service = service
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.draining = False
@@ -168,9 +176,9 @@ class GrpcTransport:
 
     def _authenticate(self, context, method: str, raw: bytes):
         md = {k: v for k, v in context.invocation_metadata() if not k.endswith("-bin")}
-        principal = self.app.auth.api_key(md.get("authorization"))
-        self.app.auth.check_signature(md, "POST", f"/{SERVICE}/{method}", raw,
-                                      int(time.time() * 1000))
+        principal = self.service.authenticate(md.get("authorization"))
+        self.service.check_signature(md, "POST", f"/{SERVICE}/{method}", raw,
+                                     int(time.time() * 1000))
         return principal
 
     async def _abort(self, context, exc: AtpError, t0: int):
@@ -203,37 +211,26 @@ class GrpcTransport:
 
     @_unary
     async def Complete(self, m, principal, t0):
-        c = await self.app.pipeline.complete(to_chat_request(m), principal, "grpc", t0)
+        c = await self.service.complete(to_chat_request(m), principal, "grpc", t0)
         return pb.CompletionResponse(
             request_id=c.request_id, text=c.text, finish_reason=c.finish_reason,
             usage=usage_pb(c.usage), route=route_pb(c.decision), gateway_overhead_us=c.overhead_us)
 
     @_unary
     async def Route(self, m, principal, t0):
-        return route_pb(self.app.pipeline.route(to_chat_request(m), principal))
+        return route_pb(self.service.route(to_chat_request(m), principal))
 
     @_unary
     async def Feedback(self, m, principal, t0):
-        if not m.request_id:
-            raise AtpError(ErrorCode.INVALID_REQUEST, "request_id is required")
-        if not 0.0 <= m.score <= 1.0:
-            raise AtpError(ErrorCode.INVALID_REQUEST, f"score must be in [0, 1], not {m.score}")
-        accepted = self.app.feedback.add(m.tenant or principal.tenant, m.request_id, m.score,
-                                         m.comment if m.HasField("comment") else None,
-                                         principal.name)
-        return pb.FeedbackAck(accepted=accepted)
+        # m.tenant is not used: the tenant is the credentials' (service.feedback)
+        return pb.FeedbackAck(accepted=self.service.feedback(
+            principal, m.request_id, m.score, m.comment if m.HasField("comment") else None))
 
     @_unary
     async def ListModels(self, m, principal, t0):
-        router, pipeline = self.app.router, self.app.pipeline
-        allowed = getattr(pipeline.policy, "allowed_models", None)
-        only = allowed.get(m.tenant, frozenset()) if (allowed is not None and m.tenant) else None
-        return pb.ListModelsResponse(models=[pb.ModelInfo(
-            id=s.id, provider=s.provider, capabilities=sorted(s.capabilities),
-            context_window=s.context_window, price_in_per_mtok_usd=s.price_in_per_mtok,
-            price_out_per_mtok_usd=s.price_out_per_mtok, quality=s.quality,
-            healthy=not router.health.is_open(s.id, pipeline.clock()))
-            for s in router.models.values() if only is None or s.id in only])
+        # m.tenant is not used: a caller sees its own tenant's models (service.models)
+        return pb.ListModelsResponse(models=[model_pb(row)
+                                             for row in self.service.models(principal)])
 
     del _unary
 
@@ -244,7 +241,7 @@ class GrpcTransport:
             request = to_chat_request(req[0])
         except AtpError as exc:
             await self._abort(context, exc, t0)
-        events = self.app.pipeline.stream(request, principal, "grpc", t0)
+        events = self.service.stream(request, principal, "grpc", t0)
         sent = False
         try:
             async for item in events:

@@ -128,11 +128,23 @@ def _atp(decision, usage, overhead_us: int) -> dict:
             "overhead_us": overhead_us, "route_reasons": list(decision.reasons)}
 
 
+def _model(row) -> dict:
+    m = row.spec
+    return {"id": m.id, "object": "model", "created": 0, "owned_by": m.provider, "atp": {
+        "price": {"input_per_mtok": m.price_in_per_mtok, "output_per_mtok": m.price_out_per_mtok},
+        "quality": m.quality, "capabilities": sorted(m.capabilities),
+        "context_window": m.context_window, "latency_ms": m.latency_ms, "healthy": row.healthy}}
+
+
 class HttpTransport:
-    def __init__(self, app):
-        self.app = app
-        self._auth = app.auth
-        self._pipeline = app.pipeline
+    def __init__(self, service):
+        self.service = service
+        # Bound once: the chat hot path pays no extra lookups for going through the facade.
+        self._authenticate = service.authenticate
+        self._check_signature = service.check_signature
+        self._require_signature = service.require_signature
+        self._complete = service.complete
+        self._stream_events = service.stream
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task] = set()    # chat requests in flight
         self._idle = asyncio.Event()              # set when the last of them ends while draining
@@ -165,41 +177,36 @@ class HttpTransport:
             self._runner = None
 
     async def healthz(self, request: web.Request) -> web.Response:
-        if self.draining or self.app.draining:
+        if self.draining or self.service.draining:
             return web.Response(status=503, body=b'{"status":"draining"}', content_type=_JSON)
         return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.app.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=self.service.render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(self, request: web.Request) -> web.Response:
         try:
-            self._auth.api_key(request.headers.get("Authorization"))
+            principal = self._authenticate(request.headers.get("Authorization"))
         except AtpError as exc:
             return error_response(exc)
-        data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.provider, "atp": {
-            "price": {"input_per_mtok": m.price_in_per_mtok, "output_per_mtok": m.price_out_per_mtok},
-            "quality": m.quality, "capabilities": sorted(m.capabilities),
-            "context_window": m.context_window, "latency_ms": m.latency_ms,
-            "healthy": not self.app.router.health.is_open(m.id, self.app.pipeline.clock())}}
-            for m in self.app.router.models.values()]
+        data = [_model(row) for row in self.service.models(principal)]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter_ns()
-        if self.draining or self.app.draining:
+        if self.draining or self.service.draining:
             return error_response(AtpError(ErrorCode.UNAVAILABLE, "server is draining"), close=True)
         task = asyncio.current_task()
         self._tasks.add(task)
         chat = None
         try:
             headers = request.headers
-            principal = self._auth.api_key(headers.get("Authorization"))
+            principal = self._authenticate(headers.get("Authorization"))
             if (request.content_length or 0) > MAX_BODY:
                 raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
             body = await request.read()
-            if headers.get(SIG_SIGNATURE) is not None or self._auth.cfg.require_signature:
-                self._auth.check_signature(headers, request.method, request.path, body,
+            if headers.get(SIG_SIGNATURE) is not None or self._require_signature:
+                self._check_signature(headers, request.method, request.path, body,
                                            time.time_ns() // 1_000_000)
             try:
                 data = orjson.loads(body)
@@ -210,7 +217,7 @@ class HttpTransport:
                 chat.request_id = rid
             if stream:
                 return await self._stream(request, chat, principal, include_usage, t0)
-            c = await self._pipeline.complete(chat, principal, "http", t0)
+            c = await self._complete(chat, principal, "http", t0)
             d = c.decision
             return web.Response(body=orjson.dumps({
                 "id": "chatcmpl-" + c.request_id, "object": "chat.completion",
@@ -242,7 +249,7 @@ class HttpTransport:
         routing, admission, upstream before its first token) is still a plain HTTP error."""
         resp = decision = routed_ns = None
         try:
-            async with aclosing(self._pipeline.stream(chat, principal, "http", t0)) as events:
+            async with aclosing(self._stream_events(chat, principal, "http", t0)) as events:
                 async for item in events:
                     kind = type(item)
                     if kind is Routed:             # again after a failover: the last one answers

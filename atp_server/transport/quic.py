@@ -8,10 +8,9 @@ from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
-from atp_client.quic_protocol import CoalescingQuicProtocol
+from codec.aio.quic import CoalescingQuicProtocol
 from codec.errors import ErrorCode
 
-from ..app import tls_paths
 from ..session import FrameSession
 
 ALPN = "atp/1"
@@ -59,7 +58,7 @@ class AtpQuicProtocol(CoalescingQuicProtocol):
                 if sid & 3 or self._gone:   # not a client bidi stream (nowhere to answer), or dead
                     return
                 session = self.sessions[sid] = FrameSession(
-                    self._owner.app, "quic", partial(self._write, sid),
+                    self._owner.service, "quic", partial(self._write, sid),
                     partial(self._send, sid, b"", True), message_mode=False)
             if event.data:
                 session.feed(event.data)
@@ -119,10 +118,14 @@ class AtpQuicProtocol(CoalescingQuicProtocol):
 
 
 class QuicTransport:
-    """The App's QUIC listener. `transmits`/`datagrams` count what left, to show the coalescing."""
+    """The QUIC listener. `transmits`/`datagrams` count what left, to show the coalescing.
 
-    def __init__(self, app, *, idle_timeout_s: float = 60.0):
-        self.app = app
+    `certificate` is (cert file, key file): the composition root resolves it (tls.tls_paths).
+    """
+
+    def __init__(self, service, certificate: tuple, *, idle_timeout_s: float = 60.0):
+        self.service = service
+        self.certificate = certificate
         self.idle_timeout_s = idle_timeout_s
         self.protocols: set[AtpQuicProtocol] = set()
         self.draining = False
@@ -132,7 +135,7 @@ class QuicTransport:
         self._drained = asyncio.Event()
 
     def configuration(self) -> QuicConfiguration:
-        cert, key = tls_paths(self.app.config)
+        cert, key = self.certificate
         config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN],
                                    idle_timeout=self.idle_timeout_s)
         config.load_cert_chain(cert, key)

@@ -20,7 +20,7 @@ from collections import deque
 import grpc
 
 from atp_client import AsyncGrpcClient, AsyncQuicClient, AsyncSessionClient, AtpClientError, Result
-from atp_server.config import DEV_API_KEY
+from atp_server.config import DEV_API_KEY, DEV_HMAC_KEY_ID, DEV_HMAC_SECRET
 
 PROMPT = "Say hello in one word."
 _now = time.perf_counter
@@ -133,7 +133,8 @@ class GrpcDriver(_SdkDriver):
 
 class SessionDriver(_SdkDriver):
     async def open(self) -> None:
-        self.clients = [AsyncSessionClient(self.target, options=self._grpc_options())
+        self.clients = [AsyncSessionClient(self.target, DEV_HMAC_KEY_ID, DEV_HMAC_SECRET,
+                                           options=self._grpc_options())
                         for _ in range(self.connections)]
         for c in self.clients:
             c.connect()
@@ -141,7 +142,10 @@ class SessionDriver(_SdkDriver):
 
 class QuicDriver(_SdkDriver):
     async def open(self) -> None:
-        self.clients = [AsyncQuicClient(self.host, self.port, streams=self.quic_streams, connect_timeout=5.0)
+        # The bench's gateway runs the dev credentials with a generated self-signed certificate
+        # on loopback: verification is skipped, explicitly.
+        self.clients = [AsyncQuicClient(self.host, self.port, DEV_HMAC_KEY_ID, DEV_HMAC_SECRET,
+                                        insecure=True, streams=self.quic_streams, connect_timeout=5.0)
                         for _ in range(self.connections)]
         for c in self.clients:
             await c.connect()

@@ -1,17 +1,18 @@
-"""Client side of an ATP frame session, transport-agnostic: drives a codec.Connection on the loop.
+"""Client side of an ATP frame session, transport-agnostic: requests in, Chunks and Results out.
 
 A transport (gRPC Session call, QUIC stream) gives FrameClient a `send(frames)` callable and
-calls `feed()` / `feed_frame()` with what arrives and `peer_closed()` when it ends.
+calls `feed()` / `feed_frames()` / `feed_frame()` with what arrives and `peer_closed()` when it
+ends. Driving the Connection (timer, flush once per loop pass) is codec.aio.FrameDriver's job.
 """
 import asyncio
 import os
 
 from codec import Connection, ConnectionConfig, Keyring
 from codec import events as ev
+from codec.aio import FrameDriver, now_ms
 from codec.errors import ErrorCode, FlowControlError
 
 from .errors import AtpClientError
-from .timer import ConnectionTimer, now_ms
 from .types import Chunk, Result
 
 _END = object()
@@ -47,42 +48,27 @@ def keyring_for(key_id: int, secret: bytes) -> Keyring:
     return Keyring({key_id: secret}, current_id=key_id)
 
 
-class FrameClient:
+class FrameClient(FrameDriver):
     def __init__(self, keyring: Keyring, send, *, agent: str = "atp-python",
                  config: ConnectionConfig | None = None, on_closed=None):
-        self._send = send
+        super().__init__(Connection("client", keyring, config=config or ConnectionConfig(
+            agent=agent, heartbeat_ms=15_000, idle_timeout_ms=0), now_ms=now_ms()), send)
         self._on_closed = on_closed          # called once when the session ends either way
-        self._loop = asyncio.get_running_loop()
-        self.conn = Connection("client", keyring, config=config or ConnectionConfig(
-            agent=agent, heartbeat_ms=15_000, idle_timeout_ms=0), now_ms=now_ms())
         self._queues: dict[int, asyncio.Queue] = {}
         self._window_open = asyncio.Event()
         self._window_open.set()
         self.started = asyncio.Event()
         self.terminated: AtpClientError | None = None
-        self._timer = ConnectionTimer(self._loop, self.conn, self._dispatch)
         self.conn.initiate(os.urandom(8), now_ms())
-        self._flush()
+        self.flush()    # HELLO leaves now: a transport may hand-craft frames right after
 
     # ---- inbound ---------------------------------------------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        self.conn.receive_data(data, now_ms())
-        self._dispatch()
-
-    def feed_frames(self, data: bytes) -> None:
-        """One message of whole frames back to back (gRPC Session)."""
-        self.conn.receive_frames(data, now_ms())
-        self._dispatch()
-
-    def feed_frame(self, frame: bytes) -> None:
-        self.conn.receive_frame(frame, now_ms())
-        self._dispatch()
 
     def peer_closed(self, message: str = "transport closed") -> None:
         if self.terminated is None:
             self.terminated = AtpClientError(ErrorCode.UNAVAILABLE, message)
         self._fail_all(self.terminated)
+        self.finish()
 
     def _dispatch(self) -> None:
         while (e := self.conn.next_event()) is not None:
@@ -110,9 +96,10 @@ class FrameClient:
                 else:
                     self.terminated = AtpClientError(e.code, e.message or "session closed")
                 self._fail_all(self.terminated)
-                if self._on_closed is not None:
-                    self._on_closed()
-        self._flush()
+
+    def _closed(self) -> None:
+        if self._on_closed is not None:
+            self._on_closed()
 
     def _fail_all(self, error: AtpClientError) -> None:
         for q in self._queues.values():
@@ -121,12 +108,6 @@ class FrameClient:
         self.started.set()
 
     # ---- outbound --------------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        frames = self.conn.frames_to_send()
-        if frames:
-            self._send(frames)
-        self._timer.arm()
 
     async def _open_stream(self, payload: dict) -> int:
         while True:
@@ -139,7 +120,7 @@ class FrameClient:
                 self._window_open.clear()       # wait for the server's WINDOW_UPDATE
                 await self._window_open.wait()
         self._queues[sid] = asyncio.Queue()
-        self._flush()
+        self.schedule_flush()   # requests opened in the same pass leave together
         return sid
 
     async def stream(self, payload: dict):
@@ -168,7 +149,7 @@ class FrameClient:
             self._queues.pop(sid, None)
             if not finished and not self.conn.closed:
                 self.conn.send_cancel(sid, now_ms())   # the caller walked away: stop upstream
-                self._flush()
+                self.flush()     # now: the loop may be closing (a sync client's shutdown)
 
     async def complete(self, payload: dict) -> Result:
         result = None
@@ -178,7 +159,8 @@ class FrameClient:
         return result
 
     def close(self) -> None:
+        """CLOSE the session; the frame is handed to `send` before this returns."""
         if not self.conn.closed:
             self.conn.close(ErrorCode.NO_ERROR, "client closing", now_ms())
-            self._flush()
-        self._timer.cancel()
+        self.flush()
+        self.finish()

@@ -18,15 +18,12 @@ from grpc_health.v1 import health_pb2
 from codec.errors import ErrorCode
 from proto.atp.v1 import atp_pb2 as pb
 
+from .credentials import api_key_from, hmac_from, missing_api_key
 from .errors import AtpClientError
 from .frames import FrameClient, build_request, keyring_for
 from .types import Chunk, Result
 
 DEFAULT_TARGET = "127.0.0.1:8471"
-# The embedded server default's well-known development credentials (atp_server.config).
-DEV_API_KEY = "sk-atp-dev"
-DEV_HMAC_KEY_ID = 1
-DEV_HMAC_SECRET = b"atp-dev-hmac-secret-change-me!!!"
 
 SERVICE = "/atp.v1.Atp/"
 TIERS = {None: pb.QUALITY_TIER_UNSPECIFIED, "fast": pb.QUALITY_TIER_FAST,
@@ -92,15 +89,17 @@ def route_dict(r: pb.RouteDecision) -> dict:
 
 
 class AsyncGrpcClient:
-    """The typed RPCs: complete, stream, route, feedback, list_models, plus the health check."""
+    """The typed RPCs: complete, stream, route, feedback, list_models, plus the health check.
+
+    `api_key` is the caller's, else $ATP_API_KEY; without one, every call but health() raises
+    AtpClientError(UNAUTHENTICATED) before anything is sent. api_key="" sends no key at all.
+    """
 
     def __init__(self, target: str = DEFAULT_TARGET, api_key: str | None = None, *,
                  sign_with: tuple[int, bytes] | None = None, timeout: float | None = None,
                  options: list | None = None):
         self.target = target
-        if api_key is None:
-            api_key = os.environ.get("ATP_API_KEY", DEV_API_KEY)
-        self.api_key = api_key
+        self.api_key = api_key_from(api_key)
         self.sign_with = sign_with
         self.timeout = timeout
         self._options = options
@@ -119,6 +118,8 @@ class AsyncGrpcClient:
         return rpc
 
     def metadata(self, method: str, body: bytes) -> tuple:
+        if self.api_key is None:
+            raise missing_api_key()
         md = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
         if self.sign_with is not None:
             md += sign_metadata(*self.sign_with, SERVICE + method, body)
@@ -222,14 +223,16 @@ class AsyncGrpcClient:
 
 
 class AsyncSessionClient:
-    """One bidi Session call = one signed ATP session carrying many concurrent requests."""
+    """One bidi Session call = one signed ATP session carrying many concurrent requests.
 
-    def __init__(self, target: str = DEFAULT_TARGET, key_id: int = DEV_HMAC_KEY_ID,
-                 secret: bytes = DEV_HMAC_SECRET, *, agent: str = "atp-python-grpc",
+    Frames are signed with `key_id` and `secret`, else $ATP_KEY_ID and $ATP_HMAC_SECRET.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, key_id: int | None = None,
+                 secret: bytes | str | None = None, *, agent: str = "atp-python-grpc",
                  options: list | None = None):
         self.target = target
-        self.key_id = key_id
-        self.secret = secret
+        self.key_id, self.secret = hmac_from(key_id, secret)
         self.agent = agent
         self._options = options
         self.frames: FrameClient | None = None

@@ -1,23 +1,30 @@
 """ATP over QUIC for Python: ALPN atp/1, long-lived sessions on bidirectional streams, coalesced sends."""
 import asyncio
 import ssl
-from contextlib import AsyncExitStack, aclosing
+from contextlib import aclosing
 
-from aioquic.asyncio.client import connect as quic_connect
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
+from codec.aio.quic import CoalescingQuicProtocol
 from codec.errors import ErrorCode
 
+from .credentials import hmac_from
 from .errors import AtpClientError
 from .frames import FrameClient, build_request, keyring_for
-from .quic_protocol import CoalescingQuicProtocol
 from .types import Chunk, Result
 
 ALPN = "atp/1"
-# The embedded default server's development credentials (atp_server.config; loopback only).
-DEV_HMAC_KEY_ID = 1
-DEV_HMAC_SECRET = b"atp-dev-hmac-secret-change-me!!!"
+# aioquic resends a lost Initial after 0.2 s, then 0.4, 0.8, 1.6 s (PTO from its 100 ms initial
+# RTT, doubling): 5 s lets a handshake survive four lost Initials in a row; waiting longer mostly
+# means waiting for a server that is not there.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()   # read, so an unawaited failure logs no "never retrieved"
 
 
 class QuicClientProtocol(CoalescingQuicProtocol):
@@ -31,6 +38,16 @@ class QuicClientProtocol(CoalescingQuicProtocol):
         super().__init__(quic, stream_handler)
         self.handlers: dict[int, object] = {}
         self.terminated: qe.ConnectionTerminated | None = None
+        # Resolved by HandshakeCompleted, failed by a close or an ICMP error; always retrieved.
+        self.handshake: asyncio.Future = self._loop.create_future()
+        self.handshake.add_done_callback(_retrieve)
+
+    def error_received(self, exc: OSError) -> None:
+        # On a connected UDP socket the kernel reports ICMP port-unreachable as
+        # ConnectionRefusedError: nothing listens there, so the handshake fails now, not at
+        # the timeout. Later errors are transient as far as QUIC is concerned (idle timeout).
+        if not self.handshake.done():
+            self.handshake.set_exception(exc)
 
     def new_stream_id(self) -> int:
         return self._quic.get_next_available_stream_id()
@@ -68,11 +85,17 @@ class QuicClientProtocol(CoalescingQuicProtocol):
             handler = self.handlers.pop(event.stream_id, None)
             if handler is not None:
                 handler.peer_closed(f"the server reset the stream ({event.error_code})")
+        elif kind is qe.HandshakeCompleted:
+            if not self.handshake.done():
+                self.handshake.set_result(None)
         elif kind is qe.ConnectionTerminated and self.terminated is None:
             self._connection_lost(event)
 
     def _connection_lost(self, event: qe.ConnectionTerminated) -> None:
         self.terminated = event
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(
+                f"{event.reason_phrase or 'closed'} (QUIC error 0x{event.error_code:x})"))
         handlers, self.handlers = list(self.handlers.values()), {}
         for handler in handlers:
             handler.peer_closed(f"QUIC connection closed: {event.reason_phrase or 'no reason'}"
@@ -125,25 +148,30 @@ class QuicSession:
 class AsyncQuicClient:
     """ATP client over QUIC. Requests are multiplexed on `streams` long-lived sessions (round robin).
 
-    verify=False accepts the server's self-signed development certificate; a str is a CA file
-    (e.g. the server's generated quic-cert.pem); True uses the system trust store.
+    The server certificate is verified: against `ca_file` when given (e.g. a dev server's
+    generated <state_dir>/quic-cert.pem, which pins that certificate), else the system trust
+    store. `insecure=True` skips verification, explicitly. Frames are signed with `key_id` and
+    `secret`, or $ATP_KEY_ID and $ATP_HMAC_SECRET; there is no built-in default.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8472, key_id: int = DEV_HMAC_KEY_ID,
-                 secret: bytes = DEV_HMAC_SECRET, *, verify: bool | str = False, streams: int = 1,
-                 server_name: str | None = None, connect_timeout: float = 10.0,
-                 idle_timeout: float = 60.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8472, key_id: int | None = None,
+                 secret: bytes | str | None = None, *, ca_file: str | None = None,
+                 insecure: bool = False, streams: int = 1, server_name: str | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT_S, idle_timeout: float = 60.0):
         if streams < 1:
             raise ValueError("streams must be >= 1")
+        if insecure and ca_file is not None:
+            raise ValueError("give ca_file (verify against it) or insecure=True, not both")
         self.host, self.port = host, port
-        self.verify = verify
+        self.ca_file = ca_file
+        self.insecure = insecure
         self.server_name = server_name
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.streams = streams
-        self._keyring = keyring_for(key_id, secret)
-        self._stack: AsyncExitStack | None = None
+        self._keyring = keyring_for(*hmac_from(key_id, secret))
         self.protocol: QuicClientProtocol | None = None
+        self._transport = None
         self.sessions: list[QuicSession] = []
         self._next = 0
         self._closed = False
@@ -153,11 +181,25 @@ class AsyncQuicClient:
         config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
                                    idle_timeout=self.idle_timeout,
                                    server_name=self.server_name or self.host)
-        if self.verify is False:
-            config.verify_mode = ssl.CERT_NONE
-        elif isinstance(self.verify, str):
-            config.load_verify_locations(cafile=self.verify)
+        # Stated, not left to aioquic's None-means-required: verification is the default here.
+        config.verify_mode = ssl.CERT_NONE if self.insecure else ssl.CERT_REQUIRED
+        if self.ca_file is not None:
+            config.load_verify_locations(cafile=self.ca_file)
         return config
+
+    async def _open(self) -> None:
+        """One QUIC connection on a connected UDP socket, handshake done within connect_timeout."""
+        loop = asyncio.get_running_loop()
+        quic = QuicConnection(configuration=self._configuration())
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: QuicClientProtocol(quic), remote_addr=(self.host, self.port))
+        try:
+            protocol.connect(transport.get_extra_info("peername"))
+            await asyncio.wait_for(asyncio.shield(protocol.handshake), self.connect_timeout)
+        except BaseException:
+            transport.close()   # no handshake: no peer state to close politely
+            raise
+        self.protocol, self._transport = protocol, transport
 
     async def connect(self) -> None:
         """Handshake and open the sessions; a failure raises AtpClientError(UNAVAILABLE)."""
@@ -170,24 +212,18 @@ class AsyncQuicClient:
         self._connecting = asyncio.get_running_loop().create_future()
         try:
             await self._teardown()
-            stack = AsyncExitStack()
-            made: list[QuicClientProtocol] = []
-
-            def create_protocol(*args, **kwargs):
-                made.append(QuicClientProtocol(*args, **kwargs))
-                return made[-1]
+            where = f"QUIC connection to {self.host}:{self.port} failed"
             try:
-                self.protocol = await asyncio.wait_for(stack.enter_async_context(quic_connect(
-                    self.host, self.port, configuration=self._configuration(),
-                    create_protocol=create_protocol)), self.connect_timeout)
-            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-                await stack.aclose()
-                closed = made[0].terminated if made else None
-                why = (f"{closed.reason_phrase or 'closed'} (QUIC error 0x{closed.error_code:x})"
-                       if closed is not None else str(exc) or type(exc).__name__)
-                raise AtpClientError(ErrorCode.UNAVAILABLE, f"QUIC connection to {self.host}:"
-                                     f"{self.port} failed: {why}") from exc
-            self._stack = stack
+                await self._open()
+            except asyncio.TimeoutError:
+                raise AtpClientError(ErrorCode.UNAVAILABLE, f"{where}: no answer within "
+                                     f"{self.connect_timeout:g} s") from None
+            except ConnectionRefusedError:
+                raise AtpClientError(ErrorCode.UNAVAILABLE, f"{where}: connection refused "
+                                     "(nothing listens on that UDP port)") from None
+            except (ConnectionError, OSError) as exc:
+                raise AtpClientError(ErrorCode.UNAVAILABLE,
+                                     f"{where}: {exc or type(exc).__name__}") from exc
             self.sessions = [QuicSession(self.protocol, self._keyring)
                              for _ in range(self.streams)]
             self._connecting.set_result(None)
@@ -233,15 +269,20 @@ class AsyncQuicClient:
         return await fc.complete(payload)
 
     async def _teardown(self) -> None:
-        protocol, stack = self.protocol, self._stack
-        self.protocol, self._stack = None, None
-        if protocol is not None and protocol.terminated is None:
-            for session in self.sessions:
-                session.close()
-            protocol.transmit()   # the CLOSE frames must leave before CONNECTION_CLOSE
-        self.sessions = []
-        if stack is not None:
-            await stack.aclose()  # QUIC close, wait for the closing period, release the socket
+        protocol, transport = self.protocol, self._transport
+        self.protocol = self._transport = None
+        self.sessions, sessions = [], self.sessions
+        if protocol is None:
+            return
+        try:
+            if protocol.terminated is None:
+                for session in sessions:
+                    session.close()
+                protocol.transmit()   # the CLOSE frames must leave before CONNECTION_CLOSE
+            protocol.close()          # QUIC close (a no-op if the connection already ended)
+            await protocol.wait_closed()   # aioquic ends the closing period (3 PTO) by itself
+        finally:
+            transport.close()         # release the socket
 
     async def close(self) -> None:
         """CLOSE every session, finish the streams, close the QUIC connection."""

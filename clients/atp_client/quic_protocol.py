@@ -1,40 +1,7 @@
-"""A QuicConnectionProtocol that transmits once per event-loop pass: the SDK's and the server's base.
+"""Deprecated location of codec.aio.quic.CoalescingQuicProtocol, kept for one release (0.1 -> 0.2).
 
-aioquic's protocol transmits after every received datagram and every write; at one frame per
-write that is 4-5x the CPU per request (DESIGN §8). Subclasses call `_transmit_soon()` (aioquic's
-own deferral to the next loop pass) after receiving or writing; `transmit()` then sends every
-datagram pending and re-arms the connection timer once.
+The protocol moved to codec/aio so the server no longer imports the SDK; import it from codec.aio.quic.
 """
-from aioquic.asyncio.protocol import QuicConnectionProtocol
+from codec.aio.quic import CoalescingQuicProtocol
 
-
-class CoalescingQuicProtocol(QuicConnectionProtocol):
-    def __init__(self, quic, stream_handler=None):
-        super().__init__(quic, stream_handler)
-        self.transmits = 0      # transmit() calls that sent something
-        self.datagrams = 0      # datagrams they sent
-
-    def _sent(self, datagrams: int) -> None:
-        """Count a transmission (subclasses may also count elsewhere)."""
-        self.transmits += 1
-        self.datagrams += datagrams
-
-    def transmit(self) -> None:
-        handle, self._transmit_task = self._transmit_task, None
-        if handle is not None:
-            handle.cancel()      # a direct call (close, timer) supersedes the deferred one
-        sent = 0
-        transport = self._transport
-        if not transport.is_closing():
-            for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
-                transport.sendto(data, addr)
-                sent += 1
-        if sent:
-            self._sent(sent)
-        timer_at = self._quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._handle_timer)
-        self._timer_at = timer_at
+__all__ = ["CoalescingQuicProtocol"]

@@ -7,7 +7,7 @@ Chunk then one Result (leaving the loop early cancels the request on the server)
 import asyncio
 import threading
 
-from .grpc_client import DEFAULT_TARGET, DEV_HMAC_KEY_ID, DEV_HMAC_SECRET
+from .grpc_client import DEFAULT_TARGET
 
 try:
     import uvloop
@@ -125,8 +125,8 @@ class GrpcClient(_SyncClient):
 class SessionClient(_SyncClient):
     """Blocking AsyncSessionClient: one ATP frame session over the gRPC Session call."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, key_id: int = DEV_HMAC_KEY_ID,
-                 secret: bytes = DEV_HMAC_SECRET, **options):
+    def __init__(self, target: str = DEFAULT_TARGET, key_id: int | None = None,
+                 secret: bytes | str | None = None, **options):
         from .grpc_client import AsyncSessionClient
         super().__init__(lambda: AsyncSessionClient(target, key_id, secret, **options),
                          "atp-session-client")
@@ -135,8 +135,8 @@ class SessionClient(_SyncClient):
 class QuicClient(_SyncClient):
     """Blocking AsyncQuicClient (clients/atp_client/quic_client.py); options pass through."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8472, key_id: int = DEV_HMAC_KEY_ID,
-                 secret: bytes = DEV_HMAC_SECRET, **options):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8472, key_id: int | None = None,
+                 secret: bytes | str | None = None, **options):
         from .quic_client import AsyncQuicClient   # lazy: aioquic is only needed for QUIC
         super().__init__(lambda: AsyncQuicClient(host, port, key_id, secret, **options),
                          "atp-quic-client")

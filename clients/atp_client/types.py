@@ -8,6 +8,9 @@ class Chunk:
     text: str
     tokens: int = 0
 
+    def __str__(self) -> str:      # print(chunk) shows the text, as a stream reader expects
+        return self.text
+
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -21,6 +24,9 @@ class Result:
     gateway_overhead_us: int
     request_id: str = ""
     extra: dict = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:      # print(result) shows the answer; repr() keeps every field
+        return self.text
 
     @property
     def cost_usd(self) -> float:

@@ -3,7 +3,7 @@
 // stubs generated at run time from proto/atp/v1/atp.proto (no CBOR, no frame protocol needed).
 //
 //   node client.mjs [target] [prompt]     target: argv, else ATP_GRPC_TARGET, else 127.0.0.1:8471
-//   ATP_API_KEY=...                       API key (default: the dev key sk-atp-dev)
+//   ATP_API_KEY=...                       API key (required: there is no built-in default)
 //
 // Prints one JSON object per line; on any failure prints {"error": ...} to stderr and exits 1.
 import path from "node:path";
@@ -16,7 +16,11 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const PROTO = path.resolve(here, "../../proto/atp/v1/atp.proto");
 const target = process.argv[2] || process.env.ATP_GRPC_TARGET || "127.0.0.1:8471";
 const prompt = process.argv[3] || "Say hello to the Node.js client.";
-const apiKey = process.env.ATP_API_KEY || "sk-atp-dev";
+const apiKey = process.env.ATP_API_KEY;
+if (!apiKey) {
+  console.error(JSON.stringify({ error: { message: "set ATP_API_KEY (e.g. the dev server's sk-atp-dev)" } }));
+  process.exit(1);
+}
 const DEADLINE_MS = 15_000;
 
 const definition = protoLoader.loadSync(PROTO, {

@@ -75,6 +75,12 @@ def test_node_client_lists_completes_and_streams(grpc_server, node_deps):
     assert events[-1]["overhead_us"] == events[-2]["data"]["gateway_overhead_us"]
 
 
+def test_node_client_needs_an_api_key(grpc_server, node_deps):
+    r = run_client(grpc_server.grpc_target, "")
+    assert r.returncode == 1 and r.stdout == ""
+    assert "ATP_API_KEY" in json.loads(r.stderr.strip().splitlines()[-1])["error"]["message"]
+
+
 def test_node_client_fails_with_the_atp_code(grpc_server, node_deps):
     r = run_client(grpc_server.grpc_target, "sk-not-a-key")
     assert r.returncode == 1 and r.stdout == ""

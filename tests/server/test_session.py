@@ -20,7 +20,7 @@ class Wire:
         self.closed = asyncio.Event()
         self.message_mode = message_mode
         self.to_server: list[bytes] = []
-        self.server = FrameSession(app, "mem", self._to_client, self.closed.set,
+        self.server = FrameSession(app.service, "mem", self._to_client, self.closed.set,
                                    message_mode=message_mode)
         self.client = FrameClient(keyring_for(config.DEV_HMAC_KEY_ID, secret), self._to_server)
 
@@ -126,7 +126,7 @@ def test_replayed_hello_is_refused_by_a_second_session(tmp_path):
         hello = first.to_server[0]
         closed = asyncio.Event()
         out = []
-        replay = FrameSession(app, "mem", out.extend, closed.set, message_mode=True)
+        replay = FrameSession(app.service, "mem", out.extend, closed.set, message_mode=True)
         replay.feed(hello)
         await closed.wait()
         await app.stop(0)

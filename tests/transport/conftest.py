@@ -4,8 +4,9 @@ The loop runs the way `atp serve` runs it (uvloop), in its own thread, so sync c
 clients on their own loop (`asyncio.run`) and subprocesses (node) can all talk to it over loopback.
 
 Fixtures:
-  atp_server    session-scoped ServerHarness: every transport whose module imports (grpc, http,
-                quic) on free loopback ports. Beside the embedded default models (sim-fast,
+  atp_server    session-scoped ServerHarness: every transport (grpc, http, quic) on free loopback
+                ports. A transport that fails to import or to start is an error for every test
+                using the fixture, never a skip: a broken transport must not leave CI green. Beside the embedded default models (sim-fast,
                 sim-balanced, sim-high) it serves `sim-slow` (provider "slow": 50 tokens/s, 200
                 tokens, ~4 s per answer) for cancellation tests. sim-slow costs and latency-priors
                 like sim-high with far lower quality, so it is never the router's first choice and
@@ -17,11 +18,12 @@ Fixtures:
 ServerHarness: .app, .ports (.grpc/.http/.quic; 0 = not started), .grpc_target, .run(coro) runs a
 coroutine on the server loop and returns its result, .outcome(request_id) blocks until the
 pipeline finished that request and returns (transport, outcome, code) — e.g. ("grpc", "CANCELLED",
-505) — without sleeping, and .start_errors (transport -> why it is not running).
+505) — without sleeping, .wait_inflight(n) blocks until n requests hold a dispatch slot, and
+.begin_stop(grace) starts App.stop and returns (a future of its end) once draining has begun.
 """
 import asyncio
+import concurrent.futures
 import dataclasses
-import importlib
 import threading
 
 import pytest
@@ -62,23 +64,11 @@ def server_config(state_dir, extra_toml: str = "", **server_overrides) -> atp_co
 
 
 
-def importable_transports() -> tuple[dict, dict]:
-    ok, why = {}, {}
-    for name in TRANSPORTS:
-        try:
-            importlib.import_module(f"atp_server.transport.{name}")
-            ok[name] = True
-        except Exception as exc:   # a colleague's module may be missing or mid-edit
-            ok[name], why[name] = False, f"import failed: {exc!r}"
-    return ok, why
-
-
 class ServerHarness:
     def __init__(self, config, audit_path: str):
         self.config = config
         self.audit_path = audit_path
         self.app: App | None = None
-        self.start_errors: dict[str, str] = {}
         self._outcomes: dict[str, tuple] = {}
         self._cond = threading.Condition()
         self.loop = uvloop.new_event_loop()
@@ -109,6 +99,13 @@ class ServerHarness:
                 self._outcomes[request_id] = (transport, outcome, code)
                 self._cond.notify_all()
         app.pipeline.observers.append(spy)
+        acquire = app.admission.acquire
+
+        async def acquire_and_tell():     # wakes wait_inflight() (no polling across threads)
+            await acquire()
+            with self._cond:
+                self._cond.notify_all()
+        app.admission.acquire = acquire_and_tell
         try:
             await app.start(**enabled)
         except BaseException:
@@ -117,19 +114,12 @@ class ServerHarness:
         return app
 
     def start(self, **only) -> "ServerHarness":
-        ok, self.start_errors = importable_transports()
-        enabled = {name: ok[name] and only.get(name, True) for name in TRANSPORTS}
+        enabled = {name: only.get(name, True) for name in TRANSPORTS}
         try:
             self.app = self.run(self._start_app(enabled))
-        except Exception as exc:
-            if not enabled["grpc"] or enabled == {"grpc": True, "http": False, "quic": False}:
-                self.close()
-                raise
-            # One transport failing to start must not take the others' tests down with it.
-            for name in TRANSPORTS:
-                if name != "grpc" and enabled[name]:
-                    self.start_errors[name] = f"start failed: {exc!r}"
-            self.app = self.run(self._start_app({"grpc": True, "http": False, "quic": False}))
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def outcome(self, request_id: str, timeout: float = 15.0) -> tuple:
@@ -138,6 +128,29 @@ class ServerHarness:
             if not self._cond.wait_for(lambda: request_id in self._outcomes, timeout):
                 raise TimeoutError(f"request {request_id!r} did not finish within {timeout}s")
             return self._outcomes[request_id]
+
+    def wait_inflight(self, n: int, timeout: float = 15.0) -> None:
+        """Block until at least `n` requests hold a dispatch slot (admitted, not yet finished)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.app.admission.inflight >= n, timeout):
+                raise TimeoutError(f"{n} requests were not in flight within {timeout}s")
+
+    def begin_stop(self, grace_s: float) -> concurrent.futures.Future:
+        """Start App.stop(grace_s) on the server loop; return once it is draining, with a future
+        that completes when the stop does. The caller must then set `.app = None`."""
+        begun = threading.Event()
+        app = self.app
+
+        async def stop():
+            task = asyncio.ensure_future(app.stop(grace_s))
+            await asyncio.sleep(0)   # one loop pass: the task's first step sets app.draining
+            begun.set()              # (App.stop flags draining before its first await)
+            await task
+        done = asyncio.run_coroutine_threadsafe(stop(), self.loop)
+        if not begun.wait(15):
+            raise TimeoutError("App.stop did not begin")
+        assert app.draining
+        return done
 
     def stop(self, grace_s: float = 0.5) -> None:
         if self.app is not None:

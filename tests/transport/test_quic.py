@@ -2,9 +2,12 @@
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
+import socket
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -13,8 +16,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicErrorCode
 
 from atp_client import AsyncQuicClient, AtpClientError, Chunk, Result, build_request
-from atp_client.quic_client import DEV_HMAC_KEY_ID, DEV_HMAC_SECRET, QuicClientProtocol
+from atp_client.quic_client import QuicClientProtocol
 from atp_server import config as C
+from atp_server.config import DEV_HMAC_KEY_ID, DEV_HMAC_SECRET
 from atp_server.app import App
 from codec import Connection, FrameType, NonceCache
 from codec.errors import ErrorCode
@@ -51,6 +55,13 @@ async def quic_app(state_dir, **sim):
             await app.stop(0)
 
 
+def quic_client(app, **options) -> AsyncQuicClient:
+    """The SDK for `app`: dev credentials given explicitly, its generated certificate pinned."""
+    cert = Path(app.config.server.state_dir) / "quic-cert.pem"
+    return AsyncQuicClient("127.0.0.1", app.ports.quic, DEV_HMAC_KEY_ID, DEV_HMAC_SECRET,
+                           ca_file=str(cert), **options)
+
+
 def audit_rows(app) -> list[tuple]:
     app.audit.flush()
     with sqlite3.connect(app.audit.path) as db:
@@ -66,6 +77,31 @@ def on_audit(app) -> asyncio.Event:
         record(*args, **kwargs)
         event.set()
     app.audit.record = wrapped
+    return event
+
+
+def on_admitted(app) -> asyncio.Event:
+    """An event set once a request holds a dispatch slot (instead of polling admission.inflight)."""
+    event = asyncio.Event()
+    acquire = app.admission.acquire
+
+    async def wrapped():
+        await acquire()
+        event.set()
+    app.admission.acquire = wrapped
+    return event
+
+
+def on_draining(quic) -> asyncio.Event:
+    """An event set once the QUIC transport's stop has begun (it checks for idleness at once)."""
+    event = asyncio.Event()
+    check = quic.check_drained
+
+    def wrapped():
+        check()
+        if quic.draining:
+            event.set()
+    quic.check_drained = wrapped
     return event
 
 
@@ -118,13 +154,9 @@ def keyring():
 
 # ---- basics --------------------------------------------------------------------------------------
 
-def test_dev_credentials_match_the_server_default():
-    assert (DEV_HMAC_KEY_ID, DEV_HMAC_SECRET) == (C.DEV_HMAC_KEY_ID, C.DEV_HMAC_SECRET)
-
-
 def test_complete_and_stream(tmp_path):
     async def body():
-        async with quic_app(tmp_path) as app, AsyncQuicClient(port=app.ports.quic) as client:
+        async with quic_app(tmp_path) as app, quic_client(app) as client:
             result = await client.complete("hello over quic", request_id="r-1")
             assert isinstance(result, Result)
             assert result.output_tokens == 4 and result.text and result.model.startswith("sim-")
@@ -141,7 +173,7 @@ def test_complete_and_stream(tmp_path):
 
 def test_request_error_carries_the_wire_code(tmp_path):
     async def body():
-        async with quic_app(tmp_path) as app, AsyncQuicClient(port=app.ports.quic) as client:
+        async with quic_app(tmp_path) as app, quic_client(app) as client:
             with pytest.raises(AtpClientError) as info:
                 await client.complete("hi", model="no-such-model")
             assert info.value.code == ErrorCode.UNKNOWN_MODEL
@@ -151,7 +183,7 @@ def test_request_error_carries_the_wire_code(tmp_path):
 
 def test_fifty_concurrent_requests_on_one_session(tmp_path):
     async def body():
-        async with quic_app(tmp_path) as app, AsyncQuicClient(port=app.ports.quic) as client:
+        async with quic_app(tmp_path) as app, quic_client(app) as client:
             results = await asyncio.gather(*(client.complete(f"question {i}", request_id=f"q{i}")
                                              for i in range(50)))
             assert sorted(r.request_id for r in results) == sorted(f"q{i}" for i in range(50))
@@ -165,7 +197,7 @@ def test_fifty_concurrent_requests_on_one_session(tmp_path):
 def test_several_sessions_share_one_connection(tmp_path):
     async def body():
         async with quic_app(tmp_path) as app, \
-                AsyncQuicClient(port=app.ports.quic, streams=3) as client:
+                quic_client(app, streams=3) as client:
             results = await asyncio.gather(*(client.complete(f"q{i}") for i in range(30)))
             assert len(results) == 30
             (server_conn,) = app.quic.protocols
@@ -181,7 +213,7 @@ def test_several_sessions_share_one_connection(tmp_path):
 def test_bad_signature_closes_that_session_only(tmp_path):
     async def body():
         async with quic_app(tmp_path, latency_ms=300) as app, \
-                AsyncQuicClient(port=app.ports.quic, streams=2) as client:
+                quic_client(app, streams=2) as client:
             victim, healthy = client.sessions
             pending = asyncio.ensure_future(victim.fc.complete(build_request("slow one")))
             victim.fc.conn.send_ping()                 # a valid frame from the session...
@@ -209,7 +241,7 @@ def test_garbage_bytes_get_a_close_with_the_codec_code(tmp_path):
         probe.receive_data(garbage, int(time.time() * 1000))
         expected = probe.close_code
         assert 100 <= expected < 200
-        async with quic_app(tmp_path) as app, AsyncQuicClient(port=app.ports.quic) as client:
+        async with quic_app(tmp_path) as app, quic_client(app) as client:
             raw = RawStream(client.protocol, client_conn())
             raw.send(garbage)
             await raw.until(lambda: raw.ended)        # the server finished the stream after CLOSE
@@ -224,7 +256,7 @@ def test_garbage_bytes_get_a_close_with_the_codec_code(tmp_path):
 
 def test_replayed_hello_is_refused(tmp_path):
     async def body():
-        async with quic_app(tmp_path) as app, AsyncQuicClient(port=app.ports.quic) as client:
+        async with quic_app(tmp_path) as app, quic_client(app) as client:
             nonce = os.urandom(8)
             first = client_conn(nonce)
             hello = first.data_to_send()
@@ -246,7 +278,7 @@ def test_client_gone_mid_stream_cancels_the_pipeline_call(tmp_path):
     async def body():
         async with quic_app(tmp_path, tokens_per_s=20, output_tokens=200) as app:
             audited = on_audit(app)
-            client = AsyncQuicClient(port=app.ports.quic)
+            client = quic_client(app)
             await client.connect()
             items = client.stream("a long answer")
             first = await anext(items)
@@ -264,11 +296,10 @@ def test_client_gone_mid_stream_cancels_the_pipeline_call(tmp_path):
 def test_cancelling_a_complete_call_cancels_upstream(tmp_path):
     async def body():
         async with quic_app(tmp_path, latency_ms=10_000) as app, \
-                AsyncQuicClient(port=app.ports.quic) as client:
-            audited = on_audit(app)
+                quic_client(app) as client:
+            audited, admitted = on_audit(app), on_admitted(app)
             call = asyncio.ensure_future(client.complete("too slow"))
-            while app.admission.inflight == 0:
-                await asyncio.sleep(0)
+            await admitted.wait()
             call.cancel()                          # e.g. the caller's asyncio.wait_for expired
             await audited.wait()
             assert audit_rows(app) == [("quic", "CANCELLED", int(ErrorCode.CANCELLED))]
@@ -297,7 +328,7 @@ def test_wrong_or_missing_alpn_is_refused(tmp_path):
                 terminated = await attempt(app.ports.quic, alpn)
                 assert terminated.error_code == NO_APPLICATION_PROTOCOL
             assert not app.quic.protocols or all(not p.sessions for p in app.quic.protocols)
-            async with AsyncQuicClient(port=app.ports.quic) as client:   # atp/1 still works
+            async with quic_client(app) as client:   # atp/1 still works
                 assert (await client.complete("ok")).output_tokens == 4
     run(body())
 
@@ -310,7 +341,8 @@ def test_certificate_generated_into_state_dir(tmp_path):
             cert, key = state / "quic-cert.pem", state / "quic-key.pem"
             assert cert.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
             assert key.stat().st_mode & 0o777 == 0o600
-            async with AsyncQuicClient(port=app.ports.quic, verify=str(cert)) as client:
+            async with AsyncQuicClient(port=app.ports.quic, key_id=DEV_HMAC_KEY_ID,
+                                       secret=DEV_HMAC_SECRET, ca_file=str(cert)) as client:
                 assert (await client.complete("verified")).output_tokens == 4
             first = cert.read_bytes()
         async with quic_app(state):                 # second start reuses it
@@ -318,17 +350,74 @@ def test_certificate_generated_into_state_dir(tmp_path):
         other = tmp_path / "other"
         async with quic_app(other) as app:          # a different certificate: verification fails
             with pytest.raises(AtpClientError) as info:
-                async with AsyncQuicClient(port=app.ports.quic, verify=str(cert)):
+                async with AsyncQuicClient(port=app.ports.quic, key_id=DEV_HMAC_KEY_ID,
+                                           secret=DEV_HMAC_SECRET, ca_file=str(cert)):
                     pass
             assert info.value.code == ErrorCode.UNAVAILABLE
     run(body())
+
+
+def test_certificate_is_verified_by_default(tmp_path):
+    async def body():
+        async with quic_app(tmp_path) as app:
+            # no ca_file, no insecure: the system store, which does not know a self-signed cert
+            with pytest.raises(AtpClientError) as info:
+                async with AsyncQuicClient(port=app.ports.quic, key_id=DEV_HMAC_KEY_ID,
+                                           secret=DEV_HMAC_SECRET):
+                    pass
+            assert info.value.code == ErrorCode.UNAVAILABLE
+            assert "QUIC error 0x12a" in info.value.message    # TLS alert bad_certificate
+            async with AsyncQuicClient(port=app.ports.quic, key_id=DEV_HMAC_KEY_ID,
+                                       secret=DEV_HMAC_SECRET, insecure=True) as client:
+                assert (await client.complete("unverified, on purpose")).output_tokens == 4
+    run(body())
+
+
+def _unretrieved_future_reports(caplog, loop_errors) -> list:
+    gc.collect()       # a failed, unretrieved future reports when it is collected
+    logged = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    return logged + [c["message"] for c in loop_errors if "never retrieved" in c["message"]]
+
+
+async def _connect_failure(port: int, timeout: float) -> tuple[AtpClientError, list]:
+    loop = asyncio.get_running_loop()
+    loop_errors = []
+    loop.set_exception_handler(lambda _, context: loop_errors.append(context))
+    client = AsyncQuicClient(port=port, key_id=DEV_HMAC_KEY_ID, secret=DEV_HMAC_SECRET,
+                             insecure=True, connect_timeout=timeout)
+    with pytest.raises(AtpClientError) as info:
+        await client.connect()
+    await client.close()
+    gc.collect()
+    await asyncio.sleep(0)      # one loop pass for any exception-handler call to arrive
+    return info.value, loop_errors
+
+
+def test_connecting_to_a_closed_port_fails_at_once_and_quietly(caplog):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # The timeout is far beyond what the test takes: the kernel's port-unreachable answers it.
+    error, loop_errors = run(_connect_failure(port, timeout=TIMEOUT_S))
+    assert error.code == ErrorCode.UNAVAILABLE and error.retryable
+    assert f"127.0.0.1:{port}" in error.message and "connection refused" in error.message
+    assert _unretrieved_future_reports(caplog, loop_errors) == []
+
+
+def test_connecting_to_a_silent_port_fails_at_the_connect_timeout(caplog):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:   # bound, never answers
+        silent.bind(("127.0.0.1", 0))
+        error, loop_errors = run(_connect_failure(silent.getsockname()[1], timeout=0.3))
+        assert silent.recv(2048)               # the client's Initial did arrive
+    assert error.code == ErrorCode.UNAVAILABLE and "no answer within 0.3 s" in error.message
+    assert _unretrieved_future_reports(caplog, loop_errors) == []
 
 
 def test_transmission_is_coalesced(tmp_path):
     n = 64
 
     async def body():
-        async with quic_app(tmp_path) as app, AsyncQuicClient(port=app.ports.quic) as client:
+        async with quic_app(tmp_path) as app, quic_client(app) as client:
             await client.complete("warm up")
             server, proto = app.quic, client.protocol
             s0, c0 = (server.transmits, server.datagrams), (proto.transmits, proto.datagrams)
@@ -346,19 +435,18 @@ def test_transmission_is_coalesced(tmp_path):
 def test_stop_lets_inflight_finish_and_refuses_new_work(tmp_path):
     async def body():
         async with quic_app(tmp_path, latency_ms=300) as app, \
-                AsyncQuicClient(port=app.ports.quic) as client:
+                quic_client(app) as client:
+            admitted, draining = on_admitted(app), on_draining(app.quic)
             slow = asyncio.ensure_future(client.complete("finish me"))
-            while app.admission.inflight == 0:          # the request reached the pipeline
-                await asyncio.sleep(0)
+            await admitted.wait()                       # the request reached the pipeline
             stopping = asyncio.ensure_future(app.stop(grace_s=10))
-            while not app.quic.draining:
-                await asyncio.sleep(0)
+            await draining.wait()
             # a new session on the live connection is answered with CLOSE UNAVAILABLE
             fresh = RawStream(client.protocol, client_conn())
             fresh.send(fresh.conn.data_to_send())
             # a new connection is refused at the QUIC level
             with pytest.raises(AtpClientError) as refused:
-                async with AsyncQuicClient(port=app.ports.quic, connect_timeout=5):
+                async with quic_client(app, connect_timeout=5):
                     pass
             assert refused.value.code == ErrorCode.UNAVAILABLE
             assert "server draining (QUIC error 0x2)" in refused.value.message   # CONNECTION_REFUSED
@@ -377,11 +465,10 @@ def test_stop_lets_inflight_finish_and_refuses_new_work(tmp_path):
 def test_stop_after_grace_cuts_streams_with_unavailable(tmp_path):
     async def body():
         async with quic_app(tmp_path, latency_ms=10_000) as app, \
-                AsyncQuicClient(port=app.ports.quic) as client:
-            audited = on_audit(app)
+                quic_client(app) as client:
+            audited, admitted = on_audit(app), on_admitted(app)
             slow = asyncio.ensure_future(client.complete("never finishes"))
-            while app.admission.inflight == 0:
-                await asyncio.sleep(0)
+            await admitted.wait()
             await app.stop(grace_s=0.05)
             with pytest.raises(AtpClientError) as info:
                 await slow
@@ -395,13 +482,13 @@ def test_stop_after_grace_cuts_streams_with_unavailable(tmp_path):
 def test_client_reconnects_after_the_server_restarts(tmp_path):
     async def body():
         async with quic_app(tmp_path / "a") as first, \
-                AsyncQuicClient(port=first.ports.quic) as client:
+                quic_client(first) as client:
             port = first.ports.quic
             assert (await client.complete("before")).output_tokens == 4
             old = client.protocol
             await first.stop(0)
             await old.wait_closed()              # the server's CONNECTION_CLOSE was processed
-            config = make_config(tmp_path / "b")
+            config = make_config(tmp_path / "a")   # same state dir: the same (pinned) certificate
             second = App(dataclasses.replace(config, server=dataclasses.replace(
                 config.server, quic_port=port)))
             await second.start(http=False, grpc=False, quic=True)
@@ -415,11 +502,9 @@ def test_client_reconnects_after_the_server_restarts(tmp_path):
 
 def test_quic_against_the_shared_threaded_server(atp_server):
     """The SDK on its own loop against the full App (every transport) on the server's thread."""
-    if not atp_server.ports.quic:
-        pytest.skip(atp_server.start_errors.get("quic", "QUIC transport not started"))
 
     async def body():
-        async with AsyncQuicClient(port=atp_server.ports.quic, streams=2) as client:
+        async with quic_client(atp_server.app, streams=2) as client:
             results = await asyncio.gather(*(client.complete(f"shared {i}") for i in range(8)))
             assert all(r.text and r.output_tokens for r in results)
             items = client.stream("a long answer", model="sim-slow", request_id="quic-walk-away")

@@ -1,0 +1,88 @@
+"""The gateway as the transports see it: one narrow facade over authentication, pipeline, models, feedback.
+
+Transports translate their wire to calls on a GatewayService and never reach into the App's
+parts (router, policy, health board, feedback log, admission): what a front door may ask of the
+gateway is exactly what is here. The pipeline's and the authenticator's methods are bound once,
+at construction, so calling `service.complete` costs what calling `pipeline.complete` cost.
+"""
+from dataclasses import dataclass
+
+from codec.errors import ErrorCode
+
+from .adapters.base import ModelSpec
+from .auth import Principal
+from .types import AtpError
+
+
+@dataclass(frozen=True, slots=True)
+class ModelListing:
+    """One row of the model table as a client may see it."""
+
+    spec: ModelSpec
+    healthy: bool             # its circuit is not open right now
+
+
+class GatewayService:
+    """What a transport may use: authenticate, check signatures, run requests, list models, take
+    feedback, see whether the server is draining, render metrics, open frame sessions.
+
+    `draining` is a plain attribute (the App sets it when shutdown begins) because the HTTP and
+    frame hot paths read it on every request.
+    """
+
+    def __init__(self, *, auth, pipeline, router, feedback, metrics, admission, limits,
+                 connection_config, congestion_watermark: float):
+        # requests
+        self.authenticate = auth.api_key            # (authorization header) -> Principal
+        self.check_signature = auth.check_signature  # (headers, method, path, body, now_ms)
+        self.require_signature: bool = auth.cfg.require_signature
+        self.complete = pipeline.complete           # (request, principal, transport, t0)
+        self.stream = pipeline.stream
+        self.route = pipeline.route                 # (request, principal) -> RouteDecision
+        self.draining = False
+        # frame sessions (session.FrameSession)
+        self.keyring = auth.keyring
+        self.nonce_cache = auth.nonce_cache
+        self.limits = limits
+        self.connection_config = connection_config
+        self.session_principal = auth.session_principal
+        self.pressure = admission.pressure          # () -> 0..1, drives the CONGESTION flag
+        self.congestion_watermark = congestion_watermark
+        self.render_metrics = metrics.render        # () -> Prometheus text
+        self._metrics = metrics
+        self._router = router
+        self._policy = pipeline.policy
+        self._clock = pipeline.clock
+        self._feedback = feedback
+
+    # ---- models and feedback --------------------------------------------------------------------
+
+    def models(self, principal: Principal) -> list[ModelListing]:
+        """The models `principal` may use (its tenant's allowlist, when the policy has one)."""
+        allowed = getattr(self._policy, "allowed_models", None)
+        only = None if allowed is None else allowed.get(principal.tenant, frozenset())
+        now, health = self._clock(), self._router.health
+        return [ModelListing(spec, not health.is_open(spec.id, now))
+                for spec in self._router.models.values() if only is None or spec.id in only]
+
+    def feedback(self, principal: Principal, request_id: str, score: float,
+                 comment: str | None = None) -> bool:
+        """Record a score in [0, 1] for one answer, under the principal's own tenant (never a
+        tenant the client names); False if that request was already rated."""
+        if not request_id:
+            raise AtpError(ErrorCode.INVALID_REQUEST, "request_id is required")
+        if not 0.0 <= score <= 1.0:   # also refuses NaN
+            raise AtpError(ErrorCode.INVALID_REQUEST, f"score must be in [0, 1], not {score}")
+        return self._feedback.add(principal.tenant, request_id, score, comment, principal.name)
+
+    # ---- frame-session bookkeeping --------------------------------------------------------------
+
+    def session_opened(self, transport: str) -> None:
+        self._metrics.sessions.labels(transport).inc()
+
+    def session_closed(self, transport: str) -> None:
+        self._metrics.sessions.labels(transport).dec()
+
+    def protocol_error(self, transport: str, code: int) -> None:
+        """A session we closed for a protocol error (bad MAC, replay, malformed frame...)."""
+        self._metrics.protocol_errors.labels(transport, str(int(code))).inc()

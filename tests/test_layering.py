@@ -1,0 +1,93 @@
+"""The layering rules of docs/ARCHITECTURE.md, enforced on every import statement (module level or not).
+
+- codec/ is the sans-I/O core: no event loop, clock, RNG, sockets, threads or network library;
+  codec/aio/ alone is the asyncio glue and may use asyncio, time and aioquic.
+- codec/ (aio included) imports neither the server nor the SDK: both build on it.
+- atp_server/ never imports the SDK (atp_client); atp_server/cli.py is exempt, being a client of
+  a running server as much as its launcher.
+- clients/atp_client/ never imports atp_server: the SDK depends on codec (and proto) only.
+"""
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+IO_MODULES = {"asyncio", "socket", "time", "random", "threading", "grpc", "aioquic", "aiohttp",
+              "uvloop", "selectors", "ssl", "secrets"}
+AIO_MAY_USE = {"asyncio", "time", "aioquic"}
+
+
+def imports(path: pathlib.Path) -> list[tuple[int, str]]:
+    """(line, top-level module) of every absolute import in the file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id == "__import__" and node.args
+              and isinstance(node.args[0], ast.Constant)):
+            found.append((node.lineno, str(node.args[0].value).split(".")[0]))
+    return found
+
+
+def files(folder: str) -> list[pathlib.Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def rel(path: pathlib.Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def violations(folder: str, forbidden, exempt=()) -> list[str]:
+    out = []
+    for path in files(folder):
+        if rel(path) in exempt:
+            continue
+        banned = forbidden(path)
+        out += [f"{rel(path)}:{line}: imports {mod}" for line, mod in imports(path) if mod in banned]
+    return out
+
+
+def codec_forbidden(path: pathlib.Path) -> set:
+    upper = {"atp_server", "atp_client"}
+    if (ROOT / "codec" / "aio") in path.parents:
+        return upper | (IO_MODULES - AIO_MAY_USE)
+    return upper | IO_MODULES
+
+
+def test_codec_is_sans_io_except_codec_aio():
+    assert violations("codec", codec_forbidden) == []
+
+
+def test_server_does_not_import_the_sdk():
+    assert violations("atp_server", lambda p: {"atp_client"}, exempt={"atp_server/cli.py"}) == []
+
+
+def test_sdk_does_not_import_the_server():
+    assert violations("clients/atp_client", lambda p: {"atp_server"}) == []
+
+
+def test_the_rules_cover_the_code_they_name():
+    assert any((ROOT / "codec" / "aio") in p.parents for p in files("codec"))
+    assert len(files("atp_server")) > 10 and len(files("clients/atp_client")) > 5
+
+
+# ---- the checker catches what it should ---------------------------------------------------------
+
+@pytest.mark.parametrize("source,module", [
+    ("import asyncio", "asyncio"), ("from aioquic.quic import events", "aioquic"),
+    ("def f():\n    import atp_client.sync", "atp_client"), ("__import__('socket')", "socket"),
+    ("import grpc.aio as g", "grpc")])
+def test_checker_sees_every_kind_of_import(tmp_path, source, module):
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    assert [m for _, m in imports(path)] == [module]
+
+
+def test_checker_ignores_relative_imports(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from . import time\nfrom .asyncio import x\n")
+    assert imports(path) == []
