@@ -12,7 +12,9 @@ from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
 from .metrics import NO_MODEL, UNKNOWN
-from .routing.health import Action, HealthBoard, Signal, finished, outcome_of
+from .routing.health import Action, HealthBoard, Signal, ended
+
+_DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
 from .routing.router import Router
 from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed,
                     TextDelta)
@@ -104,28 +106,27 @@ class _Admitted:
 
 
 class _Call:
-    """One dispatch to one model, reported to the health board at both ends (a class, like
-    _Admitted, for the per-request cost). Entering reports DISPATCH and raises UNAVAILABLE when the
-    breaker refuses; leaving reports how the call ended, whatever it was: success, an upstream
-    fault, a client error, a cancel (CancelledError / GeneratorExit) or a bug. So a probe is always
-    released."""
+    """`with _Call(...)`: one dispatch to one model, reported to the health board at both ends (a
+    class, like _Admitted, for the per-request cost). Creating it reports DISPATCH and raises
+    UNAVAILABLE when the breaker refuses; leaving reports how the call ended, whatever it was:
+    success, an upstream fault, a client error, a cancel (CancelledError / GeneratorExit) or a bug.
+    So a probe is always released."""
 
     __slots__ = ("health", "model_id", "clock", "probe")
 
     def __init__(self, health: HealthBoard, model_id: str, clock):
         self.health, self.model_id, self.clock = health, model_id, clock
+        action = health.report(model_id, _DISPATCH, clock())
+        if action is _REJECT:    # opened, or its probe went out, after this request was routed
+            raise AtpError(ErrorCode.UNAVAILABLE, f"{model_id}: circuit open",
+                           retry_after_ms=health.retry_after_ms((model_id,), clock()))
+        self.probe = action is _PROBE
 
     def __enter__(self) -> "_Call":
-        action = self.health.report(self.model_id, Signal.DISPATCH, self.clock())
-        if action is Action.REJECT:    # opened, or its probe went out, after this request was routed
-            now = self.clock()
-            raise AtpError(ErrorCode.UNAVAILABLE, f"{self.model_id}: circuit open",
-                           retry_after_ms=self.health.retry_after_ms((self.model_id,), now))
-        self.probe = action is Action.PROBE
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.health.report(self.model_id, finished(outcome_of(exc), self.probe), self.clock())
+        self.health.report(self.model_id, ended(exc, self.probe), self.clock())
         return False
 
 

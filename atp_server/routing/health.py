@@ -100,6 +100,13 @@ UPSTREAM_FAULTS = frozenset({
 PROBE_WAIT_MS = 1000
 
 _FINISHED = ((_G.OK, _G.FAULT, _G.NEUTRAL), (_G.PROBE_OK, _G.PROBE_FAULT, _G.PROBE_NEUTRAL))
+# Module-level names for the members the per-request path uses: an enum attribute lookup
+# (State.OPEN) costs ~100 ns on CPython 3.11, a global ~15 ns; two reports per request add up.
+_CLOSED, _OPEN, _HALF_OPEN, _PROBING = State
+_OK, _PROBE_OK = Signal.OK, Signal.PROBE_OK
+_FAULT, _LAST_FAULT = Signal.FAULT, Signal.LAST_FAULT
+_COUNT, _RESET, _TRIP = Action.COUNT, Action.RESET, Action.TRIP
+_OK_OUT, _FAULT_OUT, _NEUTRAL_OUT = Outcome
 
 
 def step(state: State, signal: Signal) -> tuple[Action, State]:
@@ -110,9 +117,8 @@ def step(state: State, signal: Signal) -> tuple[Action, State]:
 def outcome_of(exc: BaseException | None) -> Outcome:
     """Classify how a call ended: None is success; only upstream-fault codes count as faults."""
     if exc is None:
-        return Outcome.OK
-    return Outcome.FAULT if isinstance(exc, AtpError) and exc.code in UPSTREAM_FAULTS \
-        else Outcome.NEUTRAL
+        return _OK_OUT
+    return _FAULT_OUT if isinstance(exc, AtpError) and exc.code in UPSTREAM_FAULTS else _NEUTRAL_OUT
 
 
 def finished(outcome: Outcome, probe: bool) -> Signal:
@@ -120,10 +126,17 @@ def finished(outcome: Outcome, probe: bool) -> Signal:
     return _FINISHED[probe][outcome]
 
 
+def ended(exc: BaseException | None, probe: bool) -> Signal:
+    """finished(outcome_of(exc), probe), with the success case first and without the calls."""
+    if exc is None:
+        return _PROBE_OK if probe else _OK
+    return _FINISHED[probe][outcome_of(exc)]
+
+
 @dataclass(slots=True)
 class Circuit:
     """One model's breaker data: the stored state (OPEN is stored, HALF_OPEN may be derived)."""
-    state: State = State.CLOSED
+    state: State = _CLOSED
     failures: int = 0             # consecutive upstream faults while CLOSED
     opened_at: float = 0.0
 
@@ -145,20 +158,20 @@ class HealthBoard:
     def state(self, model_id: str, now: float) -> State:
         c = self.circuits.get(model_id)
         if c is None:
-            return State.CLOSED
-        if c.state is State.OPEN and now - c.opened_at >= self.cooldown_s:
-            return State.HALF_OPEN
+            return _CLOSED
+        if c.state is _OPEN and now - c.opened_at >= self.cooldown_s:
+            return _HALF_OPEN
         return c.state
 
     def admits(self, model_id: str, now: float) -> bool:
         """Routing's question: may a call be routed to this model now?"""
         if model_id not in self.not_closed:
             return True
-        return self.state(model_id, now) is State.HALF_OPEN
+        return self.state(model_id, now) is _HALF_OPEN
 
     def is_open(self, model_id: str, now: float) -> bool:
         """Reporting's question: is the circuit open and still cooling down?"""
-        return model_id in self.not_closed and self.state(model_id, now) is State.OPEN
+        return model_id in self.not_closed and self.state(model_id, now) is _OPEN
 
     def all_closed(self) -> bool:
         """True when no circuit is open, half-open or probing: routing results may be reused."""
@@ -170,12 +183,12 @@ class HealthBoard:
         best = None
         for model_id in model_ids:
             state = self.state(model_id, now)
-            if state is State.OPEN:
+            if state is _OPEN:
                 # Rounded up (a client told to come back early is refused again), after dropping
                 # float noise below a microsecond so that 6000.0000001 ms stays 6000.
                 left_ms = (self.circuits[model_id].opened_at + self.cooldown_s - now) * 1000
                 wait = math.ceil(round(left_ms, 3))
-            elif state is State.PROBING:
+            elif state is _PROBING:
                 wait = PROBE_WAIT_MS
             else:
                 return 0
@@ -188,20 +201,22 @@ class HealthBoard:
         c = self.circuits.get(model_id)
         if c is None:
             c = self.circuits[model_id] = Circuit()
-        state = c.state
-        if state is State.OPEN and now - c.opened_at >= self.cooldown_s:
-            state = State.HALF_OPEN
-        if signal is Signal.FAULT and state is State.CLOSED and c.failures + 1 >= self.threshold:
-            signal = Signal.LAST_FAULT
-        action, c.state = TABLE[state][signal]
-        if action is Action.COUNT:
+        state = stored = c.state
+        if state is _OPEN and now - c.opened_at >= self.cooldown_s:
+            state = _HALF_OPEN
+        if signal is _FAULT and state is _CLOSED and c.failures + 1 >= self.threshold:
+            signal = _LAST_FAULT
+        action, state = TABLE[state][signal]
+        if action is _COUNT:
             c.failures += 1
-        elif action is Action.RESET:
+        elif action is _RESET:
             c.failures = 0
-        elif action is Action.TRIP:
+        elif action is _TRIP:
             c.failures, c.opened_at = 0, now
-        if c.state is State.CLOSED:
-            self.not_closed.discard(model_id)
-        else:
-            self.not_closed.add(model_id)
+        if state is not stored:
+            c.state = state
+            if state is _CLOSED:
+                self.not_closed.discard(model_id)
+            else:
+                self.not_closed.add(model_id)
         return action
