@@ -138,3 +138,22 @@ def test_grpc_and_frame_session_outage_is_retryable_unavailable(tripped):
     assert trailers["atp-retryable"] == "true" and trailers["atp-retry-after-ms"] == "6000"
     for err in (typed, session):
         assert err.code == ErrorCode.UNAVAILABLE and err.retryable and err.retry_after_ms == 6000
+
+
+def test_bogus_model_names_over_http_keep_metrics_bounded(start_server):
+    h = start_server(grpc=False, quic=False)
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async def one(i):
+                async with s.post(http_url(h), headers=AUTH, json={
+                        "model": f"bogus-{i}-" + "x" * 100, "messages": HELLO}) as r:
+                    return r.status
+            statuses = await asyncio.gather(*(one(i) for i in range(1000)))
+            async with s.get(http_url(h, "/metrics")) as r:
+                return statuses, await r.read()
+    statuses, body = asyncio.run(asyncio.wait_for(go(), 60))
+    assert set(statuses) == {404}
+    series = [line for line in body.decode().splitlines() if line.startswith("atp_requests_total{")]
+    assert series == ['atp_requests_total{model="unknown",outcome="UNKNOWN_MODEL",transport="http"} 1000.0']
+    assert b"bogus" not in body and len(body) < 20_000
