@@ -1,8 +1,8 @@
 """Route selection, pure: mask the models a request can use, score what is left, return a chain.
 
 choose(request, now) never touches the network and changes no health state: it only reads the
-HealthBoard (the pipeline reports to it). No route because of the request is NO_ROUTE (a 4xx);
-no route because of health, even in part, is a retryable UNAVAILABLE with retry_after_ms. This is the
+HealthBoard (the pipeline reports to it). No route because of the request is NO_ROUTE (a 4xx); no
+route because of health, even in part, is a retryable UNAVAILABLE with retry_after_ms. This is the
 minimal real router (tier-weighted quality/cost/latency); the learned router replaces `_score`.
 """
 from codec.errors import ErrorCode
