@@ -73,7 +73,7 @@ class App:
         self.router = Router(list(config.models), HealthBoard())
         self.admission = Admission(config.server.max_inflight, config.server.max_queue)
         self.accountant = Accountant()
-        self.metrics = Metrics(self.accountant)
+        self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)
         self.audit = None

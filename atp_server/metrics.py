@@ -3,12 +3,24 @@
 The per-request path only bumps plain ints (a histogram observation is a bisect and two adds);
 a custom collector turns them into Prometheus families at scrape time. prometheus_client's own
 Counter/Histogram take a lock per update, which cost ~1 µs each — several per request.
+
+Label values come from configuration and code, never from client input (DESIGN §6): a model label
+is a configured model id or one of FIXED_MODEL_LABELS, an outcome is "ok" or a wire code's name, a
+protocol error's code is a wire code or "other". So the number of series is bounded by the config.
 """
 from bisect import bisect_left
-from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+from codec.errors import ErrorCode
+
+UNKNOWN = "unknown"                # a model name that is not configured
+NO_MODEL = "-"                     # refused before any model was chosen, and none was asked for
+FIXED_MODEL_LABELS = frozenset({UNKNOWN, NO_MODEL})
+OTHER = "other"                    # an outcome or code outside the known set
+_OUTCOMES = frozenset({"ok"} | {c.name for c in ErrorCode})
+_WIRE_CODES = frozenset(str(int(c)) for c in ErrorCode)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
@@ -73,11 +85,25 @@ class _RequestCollector:
             yield cost
 
 
+class _CodeLabelled:
+    """prometheus Counter labelled (transport, code) whose code is a wire code or OTHER: the
+    callers (session.py) pass the code of whatever ended a session."""
+
+    __slots__ = ("counter",)
+
+    def __init__(self, counter: Counter):
+        self.counter = counter
+
+    def labels(self, transport: str, code: str):
+        return self.counter.labels(transport, code if code in _WIRE_CODES else OTHER)
+
+
 class Metrics:
-    def __init__(self, accountant=None):
+    def __init__(self, accountant=None, models=()):
         r = self.registry = CollectorRegistry()
         self.accountant = accountant
-        self.request_counts: dict[tuple, int] = defaultdict(int)
+        self._model_labels = frozenset(models) | FIXED_MODEL_LABELS
+        self.request_counts: dict[tuple, int] = {}
         self.durations: dict[str, _Histogram] = {}
         self.overheads: dict[str, _Histogram] = {}
         r.register(_RequestCollector(self))
@@ -85,12 +111,19 @@ class Metrics:
         self.inflight = Gauge("atp_inflight_requests", "Requests holding a dispatch slot", registry=r)
         self.queued = Gauge("atp_queued_requests", "Requests waiting for a dispatch slot", registry=r)
         self.sessions = Gauge("atp_sessions", "Open frame sessions", ["transport"], registry=r)
-        self.protocol_errors = Counter("atp_protocol_errors", "Sessions closed by a protocol error",
-                                       ["transport", "code"], registry=r)
+        self.protocol_errors = _CodeLabelled(Counter(
+            "atp_protocol_errors", "Sessions closed by a protocol error", ["transport", "code"],
+            registry=r))
 
     def observe(self, transport: str, model: str, outcome: str, seconds: float,
                 overhead_s: float | None) -> None:
-        self.request_counts[(transport, model, outcome)] += 1
+        counts, key = self.request_counts, (transport, model, outcome)
+        n = counts.get(key)
+        if n is None:   # a new label set: check it once (a known one was checked when it arrived)
+            key = (transport, model if model in self._model_labels else UNKNOWN,
+                   outcome if outcome in _OUTCOMES else OTHER)
+            n = counts.get(key, 0)
+        counts[key] = n + 1
         h = self.durations.get(transport)
         if h is None:
             h = self.durations[transport] = _Histogram(_LATENCY_BUCKETS)

@@ -11,6 +11,10 @@ from codec.errors import ErrorCode
 from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
+from .metrics import NO_MODEL, UNKNOWN
+from .routing.health import Action, HealthBoard, Signal, ended
+
+_DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
 from .routing.router import Router
 from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed,
                     TextDelta)
@@ -101,6 +105,31 @@ class _Admitted:
         self.p._record(self.request, self.principal, self.transport, trace)
 
 
+class _Call:
+    """`with _Call(...)`: one dispatch to one model, reported to the health board at both ends (a
+    class, like _Admitted, for the per-request cost). Creating it reports DISPATCH and raises
+    UNAVAILABLE when the breaker refuses; leaving reports how the call ended, whatever it was:
+    success, an upstream fault, a client error, a cancel (CancelledError / GeneratorExit) or a bug.
+    So a probe is always released."""
+
+    __slots__ = ("health", "model_id", "clock", "probe")
+
+    def __init__(self, health: HealthBoard, model_id: str, clock):
+        self.health, self.model_id, self.clock = health, model_id, clock
+        action = health.report(model_id, _DISPATCH, clock())
+        if action is _REJECT:    # opened, or its probe went out, after this request was routed
+            raise AtpError(ErrorCode.UNAVAILABLE, f"{model_id}: circuit open",
+                           retry_after_ms=health.retry_after_ms((model_id,), clock()))
+        self.probe = action is _PROBE
+
+    def __enter__(self) -> "_Call":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.health.report(self.model_id, ended(exc, self.probe), self.clock())
+        return False
+
+
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
@@ -142,7 +171,6 @@ class Pipeline:
                         emitted: int) -> RouteDecision:
         """Decide after a failed attempt: re-raise, or return the decision for the next model."""
         model_id = chain[attempt]
-        self.router.health.record_failure(model_id, self.clock())
         if emitted or not exc.retryable or attempt + 1 >= len(chain):
             if emitted and exc.code is not ErrorCode.UPSTREAM_CUT:
                 raise AtpError(ErrorCode.UPSTREAM_CUT,
@@ -159,7 +187,6 @@ class Pipeline:
 
     def _succeeded(self, trace: _Trace, principal: Principal, model, request, finish: Finish,
                    tokens: int):
-        self.router.health.record_success(model.id)
         trace.usage = usage = self.accountant.usage(model, request, finish, tokens)
         self.accountant.record(principal.tenant, model.id, usage)
         trace.finished = True
@@ -175,32 +202,33 @@ class Pipeline:
         async with self._admitted(request, principal, transport, started_ns) as trace:
             yield Routed(trace.decision)
             chain = self._chain(trace)
+            health, clock = self.router.health, self.clock
             for attempt, model_id in enumerate(chain):
                 model = self.router.models[model_id]
-                self.router.health.breaker(model_id).on_dispatch()
                 emitted = tokens = 0
                 finish = None
                 try:
-                    async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
-                        it = up.__aiter__()
-                        while True:
-                            u0 = time.perf_counter_ns()
-                            try:
-                                item = await it.__anext__()
-                            except StopAsyncIteration:
-                                break
-                            finally:
-                                trace.upstream_ns += time.perf_counter_ns() - u0
-                            if type(item) is TextDelta:
-                                yield Delta(emitted, item.text, item.tokens)
-                                emitted += 1
-                                tokens += item.tokens
-                            elif type(item) is Finish:
-                                finish = item
-                                break
-                    if finish is None:
-                        raise AtpError(ErrorCode.UPSTREAM_CUT,
-                                       f"{model_id} ended the stream without finishing")
+                    with _Call(health, model_id, clock):
+                        async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
+                            it = up.__aiter__()
+                            while True:
+                                u0 = time.perf_counter_ns()
+                                try:
+                                    item = await it.__anext__()
+                                except StopAsyncIteration:
+                                    break
+                                finally:
+                                    trace.upstream_ns += time.perf_counter_ns() - u0
+                                if type(item) is TextDelta:
+                                    yield Delta(emitted, item.text, item.tokens)
+                                    emitted += 1
+                                    tokens += item.tokens
+                                elif type(item) is Finish:
+                                    finish = item
+                                    break
+                        if finish is None:
+                            raise AtpError(ErrorCode.UPSTREAM_CUT,
+                                           f"{model_id} ended the stream without finishing")
                 except AtpError as exc:
                     yield Routed(self._attempt_failed(trace, chain, attempt, exc, emitted))
                     continue
@@ -215,17 +243,18 @@ class Pipeline:
         stream, drained. Same admission, failover, accounting and audit as stream()."""
         async with self._admitted(request, principal, transport, started_ns) as trace:
             chain = self._chain(trace)
+            health, clock = self.router.health, self.clock
             for attempt, model_id in enumerate(chain):
                 model = self.router.models[model_id]
-                self.router.health.breaker(model_id).on_dispatch()
                 adapter = self.adapters[model.provider]
                 u0 = time.perf_counter_ns()
                 try:
-                    if hasattr(adapter, "complete"):
-                        text, finish = await adapter.complete(model, request)
-                        tokens = finish.output_tokens or 0
-                    else:
-                        text, finish, tokens = await _drain(adapter, model, request)
+                    with _Call(health, model_id, clock):
+                        if hasattr(adapter, "complete"):
+                            text, finish = await adapter.complete(model, request)
+                            tokens = finish.output_tokens or 0
+                        else:
+                            text, finish, tokens = await _drain(adapter, model, request)
                 except AtpError as exc:
                     self._attempt_failed(trace, chain, attempt, exc, 0)
                     continue
@@ -239,7 +268,12 @@ class Pipeline:
     def _record(self, request, principal, transport, trace: _Trace) -> None:
         elapsed_ns = time.perf_counter_ns() - trace.t0
         decision, usage = trace.decision, trace.usage
-        model = decision.model if decision else (request.model or "-")
+        if decision is not None:
+            model = decision.model
+        elif request.model:    # refused before routing: the client's name only if we serve it
+            model = request.model if request.model in self.router.models else UNKNOWN
+        else:
+            model = NO_MODEL
         if self.metrics is not None:
             self.metrics.observe(transport, model, trace.outcome, elapsed_ns / 1e9,
                                  (elapsed_ns - trace.upstream_ns) / 1e9 if usage else None)

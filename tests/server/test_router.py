@@ -1,10 +1,12 @@
 """Router: masks (capabilities, context, cost, SLO, breaker), tier scoring, reasons, fallbacks."""
+import itertools
+
 import pytest
 
 from atp_server.adapters.base import ModelSpec
-from atp_server.routing.health import CLOSED, HALF_OPEN, OPEN, Breaker, HealthBoard
-from atp_server.routing.router import Router
-from atp_server.types import AtpError, ChatRequest
+from atp_server.routing.health import Action, HealthBoard, Outcome, Signal, finished
+from atp_server.routing.router import RANKED_CACHE, Router
+from atp_server.types import TIERS, AtpError, ChatRequest
 from codec.errors import ErrorCode
 
 MODELS = [
@@ -55,29 +57,18 @@ def test_pinned_model_and_unknown_model():
     assert info.value.code == ErrorCode.UNKNOWN_MODEL
 
 
+def trip(health, model_id, now):
+    """Upstream faults until the model's circuit opens."""
+    for _ in range(health.threshold):
+        health.report(model_id, finished(Outcome.FAULT, probe=False), now)
+
+
 def test_open_breaker_removes_a_model_until_cooldown():
     health = HealthBoard(threshold=2, cooldown_s=10)
     router = Router(MODELS, health)
-    for _ in range(2):
-        health.record_failure("big", now=100.0)
+    trip(health, "big", now=100.0)
     assert router.choose(ChatRequest([("user", "x")], tier="high"), 101.0).model != "big"
     assert router.choose(ChatRequest([("user", "x")], tier="high"), 111.0).model == "big"
-
-
-def test_breaker_table():
-    b = Breaker(failure_threshold=2, cooldown_s=5)
-    assert b.allows(0) and b.state == CLOSED
-    b.on_failure(0)
-    b.on_failure(1)
-    assert b.state == OPEN and not b.allows(2)
-    assert b.allows(6) and b.state == HALF_OPEN
-    b.on_dispatch()
-    assert not b.allows(6)          # one probe at a time
-    b.on_failure(7)
-    assert b.state == OPEN
-    assert b.allows(12)
-    b.on_success()
-    assert b.state == CLOSED and b.failures == 0
 
 
 def test_cached_ranking_is_not_used_while_a_circuit_is_open():
@@ -85,7 +76,105 @@ def test_cached_ranking_is_not_used_while_a_circuit_is_open():
     router = Router(MODELS, health)
     req = ChatRequest([("user", "x")], tier="high")
     assert router.choose(req, 0.0).model == "big"          # cached: all circuits closed
-    health.record_failure("big", now=1.0)
+    trip(health, "big", now=1.0)
     assert router.choose(req, 2.0).model != "big"          # the cache must not hide the failure
-    health.record_success("big")
-    assert router.choose(req, 3.0).model == "big"
+    assert health.report("big", Signal.DISPATCH, 11.0) is Action.PROBE
+    health.report("big", finished(Outcome.OK, probe=True), 11.0)
+    assert router.choose(req, 12.0).model == "big"
+
+
+def test_choose_is_a_pure_read():
+    health = HealthBoard(threshold=1, cooldown_s=10)
+    router = Router(MODELS, health)
+    trip(health, "big", now=0.0)
+    before = {k: (c.state, c.failures, c.opened_at) for k, c in health.circuits.items()}
+    for now in (1.0, 10.0, 100.0, 10_000.0):
+        router.choose(ChatRequest([("user", "x")], tier="high"), now)
+    assert {k: (c.state, c.failures, c.opened_at) for k, c in health.circuits.items()} == before
+
+
+# ---- no route: the request's fault (4xx) or the upstreams' health (retryable 503) -------------------
+
+def test_pinned_model_with_open_circuit_is_unavailable_with_retry_after():
+    health = HealthBoard(threshold=1, cooldown_s=10)
+    router = Router(MODELS, health)
+    trip(health, "mid", now=100.0)
+    with pytest.raises(AtpError) as info:
+        router.choose(ChatRequest([("user", "x")], model="mid"), 103.0)
+    err = info.value
+    assert err.code == ErrorCode.UNAVAILABLE and err.retryable
+    assert err.retry_after_ms == 7000 and "circuit open" in err.message
+
+
+def test_every_circuit_open_is_unavailable_at_the_earliest_half_open():
+    health = HealthBoard(threshold=1, cooldown_s=10)
+    router = Router(MODELS, health)
+    for now, m in ((0.0, "fast"), (2.0, "mid"), (4.0, "big")):
+        trip(health, m, now)
+    with pytest.raises(AtpError) as info:
+        router.choose(ChatRequest([("user", "x")]), 5.0)
+    assert info.value.code == ErrorCode.UNAVAILABLE and info.value.retry_after_ms == 5000
+
+
+def test_mixed_exclusion_request_and_health_is_unavailable():
+    health = HealthBoard(threshold=1, cooldown_s=10)
+    router = Router(MODELS, health)
+    trip(health, "big", now=0.0)                   # the only vision model is down
+    with pytest.raises(AtpError) as info:
+        router.choose(ChatRequest([("user", "x")], capabilities=("vision",)), 1.0)
+    err = info.value
+    assert err.code == ErrorCode.UNAVAILABLE and err.retry_after_ms == 9000
+    assert "fast: lacks vision" in err.message and "big: circuit open" in err.message
+
+
+def test_excluded_by_the_request_alone_stays_no_route():
+    health = HealthBoard(threshold=1, cooldown_s=10)
+    router = Router(MODELS, health)
+    trip(health, "fast", now=0.0)                  # unrelated: fast lacks vision anyway
+    for req in (ChatRequest([("user", "x")], capabilities=("vision", "telepathy")),
+                ChatRequest([("user", "x")], max_cost_usd=0.0, max_tokens=100),
+                ChatRequest([("user", "x")], model="fast", capabilities=("tools",))):
+        with pytest.raises(AtpError) as info:
+            router.choose(req, 1.0)
+        assert info.value.code == ErrorCode.NO_ROUTE and not info.value.retryable, req
+
+
+# ---- the ranking cache is keyed on normalised, bounded input ----------------------------------------
+
+def test_capability_order_and_duplicates_share_one_cache_entry():
+    router = Router(MODELS)
+    for caps in (("tools", "chat"), ("chat", "tools"), ("tools", "chat", "tools"), ["chat", "tools"]):
+        assert router.choose(ChatRequest([("user", "x")], capabilities=caps), 0.0).model == "mid"
+    assert len(router._ranked) == 1
+
+
+def test_unknown_capabilities_match_no_model_and_are_not_cached():
+    router = Router(MODELS)
+    for i in range(1000):
+        with pytest.raises(AtpError) as info:
+            router.choose(ChatRequest([("user", "x")], capabilities=(f"cap-{i}",)), 0.0)
+        assert info.value.code == ErrorCode.NO_ROUTE
+    assert "cap-999" in info.value.message
+    assert len(router._ranked) == 0
+
+
+def test_ranking_cache_is_bounded_whatever_clients_send():
+    names = tuple(f"c{i}" for i in range(12))
+    wide = [ModelSpec(f"m{i}", "p", f"m{i}", 1.0 + i, 1.0, 8192, frozenset(("chat",) + names), 0.5, 100)
+            for i in range(3)]
+    router = Router(wide)
+    distinct = 0
+    for r in range(1, 5):                       # 793 known capability sets x 3 tiers: 2,379 keys
+        for caps in itertools.combinations(names, r):
+            for tier in TIERS:
+                router.choose(ChatRequest([("user", "x")], tier=tier, capabilities=caps), 0.0)
+                distinct += 1
+    assert distinct > RANKED_CACHE
+    assert len(router._ranked) <= RANKED_CACHE
+    # 1,000 distinct raw tuples (repeats, orders) of two known names: one entry.
+    router = Router(wide)
+    for i in range(1000):
+        caps = ("chat",) * (i % 7 + 1) + ("c3",) * (i // 7 + 1)
+        caps = caps[::-1] if i % 2 else caps
+        assert router.choose(ChatRequest([("user", "x")], capabilities=caps), 0.0).model
+    assert len(router._ranked) == 1

@@ -1,0 +1,30 @@
+"""Metric labels come from configuration and code, never from client input: series stay bounded."""
+from atp_server.metrics import Metrics
+from codec.errors import ErrorCode
+
+
+def series(metrics: Metrics, name: str) -> list[str]:
+    return [line for line in metrics.render().decode().splitlines() if line.startswith(name + "{")]
+
+
+def test_request_labels_outside_the_configured_set_share_one_label():
+    m = Metrics(models=("a", "b"))
+    m.observe("http", "a", "ok", 0.01, 0.001)
+    for i in range(1000):
+        m.observe("http", f"client-{i}", "UNKNOWN_MODEL", 0.01, None)
+        m.observe("http", "b", f"OUTCOME_{i}", 0.01, None)
+    labels = {labels for labels in m.request_counts}
+    assert labels == {("http", "a", "ok"), ("http", "unknown", "UNKNOWN_MODEL"),
+                      ("http", "b", "other")}
+    assert len(series(m, "atp_requests_total")) == 3
+
+
+def test_protocol_error_codes_are_bounded_to_the_wire_codes():
+    m = Metrics()
+    m.protocol_errors.labels("grpc", str(int(ErrorCode.BAD_SIGNATURE))).inc()
+    for i in range(1000):
+        m.protocol_errors.labels("grpc", str(10_000 + i)).inc()
+        m.protocol_errors.labels("grpc", f"junk-{i}").inc()
+    lines = series(m, "atp_protocol_errors_total")
+    assert len(lines) == 2
+    assert any('code="200"' in line for line in lines) and any('code="other"' in line for line in lines)
