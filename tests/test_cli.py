@@ -81,7 +81,7 @@ def test_serve_bad_config_subprocess_and_non_loopback_default(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[server]\nmax_queue = -1\n")
     r = atp("serve", "--config", str(path))
-    assert r.returncode == 2 and "atp: config error: server.max_inflight" in r.stderr
+    assert r.returncode == 2 and "atp: config error: server.max_queue" in r.stderr
     r = atp("serve", "--host", "0.0.0.0")       # dev credentials must not leave loopback
     assert r.returncode == 2 and "server.host" in r.stderr
     r = atp("serve", "--config", str(tmp_path / "missing.toml"))
