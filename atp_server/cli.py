@@ -2,6 +2,7 @@
 import argparse
 import asyncio
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -95,15 +96,65 @@ def cmd_serve(args) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.log_level != "debug":   # aioquic logs every handshake at INFO
             logging.getLogger("quic").setLevel(logging.WARNING)
+        _check_ports(cfg, enabled, reuse_port=workers > 1)
         if workers == 1:
             from .app import App
             app = App(cfg)      # config errors found while building show before anything binds
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except PortUnavailable as exc:
+        print(f"atp: cannot start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if workers > 1:
         return _serve_workers(cfg, args, enabled, workers)
     return _serve_one(app, cfg, args, enabled, announce=True, reuse_port=False)
+
+
+_TRANSPORT_LABELS = {"http": "HTTP", "grpc": "gRPC", "quic": "QUIC"}
+_BIND_PROBLEMS = {errno.EADDRINUSE: "is already in use",
+                  errno.EACCES: "needs privileges (a port below 1024)",
+                  errno.EADDRNOTAVAIL: "is not available: the host is not an address of this machine"}
+
+
+class PortUnavailable(Exception):
+    """A configured port cannot be bound: the operator's configuration problem (exit 2)."""
+
+
+def _check_ports(cfg, enabled: dict, reuse_port: bool) -> None:
+    """Bind and release each configured port before starting, as its transport will bind it.
+
+    Without this a busy gRPC port surfaces as grpc's own log line plus a RuntimeError traceback,
+    and busy HTTP/QUIC ports as asyncio errors that do not say which transport failed. A port
+    taken between this check and the real bind still fails cleanly (exit 2), just less precisely.
+    """
+    import socket
+    host = cfg.server.host
+    for name, label in _TRANSPORT_LABELS.items():
+        port = getattr(cfg.server, f"{name}_port")
+        if not enabled[name] or port == 0:
+            continue
+        kind = socket.SOCK_DGRAM if name == "quic" else socket.SOCK_STREAM
+        try:
+            addrs = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise PortUnavailable(f"server.host: cannot resolve {host!r}: {exc.strerror}") from None
+        errors = []
+        for family, _, proto, _, sockaddr in addrs:
+            with socket.socket(family, kind, proto) as probe:
+                if kind == socket.SOCK_STREAM:   # as asyncio and grpc do: TIME_WAIT is no obstacle
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port and name != "quic":
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    probe.bind(sockaddr)
+                except OSError as exc:
+                    errors.append(exc)
+        if errors and len(errors) == len(addrs):   # grpc and aioquic need one address, not all
+            exc = errors[0]
+            problem = _BIND_PROBLEMS.get(exc.errno, f"cannot be bound: {exc.strerror or exc}")
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise PortUnavailable(f"{label} port {where} {problem} (server.{name}_port, --{name}-port)")
 
 
 def _serve_one(app, cfg, args, enabled: dict, *, announce: bool, reuse_port: bool) -> int:
@@ -121,9 +172,9 @@ def _serve_one(app, cfg, args, enabled: dict, *, announce: bool, reuse_port: boo
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
+    except OSError as exc:   # at start: a port taken since _check_ports, an unreadable certificate
         print(f"atp: cannot start: {exc}", file=sys.stderr)
-        return EXIT_REQUEST
+        return EXIT_USAGE
     return EXIT_OK
 
 

@@ -213,3 +213,37 @@ def test_serve_workers_share_ports_and_stop_together(tmp_path):
 def test_workers_need_fixed_ports(tmp_path, capsys):
     assert cli.main(["serve", "--workers", "2", "--http-port", "0", "--no-grpc", "--no-quic"]) == 2
     assert "server.http_port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("transport,label", [("http", "HTTP"), ("grpc", "gRPC"), ("quic", "QUIC")])
+def test_busy_port_is_one_clean_line_naming_transport_and_port(tmp_path, transport, label):
+    kind = socket.SOCK_DGRAM if transport == "quic" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as taken:
+        taken.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"http": "0", "grpc": "0", "quic": "0", transport: str(port)}
+        cfg = tmp_path / "atp.toml"
+        cfg.write_text(atp_config.DEFAULT_TOML.replace(
+            '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n', 1))
+        r = atp("serve", "--config", str(cfg), *(x for n in ports for x in (f"--{n}-port", ports[n])))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"atp: cannot start: {label} port 127.0.0.1:{port} is already in use "
+                     f"(server.{transport}_port, --{transport}-port)"], r.stderr
+
+
+@pytest.mark.skipif(not importable("atp_server.transport.grpc"), reason="grpc transport unavailable")
+def test_port_taken_after_the_check_still_exits_2(tmp_path, monkeypatch, capsys):
+    """The race _check_ports cannot close: gRPC's bind failure is an OSError, not a traceback."""
+    monkeypatch.setattr(cli, "_check_ports", lambda *a, **k: None)
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace('[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n', 1))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli.main(["serve", "--config", str(cfg), "--grpc-port", str(port), "--no-http", "--no-quic"])
+    assert code == 2
+    assert f"atp: cannot start: gRPC: cannot bind 127.0.0.1:{port}" in capsys.readouterr().err
