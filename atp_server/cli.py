@@ -84,6 +84,8 @@ def cmd_serve(args) -> int:
         workers = args.workers if args.workers is not None else cfg.server.workers
         if workers < 1:
             raise atp_config.ConfigError("--workers: must be >= 1")
+        atp_config.check_workers(cfg, workers, "--workers" if args.workers is not None
+                                 else "server.workers")
         enabled = {"http": not args.no_http, "grpc": not args.no_grpc, "quic": not args.no_quic}
         if not any(enabled.values()):
             raise atp_config.ConfigError("every transport is disabled")
@@ -183,7 +185,9 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
 
     Forked before any gRPC object exists (gRPC's threads do not survive a fork). QUIC runs in
     worker 0 only: UDP port sharing would break a connection whose packets hash to another worker.
-    Per-process state (nonce cache, breakers, accounting) is not shared between workers yet.
+    Per-process state is not shared between workers yet: config.check_workers refuses N > 1 when
+    that would break a guarantee (HMAC keys: the nonce cache); the README's "Workers" note lists
+    what else is per worker.
     """
     import signal as _signal
     from .app import App
@@ -458,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--no-{name}", action="store_true", help=f"do not start the {name.upper()} transport")
     s.add_argument("--workers", type=int, metavar="N",
                    help="worker processes sharing the HTTP and gRPC ports via SO_REUSEPORT "
-                        "(overrides server.workers, default 1; QUIC runs in worker 0)")
+                        "(overrides server.workers, default 1; QUIC runs in worker 0). N > 1 is "
+                        "refused while [[auth.hmac_keys]] are configured: each worker would keep "
+                        "its own anti-replay nonce cache")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="logging verbosity (default info)")
     s.set_defaults(func=cmd_serve)

@@ -94,19 +94,25 @@ DEV_HMAC_SECRET = b"atp-dev-hmac-secret-change-me!!!"
 
 
 
-def dev_auth_toml(name: str = "dev", api_key: str = DEV_API_KEY) -> str:
-    """TOML tables accepting the development credentials: the embedded default, benches, tests."""
-    return f"""
+def dev_auth_toml(name: str = "dev", api_key: str = DEV_API_KEY, *, hmac: bool = True) -> str:
+    """TOML tables accepting the development credentials: the embedded default, benches, tests.
+
+    `hmac=False` leaves out the HMAC key: API keys only, a configuration that may run --workers N.
+    """
+    text = f"""
 [[auth.api_keys]]
 name = "{name}"
 sha256 = "{hashlib.sha256(api_key.encode()).hexdigest()}"
 tenant = "default"
-
+"""
+    if hmac:
+        text += f"""
 [[auth.hmac_keys]]
 id = {DEV_HMAC_KEY_ID}
 secret = "{DEV_HMAC_SECRET.decode()}"
 tenant = "default"
 """
+    return text
 
 
 DEFAULT_TOML = """
@@ -428,7 +434,30 @@ def parse(data: dict) -> Config:
     if not models:
         _fail("models", "at least one [[models]] entry is required")
     audit = AuditConfig(**_typed("audit", data.get("audit", {}), AuditConfig))
-    return Config(server, auth, providers, models, audit)
+    cfg = Config(server, auth, providers, models, audit)
+    check_workers(cfg, server.workers, "server.workers")
+    return cfg
+
+
+def check_workers(cfg: Config, workers: int, key: str) -> None:
+    """Refuse N > 1 worker processes when a worker of its own would break a guarantee.
+
+    Worker processes share nothing yet (no shared state store). The one state whose split breaks
+    correctness today is the anti-replay nonce cache, used by everything an HMAC key enables:
+    frame sessions (gRPC Session, QUIC HELLO) and request signatures (HTTP, typed gRPC). Without
+    [[auth.hmac_keys]] no session can open and no signature can verify, so nothing reaches a nonce
+    cache. What else is per worker is documented (README, "Workers"): admission limits, health
+    and breakers, accounting and /metrics, feedback.
+    """
+    if workers <= 1 or not cfg.auth.hmac_keys:
+        return
+    _fail(f"{key} {workers}" if key.startswith("--") else key,
+          f"{workers} worker processes would each keep their own anti-replay nonce cache, and "
+          f"{len(cfg.auth.hmac_keys)} [[auth.hmac_keys]] are configured: they enable signed frame "
+          "sessions (gRPC Session, QUIC) and HMAC request signatures (HTTP, typed gRPC), so a "
+          "signed request or session HELLO replayed to another worker would be accepted. Run one "
+          "worker (--workers 1), or serve API-key traffic only (remove every [[auth.hmac_keys]]) "
+          "from several; there is no shared state store yet")
 
 
 def loads(text: str) -> Config:

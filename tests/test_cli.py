@@ -178,11 +178,19 @@ def test_serve_end_to_end(tmp_path):
         log.close()
 
 
+def api_key_only_toml(tmp_path, server_extra: str = "") -> str:
+    """The embedded default without [[auth.hmac_keys]]: the only kind of config that may fork."""
+    text = atp_config.DEFAULT_TOML.replace(
+        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n{server_extra}', 1)
+    text = text.replace(atp_config.dev_auth_toml(), atp_config.dev_auth_toml(hmac=False))
+    assert "[[auth.hmac_keys]]" not in text
+    return text
+
+
 def test_serve_workers_share_ports_and_stop_together(tmp_path):
     http, grpc = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     cfg = tmp_path / "atp.toml"
-    cfg.write_text(atp_config.DEFAULT_TOML.replace(
-        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\ndrain_seconds = 2.0\n', 1))
+    cfg.write_text(api_key_only_toml(tmp_path, "drain_seconds = 2.0\n"))
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
                              "--http-port", str(http), "--grpc-port", str(grpc), "--no-quic",
@@ -211,7 +219,10 @@ def test_serve_workers_share_ports_and_stop_together(tmp_path):
 
 
 def test_workers_need_fixed_ports(tmp_path, capsys):
-    assert cli.main(["serve", "--workers", "2", "--http-port", "0", "--no-grpc", "--no-quic"]) == 2
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(api_key_only_toml(tmp_path))
+    assert cli.main(["serve", "--config", str(cfg), "--workers", "2", "--http-port", "0",
+                     "--no-grpc", "--no-quic"]) == 2
     assert "server.http_port" in capsys.readouterr().err
 
 
@@ -247,3 +258,46 @@ def test_port_taken_after_the_check_still_exits_2(tmp_path, monkeypatch, capsys)
         code = cli.main(["serve", "--config", str(cfg), "--grpc-port", str(port), "--no-http", "--no-quic"])
     assert code == 2
     assert f"atp: cannot start: gRPC: cannot bind 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# ---- --workers N > 1 refuses whatever a worker of its own would get wrong -------------------------
+
+def test_workers_refuse_hmac_keys_embedded_default():
+    # The embedded default carries the dev HMAC key. Free ports and a short timeout: should the
+    # refusal regress, the workers must not sit on the default ports of other test runs.
+    ports = [str(free_port(socket.SOCK_STREAM)) for _ in range(2)]
+    r = atp("serve", "--workers", "2", "--http-port", ports[0], "--grpc-port", ports[1], "--no-quic",
+            timeout=20)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert err.startswith("atp: config error: --workers 2: "), err
+    for needle in ("[[auth.hmac_keys]]", "nonce cache", "replayed to another worker",
+                   "gRPC Session", "QUIC", "request signatures", "--workers 1"):
+        assert needle in err, needle
+    assert len(err.splitlines()) == 1
+
+
+def test_workers_refuse_hmac_keys_from_the_config_file(tmp_path):
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace('[server]\n', '[server]\nworkers = 3\n', 1))
+    ports = [str(free_port(socket.SOCK_STREAM)) for _ in range(2)]
+    r = atp("serve", "--config", str(cfg), "--http-port", ports[0], "--grpc-port", ports[1],
+            "--no-quic", timeout=20)
+    assert r.returncode == 2 and r.stderr.startswith("atp: config error: server.workers: 3 "), r.stderr
+    cfg.write_text(api_key_only_toml(tmp_path) + '[auth]\nrequire_signature = true\n')
+    r = atp("serve", "--config", str(cfg), "--workers", "2", "--http-port", ports[0],
+            "--grpc-port", ports[1], "--no-quic", timeout=20)
+    assert r.returncode == 2 and "auth.require_signature" in r.stderr, r.stderr
+
+
+def test_workers_rule_in_config():
+    with pytest.raises(atp_config.ConfigError, match=r"^server\.workers: 2 worker processes"):
+        atp_config.loads(atp_config.DEFAULT_TOML.replace('[server]\n', '[server]\nworkers = 2\n', 1))
+    cfg = atp_config.loads(atp_config.DEFAULT_TOML.replace(atp_config.dev_auth_toml(),
+                                                           atp_config.dev_auth_toml(hmac=False))
+                           .replace('[server]\n', '[server]\nworkers = 2\n', 1))
+    assert cfg.server.workers == 2 and not cfg.auth.hmac_keys
+    atp_config.check_workers(cfg, 4, "--workers")        # API keys only: may fork
+    with pytest.raises(atp_config.ConfigError, match=r"^--workers 2: "):
+        atp_config.check_workers(atp_config.load(), 2, "--workers")
+    atp_config.check_workers(atp_config.load(), 1, "--workers")
