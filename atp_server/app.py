@@ -65,7 +65,9 @@ class App:
             path = Path(os.path.expanduser(audit_path or config.audit.path or
                                            str(state_dir(config) / "audit.sqlite")))
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.audit = AuditLog(str(path))
+            self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
+            self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
+            self.metrics.track_audit(self.audit)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics)
         self.feedback = FeedbackLog()

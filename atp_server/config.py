@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .adapters.base import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
+from .audit import DEFAULT_MAX_BUFFER
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,7 @@ class ProviderConfig:
 class AuditConfig:
     enabled: bool = True
     path: str = ""                 # SQLite file; "" = <state_dir>/audit.sqlite
+    max_buffered_rows: int = DEFAULT_MAX_BUFFER   # rows waiting while writes fail; beyond: refuse
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +435,9 @@ def parse(data: dict) -> Config:
         _fail("models", "model ids must be unique")
     if not models:
         _fail("models", "at least one [[models]] entry is required")
-    audit = AuditConfig(**_typed("audit", data.get("audit", {}), AuditConfig))
+    v = _typed("audit", data.get("audit", {}), AuditConfig)
+    _check("audit", v, {"max_buffered_rows": (">=", 1)})
+    audit = AuditConfig(**v)
     cfg = Config(server, auth, providers, models, audit)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
