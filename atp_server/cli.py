@@ -29,10 +29,19 @@ def _fail_from(exc) -> RequestFailed:
                          getattr(exc, "message", str(exc)))
 
 
+class UsageError(Exception):
+    """A bad command-line value argparse cannot check itself: exit 2 with `atp: message`."""
+
+
 def _host_port(target: str, default_port: int) -> tuple[str, int]:
+    if target.count(":") > 1 and not target.startswith("["):   # a bare IPv6 address
+        return target, default_port
     host, sep, port = target.rpartition(":")
     if not sep or not host:
         return target or "127.0.0.1", default_port
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UsageError(f"--target {target}: the port must be a number 1..65535 (HOST[:PORT], "
+                         "IPv6 as [::1]:PORT)")
     return host.strip("[]"), int(port)
 
 
@@ -389,20 +398,44 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _health_targets(args) -> dict[str, str]:
+    """Where each check goes: --grpc-target / --http-target name one transport's address; --target
+    names the address of the transport chosen with --transport, and with `all` the gRPC address,
+    whose host the HTTP check uses too (at HTTP's default port)."""
+    host, port = _host_port(args.target, 0) if args.target else ("127.0.0.1", 0)
+    targets = {}
+    for name in ("grpc", "http"):
+        if args.transport not in ("all", name):
+            continue
+        explicit = getattr(args, f"{name}_target")
+        if explicit:
+            targets[name] = explicit
+        elif port and (args.transport == name or name == "grpc"):
+            targets[name] = _join(host, port)
+        else:
+            targets[name] = _join(host, DEFAULT_PORTS[name])
+    return targets
+
+
 async def _health(args) -> dict:
     checks = {}
-    if args.transport in ("all", "grpc"):
+    targets = _health_targets(args)
+    if "grpc" in targets:
         from atp_client import AsyncGrpcClient
-        client = AsyncGrpcClient(args.target or "127.0.0.1:8471", timeout=args.timeout)
+        client = AsyncGrpcClient(targets["grpc"], timeout=args.timeout)
         try:
             checks["grpc"] = await client.health()
         except Exception as exc:
             checks["grpc"] = f"DOWN ({getattr(exc, 'message', None) or exc})"
         finally:
             await client.close()
-    if args.transport in ("all", "http"):
+    if "http" in targets:
         import aiohttp
-        url = f"http://{args.http_target or '127.0.0.1:8470'}/healthz"
+        url = f"http://{targets['http']}/healthz"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as s:
                 async with s.get(url) as r:
@@ -512,12 +545,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check the gRPC health service (grpc.health.v1, service "
                                    "atp.v1.Atp) and HTTP /healthz.\nExit status 0 when every "
                                    "check reports SERVING, 1 otherwise (down, or draining).",
-                       epilog="examples:\n  atp health\n  atp health --transport http "
-                              "--http-target 127.0.0.1:9000 --json")
+                       epilog="examples:\n  atp health\n  atp health --target 10.0.0.5   "
+                              "# gRPC 10.0.0.5:8471, HTTP 10.0.0.5:8470\n"
+                              "  atp health --transport http --target 127.0.0.1:9000 --json\n"
+                              "  atp health --grpc-target 127.0.0.1:9001 --http-target 127.0.0.1:9000")
     h.add_argument("--transport", choices=("all", "grpc", "http"), default="all",
                    help="which checks to run (default all)")
-    h.add_argument("--target", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:8471)")
-    h.add_argument("--http-target", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8470)")
+    h.add_argument("--target", metavar="HOST[:PORT]",
+                   help="the server: with --transport grpc or http, that transport's address; with "
+                        "all, the gRPC address, and HTTP is checked on the same host at port 8470 "
+                        "(default 127.0.0.1, ports 8471/8470)")
+    h.add_argument("--grpc-target", metavar="HOST:PORT", help="gRPC address (overrides --target)")
+    h.add_argument("--http-target", metavar="HOST:PORT", help="HTTP address (overrides --target)")
     h.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default 5)")
     h.add_argument("--json", action="store_true", help="print one JSON document")
     h.set_defaults(func=cmd_health)
@@ -531,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     except RequestFailed as exc:
         print(f"atp: {exc}", file=sys.stderr)
         return EXIT_REQUEST
+    except UsageError as exc:
+        print(f"atp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -39,7 +39,7 @@ def importable(module: str) -> bool:
     (["chat"], ["--model", "--tier", "--max-tokens", "--transport", "--target", "--api-key",
                 "--json", "--no-stream", "session", "quic", "ATP_API_KEY", "examples:"]),
     (["models"], ["--json", "--target", "examples:"]),
-    (["health"], ["--json", "--target", "--http-target", "examples:"]),
+    (["health"], ["--json", "--target", "--http-target", "--grpc-target", "examples:"]),
 ])
 def test_help_explains_each_command(argv, needles, capsys):
     with pytest.raises(SystemExit) as info:
@@ -301,3 +301,54 @@ def test_workers_rule_in_config():
     with pytest.raises(atp_config.ConfigError, match=r"^--workers 2: "):
         atp_config.check_workers(atp_config.load(), 2, "--workers")
     atp_config.check_workers(atp_config.load(), 1, "--workers")
+
+
+# ---- atp health: where each check goes --------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], {"grpc": "127.0.0.1:8471", "http": "127.0.0.1:8470"}),
+    (["--target", "10.0.0.5:9001"], {"grpc": "10.0.0.5:9001", "http": "10.0.0.5:8470"}),
+    (["--target", "10.0.0.5"], {"grpc": "10.0.0.5:8471", "http": "10.0.0.5:8470"}),
+    (["--target", "[::1]:9001"], {"grpc": "[::1]:9001", "http": "[::1]:8470"}),
+    (["--target", "h:1", "--http-target", "h:2"], {"grpc": "h:1", "http": "h:2"}),
+    (["--grpc-target", "g:1", "--http-target", "w:2"], {"grpc": "g:1", "http": "w:2"}),
+    (["--transport", "http", "--target", "h:9000"], {"http": "h:9000"}),
+    (["--transport", "grpc", "--target", "h:9001"], {"grpc": "h:9001"}),
+    (["--target", "::1"], {"grpc": "[::1]:8471", "http": "[::1]:8470"}),
+])
+def test_health_targets_follow_target_host(argv, expected):
+    args = cli.build_parser().parse_args(["health", *argv])
+    assert cli._health_targets(args) == expected
+
+
+def test_bad_target_port_is_a_usage_error(capsys):
+    assert cli.main(["health", "--target", "h:port"]) == 2
+    assert capsys.readouterr().err.startswith("atp: --target h:port: the port must be a number")
+
+
+def test_health_http_check_goes_to_target(tmp_path):
+    """`atp health --transport http --target H:P` checks H:P (it used to check 127.0.0.1:8470)."""
+    import http.server
+    import threading
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"status":"ok"}' if self.path == "/healthz" else b"{}"
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        r = atp("health", "--transport", "http", "--target", f"127.0.0.1:{port}", "--timeout", "5")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == 0 and "SERVING" in r.stdout, r.stdout + r.stderr
