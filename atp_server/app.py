@@ -14,7 +14,7 @@ from .adapters.simulated import SimulatedAdapter
 from .admission import Admission
 from .audit import AuditLog
 from .auth import Authenticator
-from .config import Config, provider_settings, state_dir
+from .config import Config, audit_file, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -62,8 +62,7 @@ class App:
         self.metrics.queued.set_function(lambda: self.admission.queued)
         self.audit = None
         if config.audit.enabled:
-            path = Path(os.path.expanduser(audit_path or config.audit.path or
-                                           str(state_dir(config) / "audit.sqlite")))
+            path = Path(os.path.expanduser(audit_path)) if audit_path else audit_file(config)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)

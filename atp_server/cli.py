@@ -85,6 +85,8 @@ def cmd_serve(args) -> int:
         for key, value in overrides.items():
             if key.endswith("_port") and not 0 <= value <= 65535:
                 raise atp_config.ConfigError(f"--{key.replace('_', '-')}: must be 0..65535")
+            if key == "host" and not value:
+                raise atp_config.ConfigError("--host: must not be empty")
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **overrides))
         if args.config is None and cfg.server.host not in LOOPBACK:
             raise atp_config.ConfigError(
@@ -108,9 +110,10 @@ def cmd_serve(args) -> int:
         if args.log_level != "debug":   # aioquic logs every handshake at INFO
             logging.getLogger("quic").setLevel(logging.WARNING)
         _check_ports(cfg, enabled, reuse_port=workers > 1)
+        if enabled["quic"]:
+            _check_tls(cfg)
         if workers == 1:
-            from .app import App
-            app = App(cfg)      # config errors found while building show before anything binds
+            app = _build_app(cfg)   # config errors found while building show before anything binds
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -168,6 +171,36 @@ def _check_ports(cfg, enabled: dict, reuse_port: bool) -> None:
             raise PortUnavailable(f"{label} port {where} {problem} (server.{name}_port, --{name}-port)")
 
 
+def _build_app(cfg):
+    """App(cfg), with a failure to open the audit database reported as a config error."""
+    import sqlite3
+    from .app import App
+    try:
+        return App(cfg)
+    except (OSError, sqlite3.Error) as exc:
+        if not cfg.audit.enabled:
+            raise
+        raise atp_config.ConfigError(f"audit.path: cannot open the audit database "
+                                     f"{atp_config.audit_file(cfg)}: {exc}") from None
+
+
+def _check_tls(cfg) -> None:
+    """Load a configured QUIC certificate as the QUIC transport will, to name the key if it fails."""
+    s = cfg.server
+    if not s.tls_cert:
+        return   # generated into state_dir on first start
+    try:
+        from aioquic.quic.configuration import QuicConfiguration
+    except ImportError:
+        return   # no QUIC support installed: the transport reports that itself
+    try:
+        QuicConfiguration(is_client=False).load_cert_chain(s.tls_cert, s.tls_key)
+    except Exception as exc:   # OSError for a missing file, ValueError & co. for a bad PEM
+        raise atp_config.ConfigError(f"server.tls_cert: cannot load the QUIC certificate "
+                                     f"{s.tls_cert} with key {s.tls_key}: "
+                                     f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
 def _serve_one(app, cfg, args, enabled: dict, *, announce: bool, reuse_port: bool) -> int:
     def on_started(ports) -> None:   # after binding, so port 0 shows the port actually chosen
         if announce:
@@ -199,7 +232,6 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
     what else is per worker.
     """
     import signal as _signal
-    from .app import App
     children = []
     for index in range(workers):
         pid = os.fork()
@@ -208,7 +240,16 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
             try:
                 _signal.signal(_signal.SIGINT, _signal.SIG_IGN)   # the parent forwards signals
                 mine = dict(enabled, quic=enabled["quic"] and index == 0)
-                code = _serve_one(App(cfg), cfg, args, mine, announce=index == 0, reuse_port=True)
+                # Built here, not before the fork: an SQLite connection must not cross one.
+                app = _build_app(cfg)
+                code = _serve_one(app, cfg, args, mine, announce=index == 0, reuse_port=True)
+            except atp_config.ConfigError as exc:
+                if index == 0:   # every worker fails alike: one message is enough
+                    print(f"atp: config error: {exc}", file=sys.stderr, flush=True)
+                code = EXIT_USAGE
+            except BaseException:   # os._exit below would swallow the traceback of a bug
+                import traceback
+                traceback.print_exc()
             finally:
                 os._exit(code)
         children.append(pid)

@@ -484,6 +484,13 @@ def load(path: str | os.PathLike | None = None) -> Config:
     return loads(text)
 
 
+def audit_file(cfg: Config) -> Path:
+    """The audit database: audit.path, else <state_dir>/audit.sqlite."""
+    if cfg.audit.path:
+        return Path(os.path.expanduser(cfg.audit.path))
+    return state_dir(cfg) / "audit.sqlite"
+
+
 def state_dir(cfg: Config) -> Path:
     d = Path(os.path.expanduser(cfg.server.state_dir))
     try:

@@ -352,3 +352,44 @@ def test_health_http_check_goes_to_target(tmp_path):
         server.shutdown()
         server.server_close()
     assert r.returncode == 0 and "SERVING" in r.stdout, r.stdout + r.stderr
+
+
+# ---- start-up problems past the parser: still one line naming the key, exit 2 ---------------------
+
+@pytest.mark.parametrize("case", ["audit_dir", "audit_unopenable", "tls_missing", "tls_garbage"])
+def test_startup_problems_name_the_key(tmp_path, capsys, case):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    server, audit, key = "", "", ""
+    if case == "audit_dir":                       # the audit path is a directory
+        audit, key = f'[audit]\npath = "{tmp_path}"\n', "audit.path"
+    elif case == "audit_unopenable":              # a parent that cannot be created
+        audit, key = '[audit]\npath = "/proc/atp-no-such/audit.sqlite"\n', "audit.path"
+    elif case == "tls_missing":
+        server = f'tls_cert = "{tmp_path}/none.pem"\ntls_key = "{tmp_path}/none.pem"\n'
+        key = "server.tls_cert"
+    else:
+        server, key = f'tls_cert = "{garbage}"\ntls_key = "{garbage}"\n', "server.tls_cert"
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace(
+        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n{server}', 1) + audit)
+    code = cli.main(["serve", "--config", str(cfg), "--http-port", "0", "--grpc-port", "0",
+                     "--quic-port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"atp: config error: {key}: "), err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_empty_host_override_is_refused(capsys):
+    assert cli.main(["serve", "--host", "", "--http-port", "0"]) == 2
+    assert capsys.readouterr().err.startswith("atp: config error: --host: must not be empty")
+
+
+def test_worker_that_cannot_build_says_why(tmp_path):
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(api_key_only_toml(tmp_path) + f'[audit]\npath = "{tmp_path}"\n')
+    ports = [str(free_port(socket.SOCK_STREAM)) for _ in range(2)]
+    r = atp("serve", "--config", str(cfg), "--workers", "2", "--http-port", ports[0],
+            "--grpc-port", ports[1], "--no-quic", timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "atp: config error: audit.path: " in r.stderr and "Traceback" not in r.stderr, r.stderr
