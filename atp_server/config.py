@@ -377,6 +377,10 @@ def provider_settings(key: str, ptype: str, options: dict):
 
 def _parse_provider(i: int, t: dict) -> ProviderConfig:
     key = f"providers[{i}]"
+    if "name" not in t:
+        _fail(f"{key}.name", "is required")
+    if "type" not in t:
+        _fail(f"{key}.type", f"is required ({', '.join(PROVIDER_TYPES)})")
     name = _check_type(f"{key}.name", t.get("name"), (str,), "a string")
     if not name:
         _fail(f"{key}.name", "must not be empty")
@@ -478,9 +482,11 @@ def load(path: str | os.PathLike | None = None) -> Config:
         return loads(DEFAULT_TOML)
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode()
     except OSError as exc:
         raise ConfigError(f"(file): cannot read {p}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:   # TOML is UTF-8 by definition
+        raise ConfigError(f"(file): {p} is not UTF-8 text (byte {exc.start})") from None
     return loads(text)
 
 

@@ -310,3 +310,20 @@ def test_parse_of_a_valid_config_with_one_value_replaced_raises_only_config_erro
 def test_fuzz_base_config_is_valid():
     assert config.parse(copy.deepcopy(_VALID)).provider("up").settings.extra_headers == {"X-A": "b"}
     assert datetime   # TOML datetimes are among the fuzzed values
+
+
+def test_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'[server]\nhost = "\xff"\n')
+    with pytest.raises(config.ConfigError, match=r"^\(file\): .*bad\.toml is not UTF-8 text"):
+        config.load(path)
+
+
+@pytest.mark.parametrize("toml,message", [
+    ('[[providers]]\ntype = "simulated"\n', "providers[0].name: is required"),
+    ('[[providers]]\nname = "p"\n', "providers[0].type: is required (simulated, openai_compat)"),
+])
+def test_provider_name_and_type_are_required(toml, message):
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(toml)
+    assert str(info.value).startswith(message), str(info.value)
