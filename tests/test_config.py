@@ -279,10 +279,15 @@ def _paths(node, prefix=()):
 
 
 def _parse_only_config_errors(data) -> None:
+    """parse() accepts or raises ConfigError; what it accepts, build_adapter builds."""
+    from atp_server.app import build_adapter
     try:
-        config.parse(data)
+        cfg = config.parse(data)
     except config.ConfigError:
-        pass
+        return
+    for p in cfg.providers:
+        adapter = build_adapter(p.name, p.type, p.options)
+        asyncio.run(adapter.aclose())
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
