@@ -290,13 +290,13 @@ def _parse_only_config_errors(data) -> None:
         asyncio.run(adapter.aclose())
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_KEY, _TOMLISH, max_size=6))
 def test_parse_of_random_tables_raises_only_config_errors(data):
     _parse_only_config_errors(data)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_parse_of_a_valid_config_with_one_value_replaced_raises_only_config_errors(data):
     paths = [p for p in _paths(_VALID) if p]
