@@ -114,6 +114,8 @@ def cmd_serve(args) -> int:
             _check_tls(cfg)
         if workers == 1:
             app = _build_app(cfg)   # config errors found while building show before anything binds
+        else:
+            _check_audit_file(cfg)  # the workers build their own App: fail once, here, instead
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -184,6 +186,23 @@ def _build_app(cfg):
                                      f"{atp_config.audit_file(cfg)}: {exc}") from None
 
 
+def _check_audit_file(cfg) -> None:
+    """Open and close the audit database (no connection may cross the fork), naming audit.path."""
+    import sqlite3
+    if not cfg.audit.enabled:
+        return
+    path = atp_config.audit_file(cfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path)
+        try:
+            db.execute("PRAGMA schema_version")   # reads the file: a directory fails here
+        finally:
+            db.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise atp_config.ConfigError(f"audit.path: cannot open the audit database {path}: {exc}") from None
+
+
 def _check_tls(cfg) -> None:
     """Load a configured QUIC certificate as the QUIC transport will, to name the key if it fails."""
     s = cfg.server
@@ -243,9 +262,8 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
                 # Built here, not before the fork: an SQLite connection must not cross one.
                 app = _build_app(cfg)
                 code = _serve_one(app, cfg, args, mine, announce=index == 0, reuse_port=True)
-            except atp_config.ConfigError as exc:
-                if index == 0:   # every worker fails alike: one message is enough
-                    print(f"atp: config error: {exc}", file=sys.stderr, flush=True)
+            except atp_config.ConfigError as exc:   # rare: cmd_serve checked the audit file
+                print(f"atp: config error: {exc}", file=sys.stderr, flush=True)
                 code = EXIT_USAGE
             except BaseException:   # os._exit below would swallow the traceback of a bug
                 import traceback
@@ -265,10 +283,14 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
     _signal.signal(_signal.SIGINT, forward)
     print(f"atp: {workers} workers: {', '.join(map(str, children))}", file=sys.stderr, flush=True)
     worst = EXIT_OK
-    for child in children:
-        _, status = os.waitpid(child, 0)
+    remaining = set(children)
+    while remaining:   # in exit order: the first failure is the cause, the rest its consequence
+        pid, status = os.wait()
+        if pid not in remaining:
+            continue
+        remaining.discard(pid)
         code = os.waitstatus_to_exitcode(status)
-        if code != EXIT_OK:
+        if code != EXIT_OK and worst == EXIT_OK:
             worst = code if code > 0 else EXIT_REQUEST
             forward(_signal.SIGTERM, None)   # one worker failed (port in use...): stop the rest
     return worst
