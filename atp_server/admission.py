@@ -14,6 +14,7 @@ class Admission:
         self.retry_after_ms = retry_after_ms
         self.inflight = 0
         self._waiters: deque[asyncio.Future] = deque()
+        self.gate = None   # fn() raising a retryable AtpError to refuse new work (audit log full)
 
     @property
     def queued(self) -> int:
@@ -24,6 +25,8 @@ class Admission:
         return (self.inflight + len(self._waiters)) / (self.max_inflight + self.max_queue)
 
     async def acquire(self) -> None:
+        if self.gate is not None:
+            self.gate()
         if self.inflight < self.max_inflight and not self._waiters:
             self.inflight += 1
             return

@@ -4,17 +4,17 @@ import gc
 import logging
 import os
 import signal
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from codec import ConnectionConfig, Limits
 
 from .accounting import Accountant
-from .adapters.simulated import SimulatedAdapter, SimulatedSettings
+from .adapters.simulated import SimulatedAdapter
 from .admission import Admission
 from .audit import AuditLog
 from .auth import Authenticator
-from .config import Config, ConfigError, state_dir
+from .config import Config, audit_file, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -26,29 +26,15 @@ log = logging.getLogger("atp")
 
 
 def build_adapter(name: str, ptype: str, options: dict):
-    """One adapter instance per [[providers]] entry; unknown options are config errors."""
-    key = f"providers[{name}]"
+    """One adapter instance per [[providers]] entry, from its options checked as typed settings."""
+    settings = provider_settings(f"providers[{name}]", ptype, options)
     if ptype == "simulated":
-        known = {f.name for f in fields(SimulatedSettings)}
-        for k in options:
-            if k not in known:
-                raise ConfigError(f"{key}.{k}: unknown option for a simulated provider "
-                                  f"(known: {', '.join(sorted(known))})")
-        return SimulatedAdapter(name, SimulatedSettings(**options))
-    if ptype == "openai_compat":
-        from .adapters.openai_compat import OpenAICompatAdapter
-        opts = dict(options)
-        if "api_key_env" in opts:
-            env = opts.pop("api_key_env")
-            opts["api_key"] = os.environ.get(env)
-            if opts["api_key"] is None:
-                raise ConfigError(f"{key}.api_key_env: environment variable {env} is not set")
-        base_url = opts.pop("base_url")
-        try:
-            return OpenAICompatAdapter(name, base_url, **opts)
-        except TypeError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    raise ConfigError(f"{key}.type: unknown provider type {ptype!r}")
+        return SimulatedAdapter(name, settings)
+    from .adapters.openai_compat import OpenAICompatAdapter
+    s = settings
+    return OpenAICompatAdapter(name, s.base_url, s.api_key, timeout_s=s.timeout_s,
+                               connect_timeout_s=s.connect_timeout_s, max_connections=s.max_connections,
+                               extra_headers=dict(s.extra_headers), capabilities=frozenset(s.capabilities))
 
 
 @dataclass
@@ -78,10 +64,11 @@ class App:
         self.metrics.queued.set_function(lambda: self.admission.queued)
         self.audit = None
         if config.audit.enabled:
-            path = Path(os.path.expanduser(audit_path or config.audit.path or
-                                           str(state_dir(config) / "audit.sqlite")))
+            path = Path(os.path.expanduser(audit_path)) if audit_path else audit_file(config)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.audit = AuditLog(str(path))
+            self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
+            self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
+            self.metrics.track_audit(self.audit)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics)
         self.feedback = FeedbackLog()

@@ -2,6 +2,7 @@
 import argparse
 import asyncio
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -28,10 +29,19 @@ def _fail_from(exc) -> RequestFailed:
                          getattr(exc, "message", str(exc)))
 
 
+class UsageError(Exception):
+    """A bad command-line value argparse cannot check itself: exit 2 with `atp: message`."""
+
+
 def _host_port(target: str, default_port: int) -> tuple[str, int]:
+    if target.count(":") > 1 and not target.startswith("["):   # a bare IPv6 address
+        return target, default_port
     host, sep, port = target.rpartition(":")
     if not sep or not host:
         return target or "127.0.0.1", default_port
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UsageError(f"--target {target}: the port must be a number 1..65535 (HOST[:PORT], "
+                         "IPv6 as [::1]:PORT)")
     return host.strip("[]"), int(port)
 
 
@@ -75,6 +85,8 @@ def cmd_serve(args) -> int:
         for key, value in overrides.items():
             if key.endswith("_port") and not 0 <= value <= 65535:
                 raise atp_config.ConfigError(f"--{key.replace('_', '-')}: must be 0..65535")
+            if key == "host" and not value:
+                raise atp_config.ConfigError("--host: must not be empty")
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **overrides))
         if args.config is None and cfg.server.host not in LOOPBACK:
             raise atp_config.ConfigError(
@@ -83,6 +95,8 @@ def cmd_serve(args) -> int:
         workers = args.workers if args.workers is not None else cfg.server.workers
         if workers < 1:
             raise atp_config.ConfigError("--workers: must be >= 1")
+        atp_config.check_workers(cfg, workers, "--workers" if args.workers is not None
+                                 else "server.workers")
         enabled = {"http": not args.no_http, "grpc": not args.no_grpc, "quic": not args.no_quic}
         if not any(enabled.values()):
             raise atp_config.ConfigError("every transport is disabled")
@@ -95,15 +109,115 @@ def cmd_serve(args) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.log_level != "debug":   # aioquic logs every handshake at INFO
             logging.getLogger("quic").setLevel(logging.WARNING)
+        _check_ports(cfg, enabled, reuse_port=workers > 1)
+        if enabled["quic"]:
+            _check_tls(cfg)
         if workers == 1:
-            from .app import App
-            app = App(cfg)      # config errors found while building show before anything binds
+            app = _build_app(cfg)   # config errors found while building show before anything binds
+        else:
+            _check_audit_file(cfg)  # the workers build their own App: fail once, here, instead
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PortUnavailable as exc:
+        print(f"atp: cannot start: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if workers > 1:
         return _serve_workers(cfg, args, enabled, workers)
     return _serve_one(app, cfg, args, enabled, announce=True, reuse_port=False)
+
+
+_TRANSPORT_LABELS = {"http": "HTTP", "grpc": "gRPC", "quic": "QUIC"}
+_BIND_PROBLEMS = {errno.EADDRINUSE: "is already in use",
+                  errno.EACCES: "needs privileges (a port below 1024)",
+                  errno.EADDRNOTAVAIL: "is not available: the host is not an address of this machine"}
+
+
+class PortUnavailable(Exception):
+    """A configured port cannot be bound: the operator's configuration problem (exit 2)."""
+
+
+def _check_ports(cfg, enabled: dict, reuse_port: bool) -> None:
+    """Bind and release each configured port before starting, as its transport will bind it.
+
+    Without this a busy gRPC port surfaces as grpc's own log line plus a RuntimeError traceback,
+    and busy HTTP/QUIC ports as asyncio errors that do not say which transport failed. A port
+    taken between this check and the real bind still fails cleanly (exit 2), just less precisely.
+    """
+    import socket
+    host = cfg.server.host
+    for name, label in _TRANSPORT_LABELS.items():
+        port = getattr(cfg.server, f"{name}_port")
+        if not enabled[name] or port == 0:
+            continue
+        kind = socket.SOCK_DGRAM if name == "quic" else socket.SOCK_STREAM
+        try:
+            addrs = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise PortUnavailable(f"server.host: cannot resolve {host!r}: {exc.strerror}") from None
+        errors = []
+        for family, _, proto, _, sockaddr in addrs:
+            with socket.socket(family, kind, proto) as probe:
+                if kind == socket.SOCK_STREAM:   # as asyncio and grpc do: TIME_WAIT is no obstacle
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port and name != "quic":
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    probe.bind(sockaddr)
+                except OSError as exc:
+                    errors.append(exc)
+        if errors and len(errors) == len(addrs):   # grpc and aioquic need one address, not all
+            exc = errors[0]
+            problem = _BIND_PROBLEMS.get(exc.errno, f"cannot be bound: {exc.strerror or exc}")
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise PortUnavailable(f"{label} port {where} {problem} (server.{name}_port, --{name}-port)")
+
+
+def _build_app(cfg):
+    """App(cfg), with a failure to open the audit database reported as a config error."""
+    import sqlite3
+    from .app import App
+    try:
+        return App(cfg)
+    except (OSError, sqlite3.Error) as exc:
+        if not cfg.audit.enabled:
+            raise
+        raise atp_config.ConfigError(f"audit.path: cannot open the audit database "
+                                     f"{atp_config.audit_file(cfg)}: {exc}") from None
+
+
+def _check_audit_file(cfg) -> None:
+    """Open and close the audit database (no connection may cross the fork), naming audit.path."""
+    import sqlite3
+    if not cfg.audit.enabled:
+        return
+    path = atp_config.audit_file(cfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path)
+        try:
+            db.execute("PRAGMA schema_version")   # reads the file: a directory fails here
+        finally:
+            db.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise atp_config.ConfigError(f"audit.path: cannot open the audit database {path}: {exc}") from None
+
+
+def _check_tls(cfg) -> None:
+    """Load a configured QUIC certificate as the QUIC transport will, to name the key if it fails."""
+    s = cfg.server
+    if not s.tls_cert:
+        return   # generated into state_dir on first start
+    try:
+        from aioquic.quic.configuration import QuicConfiguration
+    except ImportError:
+        return   # no QUIC support installed: the transport reports that itself
+    try:
+        QuicConfiguration(is_client=False).load_cert_chain(s.tls_cert, s.tls_key)
+    except Exception as exc:   # OSError for a missing file, ValueError & co. for a bad PEM
+        raise atp_config.ConfigError(f"server.tls_cert: cannot load the QUIC certificate "
+                                     f"{s.tls_cert} with key {s.tls_key}: "
+                                     f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _serve_one(app, cfg, args, enabled: dict, *, announce: bool, reuse_port: bool) -> int:
@@ -121,9 +235,9 @@ def _serve_one(app, cfg, args, enabled: dict, *, announce: bool, reuse_port: boo
     except atp_config.ConfigError as exc:
         print(f"atp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
+    except OSError as exc:   # at start: a port taken since _check_ports, an unreadable certificate
         print(f"atp: cannot start: {exc}", file=sys.stderr)
-        return EXIT_REQUEST
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -132,10 +246,11 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
 
     Forked before any gRPC object exists (gRPC's threads do not survive a fork). QUIC runs in
     worker 0 only: UDP port sharing would break a connection whose packets hash to another worker.
-    Per-process state (nonce cache, breakers, accounting) is not shared between workers yet.
+    Per-process state is not shared between workers yet: config.check_workers refuses N > 1 when
+    that would break a guarantee (HMAC keys: the nonce cache); the README's "Workers" note lists
+    what else is per worker.
     """
     import signal as _signal
-    from .app import App
     children = []
     for index in range(workers):
         pid = os.fork()
@@ -144,7 +259,15 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
             try:
                 _signal.signal(_signal.SIGINT, _signal.SIG_IGN)   # the parent forwards signals
                 mine = dict(enabled, quic=enabled["quic"] and index == 0)
-                code = _serve_one(App(cfg), cfg, args, mine, announce=index == 0, reuse_port=True)
+                # Built here, not before the fork: an SQLite connection must not cross one.
+                app = _build_app(cfg)
+                code = _serve_one(app, cfg, args, mine, announce=index == 0, reuse_port=True)
+            except atp_config.ConfigError as exc:   # rare: cmd_serve checked the audit file
+                print(f"atp: config error: {exc}", file=sys.stderr, flush=True)
+                code = EXIT_USAGE
+            except BaseException:   # os._exit below would swallow the traceback of a bug
+                import traceback
+                traceback.print_exc()
             finally:
                 os._exit(code)
         children.append(pid)
@@ -160,10 +283,14 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
     _signal.signal(_signal.SIGINT, forward)
     print(f"atp: {workers} workers: {', '.join(map(str, children))}", file=sys.stderr, flush=True)
     worst = EXIT_OK
-    for child in children:
-        _, status = os.waitpid(child, 0)
+    remaining = set(children)
+    while remaining:   # in exit order: the first failure is the cause, the rest its consequence
+        pid, status = os.wait()
+        if pid not in remaining:
+            continue
+        remaining.discard(pid)
         code = os.waitstatus_to_exitcode(status)
-        if code != EXIT_OK:
+        if code != EXIT_OK and worst == EXIT_OK:
             worst = code if code > 0 else EXIT_REQUEST
             forward(_signal.SIGTERM, None)   # one worker failed (port in use...): stop the rest
     return worst
@@ -346,20 +473,44 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _health_targets(args) -> dict[str, str]:
+    """Where each check goes: --grpc-target / --http-target name one transport's address; --target
+    names the address of the transport chosen with --transport, and with `all` the gRPC address,
+    whose host the HTTP check uses too (at HTTP's default port)."""
+    host, port = _host_port(args.target, 0) if args.target else ("127.0.0.1", 0)
+    targets = {}
+    for name in ("grpc", "http"):
+        if args.transport not in ("all", name):
+            continue
+        explicit = getattr(args, f"{name}_target")
+        if explicit:
+            targets[name] = explicit
+        elif port and (args.transport == name or name == "grpc"):
+            targets[name] = _join(host, port)
+        else:
+            targets[name] = _join(host, DEFAULT_PORTS[name])
+    return targets
+
+
 async def _health(args) -> dict:
     checks = {}
-    if args.transport in ("all", "grpc"):
+    targets = _health_targets(args)
+    if "grpc" in targets:
         from atp_client import AsyncGrpcClient
-        client = AsyncGrpcClient(args.target or "127.0.0.1:8471", timeout=args.timeout)
+        client = AsyncGrpcClient(targets["grpc"], timeout=args.timeout)
         try:
             checks["grpc"] = await client.health()
         except Exception as exc:
             checks["grpc"] = f"DOWN ({getattr(exc, 'message', None) or exc})"
         finally:
             await client.close()
-    if args.transport in ("all", "http"):
+    if "http" in targets:
         import aiohttp
-        url = f"http://{args.http_target or '127.0.0.1:8470'}/healthz"
+        url = f"http://{targets['http']}/healthz"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as s:
                 async with s.get(url) as r:
@@ -419,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--no-{name}", action="store_true", help=f"do not start the {name.upper()} transport")
     s.add_argument("--workers", type=int, metavar="N",
                    help="worker processes sharing the HTTP and gRPC ports via SO_REUSEPORT "
-                        "(overrides server.workers, default 1; QUIC runs in worker 0)")
+                        "(overrides server.workers, default 1; QUIC runs in worker 0). N > 1 is "
+                        "refused while [[auth.hmac_keys]] are configured: each worker would keep "
+                        "its own anti-replay nonce cache")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="logging verbosity (default info)")
     s.set_defaults(func=cmd_serve)
@@ -470,12 +623,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check the gRPC health service (grpc.health.v1, service "
                                    "atp.v1.Atp) and HTTP /healthz.\nExit status 0 when every "
                                    "check reports SERVING, 1 otherwise (down, or draining).",
-                       epilog="examples:\n  atp health\n  atp health --transport http "
-                              "--http-target 127.0.0.1:9000 --json")
+                       epilog="examples:\n  atp health\n  atp health --target 10.0.0.5   "
+                              "# gRPC 10.0.0.5:8471, HTTP 10.0.0.5:8470\n"
+                              "  atp health --transport http --target 127.0.0.1:9000 --json\n"
+                              "  atp health --grpc-target 127.0.0.1:9001 --http-target 127.0.0.1:9000")
     h.add_argument("--transport", choices=("all", "grpc", "http"), default="all",
                    help="which checks to run (default all)")
-    h.add_argument("--target", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:8471)")
-    h.add_argument("--http-target", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8470)")
+    h.add_argument("--target", metavar="HOST[:PORT]",
+                   help="the server: with --transport grpc or http, that transport's address; with "
+                        "all, the gRPC address, and HTTP is checked on the same host at port 8470 "
+                        "(default 127.0.0.1, ports 8471/8470)")
+    h.add_argument("--grpc-target", metavar="HOST:PORT", help="gRPC address (overrides --target)")
+    h.add_argument("--http-target", metavar="HOST:PORT", help="HTTP address (overrides --target)")
     h.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default 5)")
     h.add_argument("--json", action="store_true", help="print one JSON document")
     h.set_defaults(func=cmd_health)
@@ -489,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     except RequestFailed as exc:
         print(f"atp: {exc}", file=sys.stderr)
         return EXIT_REQUEST
+    except UsageError as exc:
+        print(f"atp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

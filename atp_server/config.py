@@ -1,11 +1,17 @@
 """Typed TOML configuration, validated at load: every error names the key and the problem."""
 import hashlib
+import math
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+import types
+import typing
+import urllib.parse
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from .adapters.base import ModelSpec
+from .adapters.settings import CHECKS, SETTINGS
+from .audit import DEFAULT_MAX_BUFFER
 
 
 class ConfigError(ValueError):
@@ -55,13 +61,15 @@ class AuthConfig:
 class ProviderConfig:
     name: str
     type: str                      # simulated | openai_compat
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)   # as written in the file
+    settings: object = None        # the options checked: adapters.settings.SETTINGS[type]
 
 
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     enabled: bool = True
     path: str = ""                 # SQLite file; "" = <state_dir>/audit.sqlite
+    max_buffered_rows: int = DEFAULT_MAX_BUFFER   # rows waiting while writes fail; beyond: refuse
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +87,7 @@ class Config:
         raise KeyError(name)
 
 
-PROVIDER_TYPES = ("simulated", "openai_compat")
+PROVIDER_TYPES = tuple(SETTINGS)
 
 # The well-known development credentials of the embedded default (loopback only; printed at start).
 DEV_API_KEY = "sk-atp-dev"
@@ -88,19 +96,25 @@ DEV_HMAC_SECRET = b"atp-dev-hmac-secret-change-me!!!"
 
 
 
-def dev_auth_toml(name: str = "dev", api_key: str = DEV_API_KEY) -> str:
-    """TOML tables accepting the development credentials: the embedded default, benches, tests."""
-    return f"""
+def dev_auth_toml(name: str = "dev", api_key: str = DEV_API_KEY, *, hmac: bool = True) -> str:
+    """TOML tables accepting the development credentials: the embedded default, benches, tests.
+
+    `hmac=False` leaves out the HMAC key: API keys only, a configuration that may run --workers N.
+    """
+    text = f"""
 [[auth.api_keys]]
 name = "{name}"
 sha256 = "{hashlib.sha256(api_key.encode()).hexdigest()}"
 tenant = "default"
-
+"""
+    if hmac:
+        text += f"""
 [[auth.hmac_keys]]
 id = {DEV_HMAC_KEY_ID}
 secret = "{DEV_HMAC_SECRET.decode()}"
 tenant = "default"
 """
+    return text
 
 
 DEFAULT_TOML = """
@@ -158,24 +172,108 @@ def _check_type(key, value, types, what):
     return value
 
 
-_KINDS = {int: ((int,), "an integer"), float: ((int, float), "a number"), str: ((str,), "a string"),
-          bool: ((bool,), "true or false")}
+def _table(key: str, value) -> dict:
+    if not isinstance(value, dict):
+        _fail(key, f"must be a table, got {type(value).__name__} {value!r}")
+    return value
 
 
-def _section(key: str, table: dict, cls, extra: dict | None = None):
-    """Build a frozen dataclass from a TOML table, rejecting unknown keys and wrong types."""
-    if not isinstance(table, dict):
-        _fail(key, "must be a table")
-    known = {f.name: f for f in fields(cls)}
-    values = dict(extra or {})
+def _tables(key: str, value) -> list[dict]:
+    """An array of tables ([[key]]); a lone [key] table or a scalar gets an error saying what to write."""
+    if isinstance(value, dict):
+        _fail(key, f"must be an array of tables: write [[{key}]] (one per entry), not [{key}]")
+    if not isinstance(value, list):
+        _fail(key, f"must be an array of tables: write [[{key}]], got {type(value).__name__} {value!r}")
+    for i, item in enumerate(value):
+        _table(f"{key}[{i}]", item)
+    return value
+
+
+def _value(key: str, value, hint):
+    """Check one value against a dataclass field's type; returns it in that type (int -> float)."""
+    if hint is bool:
+        return _check_type(key, value, (bool,), "true or false")
+    if hint is int:
+        return _check_type(key, value, (int,), "an integer")
+    if hint is float:
+        _check_type(key, value, (int, float), "a number")
+        if not math.isfinite(value):
+            _fail(key, f"must be a finite number, got {value}")
+        return float(value)
+    if hint is str:
+        return _check_type(key, value, (str,), "a string")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:   # TOML has no null
+        return _value(key, value, next(a for a in args if a is not type(None)))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            _fail(key, f"must be a table of strings, got {value!r}")
+        for name, text in value.items():   # header names/values: a line break would inject headers
+            if any(c in name + text for c in "\r\n\0"):
+                _fail(f"{key}.{name}", "must not contain line breaks or NUL")
+        return dict(value)
+    if origin is tuple or hint is frozenset:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            _fail(key, f"must be a list of strings, got {value!r}")
+        return frozenset(value) if hint is frozenset else tuple(value)
+    raise TypeError(f"{key}: no config check for type {hint!r}")   # a field type this file lacks
+
+
+def _typed(key: str, table, cls, *, skip=(), extra: dict | None = None, what="key") -> dict:
+    """Check a TOML table against dataclass `cls`: unknown keys and wrong types are refused."""
+    _table(key, table)
+    hints = {**typing.get_type_hints(cls), **(extra or {})}
+    known = sorted({f.name for f in fields(cls)} | set(extra or {}) - set(skip))
+    values = {}
     for name, value in table.items():
         if name not in known:
-            _fail(f"{key}.{name}", f"unknown key (known: {', '.join(sorted(known))})")
-        kind = _KINDS.get(known[name].type)
-        if kind:
-            _check_type(f"{key}.{name}", value, *kind)
-        values[name] = value
+            _fail(f"{key}.{name}", f"unknown {what} (known: {', '.join(known)})")
+        values[name] = _value(f"{key}.{name}", value, hints[name])
     return values
+
+
+def _env(key: str, name: str) -> str:
+    if not name or "=" in name or "\0" in name:
+        _fail(key, f"{name!r} is not an environment variable name")
+    value = os.environ.get(name)
+    if value is None:
+        _fail(key, f"environment variable {name} is not set")
+    return value
+
+
+def _check(key: str, values: dict, rules: dict) -> None:
+    """Range rules (see adapters.settings.CHECKS for the notation) on the values present."""
+    for name, rule in rules.items():
+        if name not in values:
+            continue
+        v, op, k = values[name], rule[0], f"{key}.{name}"
+        if op == ">=" and not v >= rule[1]:
+            _fail(k, f"must be >= {rule[1]}, got {v}")
+        elif op == ">" and not v > rule[1]:
+            _fail(k, f"must be > {rule[1]}, got {v}")
+        elif op == "in" and not rule[1] <= v <= rule[2]:
+            _fail(k, f"must be in [{rule[1]}, {rule[2]}], got {v}")
+        elif op == "nonempty" and not v:
+            _fail(k, "must not be empty")
+        elif op == "http_url":
+            try:
+                u = urllib.parse.urlsplit(v)
+                u.port   # raises for a port out of range or not a number
+            except ValueError as exc:
+                _fail(k, f"is not a valid URL ({exc}): {v!r}")
+            if u.scheme not in ("http", "https") or not u.hostname:
+                _fail(k, f"must be an http:// or https:// URL with a host, got {v!r}")
+        elif op == "env_of":
+            target = rule[1]
+            if target in values:
+                _fail(f"{key}.{target}", f"give {target} or {name}, not both")
+            values[target] = _env(k, v)
+
+
+def _required(key: str, values: dict, cls, what: str = "") -> None:
+    for f in fields(cls):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in values:
+            _fail(f"{key}.{f.name}", f"is required{what}")
 
 
 def _port(key, value):
@@ -183,15 +281,16 @@ def _port(key, value):
         _fail(key, f"must be a port number 0..65535, got {value}")
 
 
-def _parse_server(t: dict) -> ServerConfig:
-    v = _section("server", t, ServerConfig)
+_SERVER_CHECKS = {"host": ("nonempty",), "workers": (">=", 1), "max_inflight": (">=", 1),
+                  "max_queue": (">=", 0), "drain_seconds": (">=", 0), "state_dir": ("nonempty",)}
+
+
+def _parse_server(t) -> ServerConfig:
+    v = _typed("server", t, ServerConfig)
+    _check("server", v, _SERVER_CHECKS)
     cfg = ServerConfig(**v)
     for name in ("http_port", "grpc_port", "quic_port"):
         _port(f"server.{name}", getattr(cfg, name))
-    if cfg.workers < 1:
-        _fail("server.workers", "must be >= 1")
-    if cfg.max_inflight < 1 or cfg.max_queue < 0:
-        _fail("server.max_inflight", "must be >= 1 (and server.max_queue >= 0)")
     if not 0 < cfg.congestion_watermark <= 1:
         _fail("server.congestion_watermark", "must be in (0, 1]")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
@@ -213,105 +312,160 @@ def _secret(key: str, t: dict) -> bytes:
         except ValueError:
             _fail(f"{key}.secret_hex", "is not valid hex")
     else:
-        env = os.environ.get(raw)
-        if env is None:
-            _fail(f"{key}.secret_env", f"environment variable {raw} is not set")
-        secret = env.encode()
+        secret = _env(f"{key}.secret_env", raw).encode()
     if len(secret) < 16:
         _fail(f"{key}.{src}", "secret must be at least 16 bytes")
     return secret
 
 
-def _parse_auth(t: dict) -> AuthConfig:
-    if not isinstance(t, dict):
-        _fail("auth", "must be a table")
+_KEY_CHECKS = {"name": ("nonempty",), "tenant": ("nonempty",)}
+
+
+def _parse_auth(t) -> AuthConfig:
+    _table("auth", t)
     api_keys, hmac_keys = [], []
-    for i, k in enumerate(t.get("api_keys", [])):
+    names, digests = {}, {}
+    for i, k in enumerate(_tables("auth.api_keys", t.get("api_keys", []))):
         key = f"auth.api_keys[{i}]"
-        if "key_env" in k:   # convenience: hash a key taken from the environment at load
-            env = os.environ.get(k["key_env"])
-            if env is None:
-                _fail(f"{key}.key_env", f"environment variable {k['key_env']} is not set")
-            k = {**{x: y for x, y in k.items() if x != "key_env"},
-                 "sha256": hashlib.sha256(env.encode()).hexdigest()}
-        v = _section(key, k, ApiKey)
+        v = _typed(key, k, ApiKey, extra={"key_env": str})
+        _check(key, v, _KEY_CHECKS)
+        if "key_env" in v:   # convenience: hash a key taken from the environment at load
+            if "sha256" in v:
+                _fail(f"{key}.sha256", "give sha256 or key_env, not both")
+            v["sha256"] = hashlib.sha256(_env(f"{key}.key_env", v.pop("key_env")).encode()).hexdigest()
         if "name" not in v or "sha256" not in v:
             _fail(key, "needs name and sha256 (or key_env)")
-        if len(v["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in v["sha256"].lower()):
+        digest = v["sha256"].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             _fail(f"{key}.sha256", "must be 64 hex characters (sha256 of the key)")
-        api_keys.append(ApiKey(v["name"], v["sha256"].lower(), v.get("tenant", "default")))
+        for seen, field_name, value in ((names, "name", v["name"]), (digests, "sha256", digest)):
+            if value in seen:   # one key under two names would be audited under either
+                _fail(f"{key}.{field_name}", f"the same as {seen[value]}.{field_name}")
+            seen[value] = key
+        api_keys.append(ApiKey(v["name"], digest, v.get("tenant", "default")))
     seen = set()
-    for i, k in enumerate(t.get("hmac_keys", [])):
+    hmac_fields = {"id": int, "secret": str, "secret_hex": str, "secret_env": str, "tenant": str}
+    for i, k in enumerate(_tables("auth.hmac_keys", t.get("hmac_keys", []))):
         key = f"auth.hmac_keys[{i}]"
-        if not isinstance(k, dict):
-            _fail(key, "must be a table")
-        unknown = set(k) - {"id", "secret", "secret_hex", "secret_env", "tenant"}
-        if unknown:
-            _fail(f"{key}.{sorted(unknown)[0]}", "unknown key")
-        kid = _check_type(f"{key}.id", k.get("id"), (int,), "an integer key id")
+        v = _typed(key, k, HmacKeyConfig, extra=hmac_fields)
+        _check(key, v, _KEY_CHECKS)
+        if "id" not in v:
+            _fail(f"{key}.id", "is required (a u32 key id)")
+        kid = v["id"]
         if not 0 <= kid <= 0xFFFFFFFF or kid in seen:
             _fail(f"{key}.id", "must be a unique u32")
         seen.add(kid)
-        hmac_keys.append(HmacKeyConfig(kid, _secret(key, k), k.get("tenant", "default")))
+        hmac_keys.append(HmacKeyConfig(kid, _secret(key, v), v.get("tenant", "default")))
     rest = {x: y for x, y in t.items() if x not in ("api_keys", "hmac_keys")}
-    v = _section("auth", rest, AuthConfig)
+    v = _typed("auth", rest, AuthConfig, skip=("api_keys", "hmac_keys"))
+    _check("auth", v, {"skew_ms": (">=", 1), "nonce_cache": (">=", 1)})
+    if v.get("require_signature") and not hmac_keys:
+        _fail("auth.require_signature", "needs at least one [[auth.hmac_keys]] to verify signatures with")
     return AuthConfig(tuple(api_keys), tuple(hmac_keys), **v)
+
+
+def provider_settings(key: str, ptype: str, options: dict):
+    """A provider's options as its typed settings (adapters.settings), checked; `key` names it."""
+    cls = SETTINGS.get(ptype)
+    if cls is None:
+        _fail(f"{key}.type", f"unknown provider type {ptype!r} (known: {', '.join(PROVIDER_TYPES)})")
+    values = _typed(key, options, cls, what="option")
+    _required(key, values, cls, f" for {ptype} providers")
+    _check(key, values, CHECKS.get(cls, {}))
+    return cls(**values)
 
 
 def _parse_provider(i: int, t: dict) -> ProviderConfig:
     key = f"providers[{i}]"
-    if not isinstance(t, dict):
-        _fail(key, "must be a table")
+    if "name" not in t:
+        _fail(f"{key}.name", "is required")
+    if "type" not in t:
+        _fail(f"{key}.type", f"is required ({', '.join(PROVIDER_TYPES)})")
     name = _check_type(f"{key}.name", t.get("name"), (str,), "a string")
+    if not name:
+        _fail(f"{key}.name", "must not be empty")
     ptype = _check_type(f"{key}.type", t.get("type"), (str,), "a string")
     if ptype not in PROVIDER_TYPES:
         _fail(f"{key}.type", f"unknown provider type {ptype!r} (known: {', '.join(PROVIDER_TYPES)})")
     options = {k: v for k, v in t.items() if k not in ("name", "type")}
-    if ptype == "openai_compat" and "base_url" not in options:
-        _fail(f"{key}.base_url", "is required for openai_compat providers")
-    return ProviderConfig(name, ptype, options)
+    # Options are named after the provider from here on: `providers[local].timeout_s`.
+    settings = provider_settings(f"providers[{name}]", ptype, options)
+    return ProviderConfig(name, ptype, options, settings)
+
+
+_MODEL_CHECKS = {"id": ("nonempty",), "upstream": ("nonempty",), "context_window": (">=", 1),
+                 "max_output_tokens": (">=", 1), "price_in_per_mtok": (">=", 0),
+                 "price_out_per_mtok": (">=", 0), "quality": ("in", 0, 1), "latency_ms": (">=", 0)}
+_MAX_OUTPUT_DEFAULT = next(f.default for f in fields(ModelSpec) if f.name == "max_output_tokens")
 
 
 def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
     key = f"models[{i}]"
-    v = _section(key, {k: x for k, x in t.items() if k != "capabilities"}, ModelSpec)
+    v = _typed(key, t, ModelSpec)
     for required in ("id", "provider"):
         if required not in v:
             _fail(f"{key}.{required}", "is required")
+    v.setdefault("upstream", v["id"])
+    _check(key, v, _MODEL_CHECKS)
     if v["provider"] not in providers:
         _fail(f"{key}.provider", f"no provider named {v['provider']!r}")
-    caps = t.get("capabilities", ["chat"])
-    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-        _fail(f"{key}.capabilities", "must be a list of strings")
-    v.setdefault("upstream", v["id"])
-    if not 0 <= v.get("quality", 0.5) <= 1:
-        _fail(f"{key}.quality", "must be in [0, 1]")
-    for name in ("price_in_per_mtok", "price_out_per_mtok", "latency_ms"):
-        if v.get(name, 0) < 0:
-            _fail(f"{key}.{name}", "must be >= 0")
-    return ModelSpec(capabilities=frozenset(caps), **{k: (float(x) if k in (
-        "price_in_per_mtok", "price_out_per_mtok", "quality", "latency_ms") else x) for k, x in v.items()})
+    window = v.get("context_window", 8192)
+    if "max_output_tokens" not in v:   # the default never exceeds a small window
+        v["max_output_tokens"] = min(_MAX_OUTPUT_DEFAULT, window)
+    elif v["max_output_tokens"] > window:
+        _fail(f"{key}.max_output_tokens", f"must be <= context_window ({window}), "
+                                          f"got {v['max_output_tokens']}")
+    return ModelSpec(**v)
 
 
 def parse(data: dict) -> Config:
+    if not isinstance(data, dict):
+        _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
     server = _parse_server(data.get("server", {}))
     auth = _parse_auth(data.get("auth", {}))
-    providers = tuple(_parse_provider(i, p) for i, p in enumerate(data.get("providers", [])))
+    providers = tuple(_parse_provider(i, p)
+                      for i, p in enumerate(_tables("providers", data.get("providers", []))))
     names = [p.name for p in providers]
     if len(set(names)) != len(names):
         _fail("providers", "provider names must be unique")
-    models = tuple(_parse_model(i, m, set(names)) for i, m in enumerate(data.get("models", [])))
+    models = tuple(_parse_model(i, m, set(names))
+                   for i, m in enumerate(_tables("models", data.get("models", []))))
     ids = [m.id for m in models]
     if len(set(ids)) != len(ids):
         _fail("models", "model ids must be unique")
     if not models:
         _fail("models", "at least one [[models]] entry is required")
-    audit = AuditConfig(**_section("audit", data.get("audit", {}), AuditConfig))
-    return Config(server, auth, providers, models, audit)
+    v = _typed("audit", data.get("audit", {}), AuditConfig)
+    _check("audit", v, {"max_buffered_rows": (">=", 1)})
+    audit = AuditConfig(**v)
+    cfg = Config(server, auth, providers, models, audit)
+    check_workers(cfg, server.workers, "server.workers")
+    return cfg
+
+
+def check_workers(cfg: Config, workers: int, key: str) -> None:
+    """Refuse N > 1 worker processes when a worker of its own would break a guarantee.
+
+    Worker processes share nothing yet (no shared state store). The one state whose split breaks
+    correctness today is the anti-replay nonce cache, used by everything an HMAC key enables:
+    frame sessions (gRPC Session, QUIC HELLO) and request signatures (HTTP, typed gRPC). Without
+    [[auth.hmac_keys]] no session can open and no signature can verify, so nothing reaches a nonce
+    cache. What else is per worker is documented (README, "Workers"): admission limits, health
+    and breakers, accounting and /metrics, feedback.
+    """
+    if workers <= 1 or not cfg.auth.hmac_keys:
+        return
+    _fail(f"{key} {workers}" if key.startswith("--") else key,
+          f"{workers} worker processes would each keep their own anti-replay nonce cache, and "
+          f"{len(cfg.auth.hmac_keys)} [[auth.hmac_keys]] are configured: they enable signed frame "
+          "sessions (gRPC Session, QUIC) and HMAC request signatures (HTTP, typed gRPC), so a "
+          "signed request or session HELLO replayed to another worker would be accepted. Run one "
+          "worker (--workers 1), or serve API-key traffic only (remove every [[auth.hmac_keys]]) "
+          "from several; there is no shared state store yet")
 
 
 def loads(text: str) -> Config:
@@ -328,13 +482,25 @@ def load(path: str | os.PathLike | None = None) -> Config:
         return loads(DEFAULT_TOML)
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode()
     except OSError as exc:
         raise ConfigError(f"(file): cannot read {p}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:   # TOML is UTF-8 by definition
+        raise ConfigError(f"(file): {p} is not UTF-8 text (byte {exc.start})") from None
     return loads(text)
+
+
+def audit_file(cfg: Config) -> Path:
+    """The audit database: audit.path, else <state_dir>/audit.sqlite."""
+    if cfg.audit.path:
+        return Path(os.path.expanduser(cfg.audit.path))
+    return state_dir(cfg) / "audit.sqlite"
 
 
 def state_dir(cfg: Config) -> Path:
     d = Path(os.path.expanduser(cfg.server.state_dir))
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail("server.state_dir", f"cannot create {d}: {exc.strerror or exc}")
     return d

@@ -98,6 +98,28 @@ class _CodeLabelled:
         return self.counter.labels(transport, code if code in _WIRE_CODES else OTHER)
 
 
+class _AuditCollector:
+    """The audit log's counters (plain ints on AuditLog), exported at scrape time."""
+
+    def __init__(self, audit):
+        self.audit = audit
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        a = self.audit
+        errors = CounterMetricFamily("atp_audit_write_errors", "Failed audit writes (a batch insert "
+                                     "or a WAL checkpoint); failed rows stay buffered", labels=["op"])
+        for op, n in a.write_errors.items():
+            errors.add_metric([op], n)
+        yield errors
+        yield CounterMetricFamily("atp_audit_refused_requests", "Requests refused (UNAVAILABLE) "
+                                  "because the audit buffer was full", value=a.refused)
+        yield CounterMetricFamily("atp_audit_dropped_records", "Records of requests refused at the "
+                                  "door, not kept while the audit buffer was full", value=a.dropped)
+
+
 class Metrics:
     def __init__(self, accountant=None, models=()):
         r = self.registry = CollectorRegistry()
@@ -114,6 +136,15 @@ class Metrics:
         self.protocol_errors = _CodeLabelled(Counter(
             "atp_protocol_errors", "Sessions closed by a protocol error", ["transport", "code"],
             registry=r))
+
+    def track_audit(self, audit) -> None:
+        """Export an AuditLog's state: rows waiting, health, write errors, refusals."""
+        r = self.registry
+        Gauge("atp_audit_buffered_rows", "Audit rows waiting to be written", registry=r
+              ).set_function(lambda: audit.buffered)
+        Gauge("atp_audit_healthy", "1 while audit writes succeed and the buffer has room",
+              registry=r).set_function(lambda: 1 if audit.healthy else 0)
+        r.register(_AuditCollector(audit))
 
     def observe(self, transport: str, model: str, outcome: str, seconds: float,
                 overhead_s: float | None) -> None:

@@ -39,7 +39,7 @@ def importable(module: str) -> bool:
     (["chat"], ["--model", "--tier", "--max-tokens", "--transport", "--target", "--api-key",
                 "--json", "--no-stream", "session", "quic", "ATP_API_KEY", "examples:"]),
     (["models"], ["--json", "--target", "examples:"]),
-    (["health"], ["--json", "--target", "--http-target", "examples:"]),
+    (["health"], ["--json", "--target", "--http-target", "--grpc-target", "examples:"]),
 ])
 def test_help_explains_each_command(argv, needles, capsys):
     with pytest.raises(SystemExit) as info:
@@ -81,7 +81,7 @@ def test_serve_bad_config_subprocess_and_non_loopback_default(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[server]\nmax_queue = -1\n")
     r = atp("serve", "--config", str(path))
-    assert r.returncode == 2 and "atp: config error: server.max_inflight" in r.stderr
+    assert r.returncode == 2 and "atp: config error: server.max_queue" in r.stderr
     r = atp("serve", "--host", "0.0.0.0")       # dev credentials must not leave loopback
     assert r.returncode == 2 and "server.host" in r.stderr
     r = atp("serve", "--config", str(tmp_path / "missing.toml"))
@@ -178,11 +178,19 @@ def test_serve_end_to_end(tmp_path):
         log.close()
 
 
+def api_key_only_toml(tmp_path, server_extra: str = "") -> str:
+    """The embedded default without [[auth.hmac_keys]]: the only kind of config that may fork."""
+    text = atp_config.DEFAULT_TOML.replace(
+        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n{server_extra}', 1)
+    text = text.replace(atp_config.dev_auth_toml(), atp_config.dev_auth_toml(hmac=False))
+    assert "[[auth.hmac_keys]]" not in text
+    return text
+
+
 def test_serve_workers_share_ports_and_stop_together(tmp_path):
     http, grpc = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     cfg = tmp_path / "atp.toml"
-    cfg.write_text(atp_config.DEFAULT_TOML.replace(
-        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\ndrain_seconds = 2.0\n', 1))
+    cfg.write_text(api_key_only_toml(tmp_path, "drain_seconds = 2.0\n"))
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
                              "--http-port", str(http), "--grpc-port", str(grpc), "--no-quic",
@@ -211,5 +219,177 @@ def test_serve_workers_share_ports_and_stop_together(tmp_path):
 
 
 def test_workers_need_fixed_ports(tmp_path, capsys):
-    assert cli.main(["serve", "--workers", "2", "--http-port", "0", "--no-grpc", "--no-quic"]) == 2
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(api_key_only_toml(tmp_path))
+    assert cli.main(["serve", "--config", str(cfg), "--workers", "2", "--http-port", "0",
+                     "--no-grpc", "--no-quic"]) == 2
     assert "server.http_port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("transport,label", [("http", "HTTP"), ("grpc", "gRPC"), ("quic", "QUIC")])
+def test_busy_port_is_one_clean_line_naming_transport_and_port(tmp_path, transport, label):
+    kind = socket.SOCK_DGRAM if transport == "quic" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as taken:
+        taken.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"http": "0", "grpc": "0", "quic": "0", transport: str(port)}
+        cfg = tmp_path / "atp.toml"
+        cfg.write_text(atp_config.DEFAULT_TOML.replace(
+            '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n', 1))
+        r = atp("serve", "--config", str(cfg), *(x for n in ports for x in (f"--{n}-port", ports[n])))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"atp: cannot start: {label} port 127.0.0.1:{port} is already in use "
+                     f"(server.{transport}_port, --{transport}-port)"], r.stderr
+
+
+@pytest.mark.skipif(not importable("atp_server.transport.grpc"), reason="grpc transport unavailable")
+def test_port_taken_after_the_check_still_exits_2(tmp_path, monkeypatch, capsys):
+    """The race _check_ports cannot close: gRPC's bind failure is an OSError, not a traceback."""
+    monkeypatch.setattr(cli, "_check_ports", lambda *a, **k: None)
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace('[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n', 1))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli.main(["serve", "--config", str(cfg), "--grpc-port", str(port), "--no-http", "--no-quic"])
+    assert code == 2
+    assert f"atp: cannot start: gRPC: cannot bind 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# ---- --workers N > 1 refuses whatever a worker of its own would get wrong -------------------------
+
+def test_workers_refuse_hmac_keys_embedded_default():
+    # The embedded default carries the dev HMAC key. Free ports and a short timeout: should the
+    # refusal regress, the workers must not sit on the default ports of other test runs.
+    ports = [str(free_port(socket.SOCK_STREAM)) for _ in range(2)]
+    r = atp("serve", "--workers", "2", "--http-port", ports[0], "--grpc-port", ports[1], "--no-quic",
+            timeout=20)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert err.startswith("atp: config error: --workers 2: "), err
+    for needle in ("[[auth.hmac_keys]]", "nonce cache", "replayed to another worker",
+                   "gRPC Session", "QUIC", "request signatures", "--workers 1"):
+        assert needle in err, needle
+    assert len(err.splitlines()) == 1
+
+
+def test_workers_refuse_hmac_keys_from_the_config_file(tmp_path):
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace('[server]\n', '[server]\nworkers = 3\n', 1))
+    ports = [str(free_port(socket.SOCK_STREAM)) for _ in range(2)]
+    r = atp("serve", "--config", str(cfg), "--http-port", ports[0], "--grpc-port", ports[1],
+            "--no-quic", timeout=20)
+    assert r.returncode == 2 and r.stderr.startswith("atp: config error: server.workers: 3 "), r.stderr
+    cfg.write_text(api_key_only_toml(tmp_path) + '[auth]\nrequire_signature = true\n')
+    r = atp("serve", "--config", str(cfg), "--workers", "2", "--http-port", ports[0],
+            "--grpc-port", ports[1], "--no-quic", timeout=20)
+    assert r.returncode == 2 and "auth.require_signature" in r.stderr, r.stderr
+
+
+def test_workers_rule_in_config():
+    with pytest.raises(atp_config.ConfigError, match=r"^server\.workers: 2 worker processes"):
+        atp_config.loads(atp_config.DEFAULT_TOML.replace('[server]\n', '[server]\nworkers = 2\n', 1))
+    cfg = atp_config.loads(atp_config.DEFAULT_TOML.replace(atp_config.dev_auth_toml(),
+                                                           atp_config.dev_auth_toml(hmac=False))
+                           .replace('[server]\n', '[server]\nworkers = 2\n', 1))
+    assert cfg.server.workers == 2 and not cfg.auth.hmac_keys
+    atp_config.check_workers(cfg, 4, "--workers")        # API keys only: may fork
+    with pytest.raises(atp_config.ConfigError, match=r"^--workers 2: "):
+        atp_config.check_workers(atp_config.load(), 2, "--workers")
+    atp_config.check_workers(atp_config.load(), 1, "--workers")
+
+
+# ---- atp health: where each check goes --------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], {"grpc": "127.0.0.1:8471", "http": "127.0.0.1:8470"}),
+    (["--target", "10.0.0.5:9001"], {"grpc": "10.0.0.5:9001", "http": "10.0.0.5:8470"}),
+    (["--target", "10.0.0.5"], {"grpc": "10.0.0.5:8471", "http": "10.0.0.5:8470"}),
+    (["--target", "[::1]:9001"], {"grpc": "[::1]:9001", "http": "[::1]:8470"}),
+    (["--target", "h:1", "--http-target", "h:2"], {"grpc": "h:1", "http": "h:2"}),
+    (["--grpc-target", "g:1", "--http-target", "w:2"], {"grpc": "g:1", "http": "w:2"}),
+    (["--transport", "http", "--target", "h:9000"], {"http": "h:9000"}),
+    (["--transport", "grpc", "--target", "h:9001"], {"grpc": "h:9001"}),
+    (["--target", "::1"], {"grpc": "[::1]:8471", "http": "[::1]:8470"}),
+])
+def test_health_targets_follow_target_host(argv, expected):
+    args = cli.build_parser().parse_args(["health", *argv])
+    assert cli._health_targets(args) == expected
+
+
+def test_bad_target_port_is_a_usage_error(capsys):
+    assert cli.main(["health", "--target", "h:port"]) == 2
+    assert capsys.readouterr().err.startswith("atp: --target h:port: the port must be a number")
+
+
+def test_health_http_check_goes_to_target(tmp_path):
+    """`atp health --transport http --target H:P` checks H:P (it used to check 127.0.0.1:8470)."""
+    import http.server
+    import threading
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"status":"ok"}' if self.path == "/healthz" else b"{}"
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        r = atp("health", "--transport", "http", "--target", f"127.0.0.1:{port}", "--timeout", "5")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == 0 and "SERVING" in r.stdout, r.stdout + r.stderr
+
+
+# ---- start-up problems past the parser: still one line naming the key, exit 2 ---------------------
+
+@pytest.mark.parametrize("case", ["audit_dir", "audit_unopenable", "tls_missing", "tls_garbage"])
+def test_startup_problems_name_the_key(tmp_path, capsys, case):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    server, audit, key = "", "", ""
+    if case == "audit_dir":                       # the audit path is a directory
+        audit, key = f'[audit]\npath = "{tmp_path}"\n', "audit.path"
+    elif case == "audit_unopenable":              # a parent that cannot be created
+        audit, key = '[audit]\npath = "/proc/atp-no-such/audit.sqlite"\n', "audit.path"
+    elif case == "tls_missing":
+        server = f'tls_cert = "{tmp_path}/none.pem"\ntls_key = "{tmp_path}/none.pem"\n'
+        key = "server.tls_cert"
+    else:
+        server, key = f'tls_cert = "{garbage}"\ntls_key = "{garbage}"\n', "server.tls_cert"
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace(
+        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n{server}', 1) + audit)
+    code = cli.main(["serve", "--config", str(cfg), "--http-port", "0", "--grpc-port", "0",
+                     "--quic-port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"atp: config error: {key}: "), err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_empty_host_override_is_refused(capsys):
+    assert cli.main(["serve", "--host", "", "--http-port", "0"]) == 2
+    assert capsys.readouterr().err.startswith("atp: config error: --host: must not be empty")
+
+
+def test_worker_that_cannot_build_says_why(tmp_path):
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(api_key_only_toml(tmp_path) + f'[audit]\npath = "{tmp_path}"\n')
+    ports = [str(free_port(socket.SOCK_STREAM)) for _ in range(2)]
+    r = atp("serve", "--config", str(cfg), "--workers", "2", "--http-port", ports[0],
+            "--grpc-port", ports[1], "--no-quic", timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "atp: config error: audit.path: " in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -144,7 +144,10 @@ class GrpcTransport:
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         addr = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-        bound = server.add_insecure_port(addr)
+        try:
+            bound = server.add_insecure_port(addr)
+        except RuntimeError:   # how grpc reports a port it cannot bind (it has logged why)
+            bound = 0
         if not bound:
             raise OSError(f"gRPC: cannot bind {addr}")
         await server.start()

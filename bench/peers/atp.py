@@ -25,7 +25,9 @@ DIR = WORK / "atp"
 
 
 def write_config(upstream_base_url: str, path: Path | None = None, *, audit: bool = True) -> Path:
-    from atp_server.config import dev_auth_toml   # here: the harness imports no ATP code up front
+    # here: the harness imports no ATP code up front. API keys only (the peers harness never signs):
+    # HMAC keys would make `--workers N` refuse to start (each worker its own nonce cache).
+    from atp_server.config import dev_auth_toml
     path = path or DIR / "atp.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     (DIR / "state").mkdir(parents=True, exist_ok=True)  # ATP opens the audit file, not the dir
@@ -34,7 +36,7 @@ def write_config(upstream_base_url: str, path: Path | None = None, *, audit: boo
 host = "127.0.0.1"
 state_dir = "{DIR / 'state'}"
 
-{dev_auth_toml("bench")}
+{dev_auth_toml("bench", hmac=False)}
 [[providers]]
 name = "nginx"
 type = "openai_compat"

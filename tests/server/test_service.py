@@ -6,6 +6,7 @@ import pytest
 from atp_server.app import App
 from atp_server.auth import Principal
 from atp_server.pipeline import BasicPolicy
+from atp_server.routing.health import Outcome, finished
 from atp_server.types import AtpError
 from codec.errors import ErrorCode
 
@@ -21,7 +22,7 @@ def test_models_lists_every_model_with_health(app):
     rows = app.service.models(PRINCIPAL)
     assert [r.spec.id for r in rows] == ["cheap", "smart"] and all(r.healthy for r in rows)
     for _ in range(app.router.health.threshold):
-        app.router.health.record_failure("smart", app.pipeline.clock())
+        app.router.health.report("smart", finished(Outcome.FAULT, probe=False), app.pipeline.clock())
     assert {r.spec.id: r.healthy for r in app.service.models(PRINCIPAL)} == {
         "cheap": True, "smart": False}
 

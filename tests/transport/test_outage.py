@@ -119,7 +119,7 @@ def test_grpc_and_frame_session_outage_is_retryable_unavailable(tripped):
     clock.now += 4.0
 
     async def go():
-        async with AsyncGrpcClient(h.grpc_target) as c:
+        async with AsyncGrpcClient(h.grpc_target, KEY) as c:
             with pytest.raises(AtpClientError) as typed:
                 await c.complete("hi", model="sim-broken")
         channel = grpc.aio.insecure_channel(h.grpc_target)
@@ -128,7 +128,7 @@ def test_grpc_and_frame_session_outage_is_retryable_unavailable(tripped):
             with pytest.raises(grpc.aio.AioRpcError) as raw:
                 await stub.Complete(request_message("hi", model="sim-broken"),
                                     metadata=(("authorization", f"Bearer {KEY}"),))
-        async with AsyncSessionClient(h.grpc_target) as s:
+        async with AsyncSessionClient(h.grpc_target, atp_config.DEV_HMAC_KEY_ID, atp_config.DEV_HMAC_SECRET) as s:
             with pytest.raises(AtpClientError) as session:
                 await s.complete("hi", model="sim-broken")
         return typed.value, raw.value, session.value
