@@ -203,9 +203,12 @@ def _score_np(idx, val, n, dense, W, out):
 
 
 def _csr_matmul_np(indptr, idx, val, W, out):
-    """out = X @ W for CSR X (every row non-empty: rows always carry the dense block)."""
-    prods = val[:, None].astype(np.float64) * W[idx]
-    out[:] = np.add.reduceat(prods, indptr[:-1], axis=0)
+    """out = X @ W for CSR X."""
+    # per column bincount: np.add.reduceat over rows of a 2-D array was measured ~10× slower
+    rows = np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr))
+    v = val.astype(np.float64)
+    for h in range(W.shape[1]):
+        out[:, h] = np.bincount(rows, weights=v * W[idx, h], minlength=out.shape[0])
 
 
 def _csr_tmatmul_np(indptr, idx, val, G, out):
