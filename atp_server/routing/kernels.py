@@ -202,6 +202,48 @@ def _score_np(idx, val, n, dense, W, out):
     out[:] = np.cumsum(prods, axis=0)[-1]
 
 
+def _sigmoid_py(x: float) -> float:
+    # tanh form: no overflow for large |x|; libm's tanh, as numba's math.tanh calls
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
+
+
+def _predict_np(idx, val, n, dense, W, a, b, cost_mode, c0, c1, cW, half_s2, n_bytes, z,
+                q_out, c_out):
+    """Scores, then per model q = σ(a·z + b) and the expected cost (cost_mode 0 length:
+    c0 + bytes·c1; 1 dense: exp(dense·cW + s²/2); 2 hashed: exp(z[M+m] + s²/2)). Scalar libm
+    transcendentals (math.tanh/exp), not numpy's SIMD ones, so that the numba twin matches bit
+    for bit."""
+    _score_np(idx, val, n, dense, W, z)
+    M = q_out.shape[0]
+    zl = z.tolist()
+    al, bl = a.tolist(), b.tolist()
+    for m in range(M):
+        q_out[m] = _sigmoid_py(al[m] * zl[m] + bl[m])
+    if cost_mode == 0:
+        c_out[:] = c0 + n_bytes * c1
+    elif cost_mode == 1:
+        lin = np.cumsum(dense[:, None].astype(np.float64) * cW, axis=0)[-1] + half_s2
+        c_out[:] = [math.exp(x) for x in lin.tolist()]
+    else:
+        c_out[:] = [math.exp(x) for x in (z[M:2 * M] + half_s2).tolist()]
+
+
+def _order_keys(q, c, rule, param):
+    """Sort keys (k0, k1, k2), then the index: rule 0 maximise q − param·c (ties: cheaper);
+    1 cheapest (ties: better); 2 q ≥ param cheapest-first, then the rest by decreasing q."""
+    if rule == 0:
+        return -(q - param * c), c, np.zeros_like(q)
+    if rule == 1:
+        return c, -q, np.zeros_like(q)
+    ok = q >= param
+    return (np.where(ok, 0.0, 1.0), np.where(ok, c, -q), np.where(ok, -q, 0.0))
+
+
+def _order_np(q, c, rule, param, out):
+    k0, k1, k2 = _order_keys(q, c, rule, param)
+    out[:] = np.lexsort((np.arange(q.shape[0]), k2, k1, k0))
+
+
 def _csr_matmul_np(indptr, idx, val, W, out):
     """out = X @ W for CSR X."""
     # per column bincount: np.add.reduceat over rows of a 2-D array was measured ~10× slower
@@ -220,14 +262,16 @@ def _csr_tmatmul_np(indptr, idx, val, G, out):
 
 
 class _Impl:
-    __slots__ = ("name", "featurize", "score", "csr_matmul", "csr_tmatmul")
+    __slots__ = ("name", "featurize", "score", "predict", "order", "csr_matmul", "csr_tmatmul")
 
-    def __init__(self, name, featurize, score, csr_matmul, csr_tmatmul):
+    def __init__(self, name, featurize, score, predict, order, csr_matmul, csr_tmatmul):
         self.name, self.featurize, self.score = name, featurize, score
+        self.predict, self.order = predict, order
         self.csr_matmul, self.csr_tmatmul = csr_matmul, csr_tmatmul
 
 
-NUMPY = _Impl("numpy", _featurize_np, _score_np, _csr_matmul_np, _csr_tmatmul_np)
+NUMPY = _Impl("numpy", _featurize_np, _score_np, _predict_np, _order_np, _csr_matmul_np,
+              _csr_tmatmul_np)
 
 
 # ---- numba twin ---------------------------------------------------------------------------------------
@@ -381,6 +425,65 @@ def _build_numba():
             out[h] = acc[h]
 
     @njit
+    def sigmoid(x):
+        return 0.5 * (1.0 + math.tanh(0.5 * x))
+
+    @njit
+    def predict(idx, val, n, dense, W, a, b, cost_mode, c0, c1, cW, half_s2, n_bytes, z,
+                q_out, c_out):
+        score(idx, val, n, dense, W, z)
+        M = q_out.shape[0]
+        for m in range(M):
+            q_out[m] = sigmoid(a[m] * z[m] + b[m])
+        if cost_mode == 0:
+            for m in range(M):
+                c_out[m] = c0[m] + n_bytes * c1[m]
+        elif cost_mode == 1:
+            for m in range(M):
+                acc = 0.0
+                for j in range(dense.shape[0]):
+                    acc += np.float64(dense[j]) * cW[j, m]
+                c_out[m] = math.exp(acc + half_s2[m])
+        else:
+            for m in range(M):
+                c_out[m] = math.exp(z[M + m] + half_s2[m])
+
+    @njit
+    def order(q, c, rule, param, out):
+        M = q.shape[0]
+        k0 = np.empty(M)
+        k1 = np.empty(M)
+        k2 = np.zeros(M)
+        for m in range(M):
+            if rule == 0:
+                k0[m] = -(q[m] - param * c[m])
+                k1[m] = c[m]
+            elif rule == 1:
+                k0[m] = c[m]
+                k1[m] = -q[m]
+            elif q[m] >= param:
+                k0[m] = 0.0
+                k1[m] = c[m]
+                k2[m] = -q[m]
+            else:
+                k0[m] = 1.0
+                k1[m] = -q[m]
+        for i in range(M):
+            out[i] = i
+        for i in range(1, M):   # insertion sort: M is tens, and it is stable like lexsort
+            x = out[i]
+            j = i
+            while j > 0:
+                y = out[j - 1]
+                if (k0[x] < k0[y] or (k0[x] == k0[y] and (k1[x] < k1[y] or (
+                        k1[x] == k1[y] and k2[x] < k2[y])))):
+                    out[j] = y
+                    j -= 1
+                else:
+                    break
+            out[j] = x
+
+    @njit
     def csr_matmul(indptr, idx, val, W, out):
         H = W.shape[1]
         for i in range(indptr.shape[0] - 1):
@@ -403,7 +506,7 @@ def _build_numba():
                 for h in range(H):
                     out[r, h] += v * G[i, h]
 
-    return _Impl("numba", featurize, score, csr_matmul, csr_tmatmul)
+    return _Impl("numba", featurize, score, predict, order, csr_matmul, csr_tmatmul)
 
 
 _mode = os.environ.get("ATP_NUMBA", "")

@@ -315,7 +315,7 @@ class Choice:
 
 
 def select(quality: np.ndarray, cost: np.ndarray, *, cost_weight: float | None = None,
-           min_quality: float | None = None, cost_ref: float = 1.0) -> Choice:
+           min_quality: float | None = None, cost_ref: float = 1.0, impl=None) -> Choice:
     """Order candidate models for one request.
 
     cost_weight λ: maximise quality − λ·cost/cost_ref (cost_ref: the mean per-query cost of the
@@ -327,15 +327,17 @@ def select(quality: np.ndarray, cost: np.ndarray, *, cost_weight: float | None =
     """
     if (cost_weight is None) == (min_quality is None):
         raise ValueError("give exactly one of cost_weight or min_quality")
+    impl = impl or kernels.IMPL
+    quality = np.ascontiguousarray(quality, dtype=np.float64)
+    cost = np.ascontiguousarray(cost, dtype=np.float64)
+    order = np.empty(quality.shape[0], dtype=np.int64)
     if cost_weight is not None:
         if cost_weight == np.inf:
-            order = np.lexsort((-quality, cost))
+            impl.order(quality, cost, 1, 0.0, order)
         else:
-            order = np.lexsort((cost, -(quality - (cost_weight / cost_ref) * cost)))
+            impl.order(quality, cost, 0, cost_weight / cost_ref, order)
         return Choice(tuple(order.tolist()), quality, cost, "cost_weight", float(cost_weight))
-    ok = quality >= min_quality
-    # keys, last is primary: meeting q first; among those cheaper first; others by quality
-    order = np.lexsort((-quality, np.where(ok, cost, 0.0), np.where(ok, 0.0, -quality), ~ok))
+    impl.order(quality, cost, 2, float(min_quality), order)
     return Choice(tuple(order.tolist()), quality, cost, "min_quality", float(min_quality))
 
 
@@ -454,11 +456,16 @@ class Predictor:
             self._W_all = self.W
         self._z = np.empty(self._W_all.shape[1])
         self._a, self._b = self.platt[:, 0].copy(), self.platt[:, 1].copy()
+        zeros, dummy = np.zeros(M), np.zeros((1, M))
+        self._cost_mode = COST_KINDS.index(cost_kind)
         if cost_kind == "length":
-            self._c0, self._c1 = cost_params["cost_coef"][0].copy(), cost_params["cost_coef"][1].copy()
+            coef = np.asarray(cost_params["cost_coef"], dtype=np.float64)
+            self._c0, self._c1 = coef[0].copy(), coef[1].copy()
+            self._cW, self._half_s2 = dummy, zeros
         else:
-            self._cW = cost_params["cost_W"].astype(np.float64)
-            self._half_s2 = 0.5 * cost_params["cost_s2"]
+            self._c0, self._c1 = zeros, zeros
+            self._cW = np.ascontiguousarray(cost_params["cost_W"], dtype=np.float64)
+            self._half_s2 = 0.5 * np.asarray(cost_params["cost_s2"], dtype=np.float64)
 
     def with_impl(self, impl) -> "Predictor":
         return Predictor(self.models, self.cfg, self.W, self.platt, self.cost_kind,
@@ -469,16 +476,11 @@ class Predictor:
         raw = prompt if isinstance(prompt, bytes) else prompt_bytes(prompt)
         f = self._feat
         n = f(raw)
-        self.impl.score(f.idx, f.val, n, f.dense, self._W_all, self._z)
         M = len(self.models)
-        z = self._z
-        q = _sigmoid(self._a * z[:M] + self._b)
-        if self.cost_kind == "length":
-            c = self._c0 + len(raw) * self._c1
-        elif self.cost_kind == "dense":
-            c = np.exp(f.dense.astype(np.float64) @ self._cW + self._half_s2)
-        else:
-            c = np.exp(z[M:] + self._half_s2)
+        q, c = np.empty(M), np.empty(M)
+        self.impl.predict(f.idx, f.val, n, f.dense, self._W_all, self._a, self._b,
+                          self._cost_mode, self._c0, self._c1, self._cW, self._half_s2, len(raw),
+                          self._z, q, c)
         return q, c
 
     def decide(self, prompt: str | bytes, *, tier: str | None = None,
@@ -488,7 +490,7 @@ class Predictor:
         if cost_weight is None and min_quality is None:
             cost_weight = self.tiers[tier or "balanced"]
         return select(q, c, cost_weight=cost_weight, min_quality=min_quality,
-                      cost_ref=self.cost_ref)
+                      cost_ref=self.cost_ref, impl=self.impl)
 
     def predict_batch(self, X: Csr, raw_len: np.ndarray, dense: np.ndarray):
         """(quality, cost) [N, M] for a featurised batch (training, evaluation sweeps)."""
@@ -677,3 +679,76 @@ def train(data: Outcomes, cfg: FeatureConfig = FeatureConfig(), *, seed: int = 0
               "tiers": tiers}
     return Predictor(data.models, cfg, W.astype(np.float32), platt, kind, cost_params, cost_ref,
                      tiers, report, impl)
+
+
+# ---- online learning from feedback ----------------------------------------------------------------------
+
+class OnlineRouter:
+    """Starts knowing nothing and learns from the outcome of each routed request.
+
+    Quality: per model, Bayesian logistic regression on the same hashed features with a diagonal
+    Gaussian posterior (Chapelle & Li 2011, "An empirical evaluation of Thompson sampling", alg. 3),
+    and Thompson sampling: the router draws each model's logit from its posterior and routes on the
+    draws, so uncertain models get tried in proportion to their chance of being the right choice.
+    Because the posterior is diagonal and the prompt's features are known, the sampled logit x·w is
+    exactly N(x·μ, Σ x_j² / q_j): one normal draw per model, not one per weight.
+    Update after a feedback (score y of the model that served): the exact MAP of one observation
+    under the Gaussian prior lies on μ + t·diag(1/q)·x; a scalar Newton solve finds t, then the
+    precision gains p(1−p)·x_j² (Laplace). Only the model that served learns (bandit feedback).
+    Cost: per model a running mean of USD per prompt byte; a model never tried is assumed free, so
+    it is tried early (optimism in the face of uncertainty).
+    Pure: the RNG is passed to `decide`.
+    """
+
+    def __init__(self, models, cfg: FeatureConfig = FeatureConfig(), *, prior_precision: float = 1.0,
+                 impl=None):
+        # prior precision 1: a feature family's vector has unit norm (features.py), so the prior
+        # logit spread is ~N(0, 1) per family — a few units of log-odds, uninformative but sane
+        self.models = tuple(models)
+        self.cfg = cfg
+        self.impl = impl or kernels.IMPL
+        M = len(self.models)
+        self.mu = np.zeros((cfg.dim, M))
+        self.var = np.full((cfg.dim, M), 1.0 / prior_precision)
+        self.rate_sum = np.zeros(M)      # Σ cost / bytes per model
+        self.rate_n = np.zeros(M)
+        self._feat = Featurizer(cfg, self.impl)
+
+    def decide(self, prompt: str | bytes, rng: np.random.Generator, *, cost_weight: float,
+               cost_ref: float):
+        """(Choice on sampled qualities, context for `update`)."""
+        raw = prompt if isinstance(prompt, bytes) else prompt_bytes(prompt)
+        f = self._feat
+        n = f(raw)
+        # merge repeated buckets so that the variance x·diag(1/q)·x is exact
+        u, inv = np.unique(f.idx[:n], return_inverse=True)
+        cols = np.concatenate([u.astype(np.int64),
+                               np.arange(self.cfg.n_hashed, self.cfg.dim, dtype=np.int64)])
+        x = np.concatenate([np.bincount(inv, weights=f.val[:n], minlength=len(u)),
+                            f.dense.astype(np.float64)])
+        zm = np.einsum("i,ij->j", x, self.mu[cols])          # einsum: no threaded BLAS
+        zv = np.einsum("i,ij->j", x * x, self.var[cols])
+        q = _sigmoid(zm + np.sqrt(zv) * rng.standard_normal(len(self.models)))
+        tried = self.rate_n > 0
+        rate = np.where(tried, self.rate_sum / np.maximum(self.rate_n, 1), 0.0)
+        choice = select(q, rate * len(raw), cost_weight=cost_weight, cost_ref=cost_ref)
+        return choice, (cols, x, len(raw))
+
+    def update(self, ctx, model: int, score: float, cost: float) -> None:
+        cols, x, n_bytes = ctx
+        mu, var = self.mu[:, model], self.var[:, model]
+        z0 = float(np.einsum("i,i->", mu[cols], x))
+        vx = var[cols] * x
+        s = float(np.einsum("i,i->", vx, x))
+        t = 0.0
+        for _ in range(20):  # Newton on g(t) = t − y + σ(z0 + t s); g' ≥ 1, a few steps suffice
+            p = float(_sigmoid(z0 + t * s))
+            step = (t - score + p) / (1.0 + s * p * (1.0 - p))
+            t -= step
+            if abs(step) < 1e-10:
+                break
+        p = float(_sigmoid(z0 + t * s))
+        mu[cols] += t * vx
+        var[cols] = 1.0 / (1.0 / var[cols] + p * (1.0 - p) * x * x)
+        self.rate_sum[model] += cost / max(n_bytes, 1)
+        self.rate_n[model] += 1
