@@ -15,6 +15,7 @@ import io
 import json
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -529,7 +530,8 @@ class Predictor:
         try:
             with np.load(io.BytesIO(blob), allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        except (zipfile.BadZipFile, zlib.error, ValueError, TypeError, OSError, EOFError,
+                KeyError) as exc:
             raise RouterFileError(f"{path}: not a valid router file (corrupt or truncated: "
                                   f"{exc})") from None
         def need(key):
