@@ -8,8 +8,9 @@ Cost: per model, either a line in prompt length ("length"), or log cost regresse
 block ("dense") or on every feature ("hashed"); all three are measured on the validation split and
 the best is kept. Tier defaults (fast/balanced/high) are chosen on that validation split too.
 
-Pure: no clock, no RNG inside (the split takes a seed); the selection policy lives in `policy.py`'s
-place here: `select` / `select_batch`.
+Also here: the pure selection policy (`select`, and `select_batch` for evaluation sweeps) and the
+online learner (`OnlineRouter`). Pure: no clock, no RNG inside (the split takes a seed, the
+online learner an RNG).
 """
 import io
 import json
@@ -616,14 +617,16 @@ def tier_lambdas(q, c, score, cost, cost_ref, targets=TIER_TARGETS, grid=LAMBDA_
 
 def train(data: Outcomes, cfg: FeatureConfig = FeatureConfig(), *, seed: int = 0,
           epochs: int = 60, l2: float = 1e-2, shared_l2: float | None = 1e-3,
-          holdout: float = 0.25, cost_kind: str | None = None,
-          impl=None, log=None) -> Predictor:
+          holdout: float = 0.25, cost_kind: str | None = None, refit: bool = True,
+          impl=None) -> Predictor:
     """Train on `data`: fit on (1 − holdout) of the rows, calibrate / pick the cost model / choose
     tier defaults on the holdout. epochs = the L-BFGS budget in passes over the data (60: 120
     measured no better). l2 = 1e-2 on the per-model deltas and shared_l2 = 1e-3 on the shared part
     were chosen on splits of the RouteLLM *training* file (RESULTS.md); independent heads
     (shared_l2=None, best l2 3e-3) measured 57% vs 47% of the best model's cost at 95% of its
-    accuracy on the same split."""
+    accuracy on the same split. refit: once calibration, cost model and tiers are chosen on the
+    holdout, refit the quality heads on all rows (measured 39.8% → 38.9% of the best model's cost
+    at 95% of its accuracy, better on each of 3 splits; doubles the training time)."""
     impl = impl or kernels.IMPL
     rng = np.random.default_rng(seed)
     fit_rows, val_rows = split_rows(len(data), holdout, rng)
@@ -678,7 +681,9 @@ def train(data: Outcomes, cfg: FeatureConfig = FeatureConfig(), *, seed: int = 0
                   [log_loss(_sigmoid(Zv[mask[val_rows, m], m]), Y[val_rows][mask[val_rows, m], m])
                    for m in range(M)])),
               "cost_kind": kind, "cost_errors_holdout": errs, "cost_ref_usd": cost_ref,
-              "tiers": tiers}
+              "tiers": tiers, "refit": refit}
+    if refit:
+        W = fit_heads(X, Y, mask, l2, "logistic", epochs, impl, shared_l2)
     return Predictor(data.models, cfg, W.astype(np.float32), platt, kind, cost_params, cost_ref,
                      tiers, report, impl)
 
