@@ -28,8 +28,9 @@ FORMAT = "atp-router"
 VERSION = 1
 COST_KINDS = ("length", "dense", "hashed")
 TIERS = ("fast", "balanced", "high")
-# Ridge penalty of the log-cost regressions: costs are smooth in length and structure (17 dense
-# features, thousands of rows), so a light touch; 1e-4 measured no worse than 1e-6..1e-3.
+# Ridge penalty of the log-cost regressions: 17 dense columns against thousands of rows are well
+# determined, so the penalty only has to keep the solve defined when a column is constant or
+# collinear (a flag never set in the data); 1e-4 is small next to the features' unit scale.
 COST_L2 = 1e-4
 # Tier targets: share of the best single model's validation accuracy each tier keeps for the least
 # money. 95% is the operating point the routing literature reports (RouteLLM: "95% of GPT-4
@@ -620,13 +621,17 @@ def train(data: Outcomes, cfg: FeatureConfig = FeatureConfig(), *, seed: int = 0
           holdout: float = 0.25, cost_kind: str | None = None, refit: bool = True,
           impl=None) -> Predictor:
     """Train on `data`: fit on (1 − holdout) of the rows, calibrate / pick the cost model / choose
-    tier defaults on the holdout. epochs = the L-BFGS budget in passes over the data (60: 120
-    measured no better). l2 = 1e-2 on the per-model deltas and shared_l2 = 1e-3 on the shared part
-    were chosen on splits of the RouteLLM *training* file (RESULTS.md); independent heads
-    (shared_l2=None, best l2 3e-3) measured 57% vs 47% of the best model's cost at 95% of its
-    accuracy on the same split. refit: once calibration, cost model and tiers are chosen on the
-    holdout, refit the quality heads on all rows (measured 39.8% → 38.9% of the best model's cost
-    at 95% of its accuracy, better on each of 3 splits; doubles the training time)."""
+    tier defaults on the holdout, then (refit) refit the quality heads on all rows.
+
+    Defaults measured on three 75/25 splits of the RouteLLM *training* file (`python -m
+    bench.routing.tune`, RESULTS.md "Routing evaluation"): epochs 60 (the L-BFGS budget in passes
+    over the data); l2 = 1e-2 on the per-model deltas (3e-2 measured worse) and shared_l2 = 1e-3
+    on the shared part — on two models this measured the same as independent heads with l2 3e-3
+    (39.3% vs 39.8% of the best model's cost at 95% of its accuracy, within noise); it is kept for
+    the many-model case, where one shared "difficulty" part is learnt from every model's outcomes
+    instead of once per model. refit measured 39.8% → 38.9%, better on each split, for twice the
+    training time.
+    """
     impl = impl or kernels.IMPL
     rng = np.random.default_rng(seed)
     fit_rows, val_rows = split_rows(len(data), holdout, rng)
