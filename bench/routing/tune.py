@@ -25,17 +25,23 @@ CONFIGS = {   # name -> (FeatureConfig kwargs, train kwargs)
     "bits 18": ({"bits": 18}, {"refit": False}),
     "deltas l2 3e-2": ({}, {"l2": 3e-2, "refit": False}),
     "shared l2 3e-3": ({}, {"shared_l2": 3e-3, "refit": False}),
+    # ablation: the same cost predictions, but every prompt gets each model's mean quality
+    "quality-blind (mean quality per model, predicted cost)": ({}, {"refit": False, "blind": True}),
 }
 
 
 def score_split(data, fit, val, fkw, tkw) -> dict:
     A, B = data.take(fit), data.take(val)
     cfg = FeatureConfig(**fkw)
+    tkw = dict(tkw)
+    blind = tkw.pop("blind", False)
     t = time.perf_counter()
     pred = train(A, cfg, **tkw)
     secs = time.perf_counter() - t
     X, raw_len, dense = batch_inputs(B.prompts, cfg)
     q, c = pred.predict_batch(X, raw_len, dense)
+    if blind:
+        q = np.broadcast_to(np.nanmean(A.score, axis=0), q.shape).copy()
     s, co = np.nan_to_num(B.score), np.nan_to_num(B.cost)
     rows = np.arange(len(B))
     b = int(np.argmax(s.mean(axis=0)))
