@@ -4,7 +4,7 @@ Every TEST prompt goes through the router's own predict() and the same `select` 
 server uses (`select_batch`, tested identical, only for the 75-point sweeps). "best" is the single
 model with the highest TEST accuracy; the oracle takes, per query, the best score at the lowest
 cost. Nothing is tuned on TEST: the tier defaults come from a validation split of TRAIN.
-In the JSON, a curve point's cost_weight null is λ = +inf (always the cheapest predicted model).
+In the JSON, a cost_weight null is λ = +inf (always the cheapest predicted model); JSON has no inf.
 """
 import argparse
 import json
@@ -54,6 +54,19 @@ def _masked(pred, test):
 
 def _lam(x: float):
     return None if x == math.inf else float(x)
+
+
+def _jsonable(x):
+    """Non-finite floats (λ = inf, chiefly) become null; numpy scalars become Python numbers."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def _realised(test, picks):
@@ -242,7 +255,7 @@ def main(args) -> int:
     if args.latency:
         res["latency"] = latency.run(test.prompts, pred.cfg, 16, np.random.default_rng(args.seed))
     if args.json:
-        json.dump(res, sys.stdout, allow_nan=False, default=float)
+        json.dump(_jsonable(res), sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
     else:
         print(_table(res))
