@@ -2,10 +2,11 @@
 
 Every kernel exists twice: a pure-numpy reference (`NUMPY`) and a numba-compiled twin (`NUMBA`,
 None when numba is not importable). `ATP_NUMBA=0` forces numpy, `ATP_NUMBA=1` demands numba (an
-ImportError if it is missing); unset means numba when importable. The decision path (`ngrams`,
-`score`) is bit-identical between the twins: integer hashing only, and float64 accumulation in the
-same sequential order (numpy's `cumsum` is sequential, unlike `sum`, which is pairwise). The
-training products (`csr_matmul`, `csr_tmatmul`) agree to float64 rounding (sum order differs).
+ImportError if it is missing); unset means numba when importable. The decision path (`featurize`,
+`score`, `predict`, `order`) is bit-identical between the twins: integer hashing, float64
+accumulation in the same sequential order (numpy's `cumsum` is sequential, unlike `sum`, which is
+pairwise), scalar libm transcendentals, and sort keys with explicit tie-breaks. The training
+products (`csr_matmul`, `csr_tmatmul`) agree to float64 rounding (their sum order differs).
 
 Hashing (why not Python's `hash()`: it is salted per process, so a trained file would mean nothing
 in the next process; why not zlib.crc32: one Python-level call per n-gram, where the compiled

@@ -32,7 +32,7 @@ def measure(pred: Predictor, prompts, repeat: int = 1) -> dict:
     impl = pred.impl
     raws = [prompt_bytes(p) for p in prompts]
     lam = pred.tiers["balanced"]
-    pred.decide(raws[0])                   # warm (JIT already compiled at import with cache)
+    pred.warm()
     t_feat, t_score, t_select, t_total = [], [], [], []
     for _ in range(repeat):
         for raw in raws:
