@@ -532,6 +532,33 @@ def cmd_health(args) -> int:
     return EXIT_OK if ok else EXIT_REQUEST
 
 
+def cmd_router_train(args) -> int:
+    """`atp router train DATA.jsonl -o router.bin`: fit the learned router offline, print a report."""
+    from .routing.features import FeatureConfig
+    from .routing.predictor import DataError, load_outcomes, train
+    try:
+        data = load_outcomes(args.data)
+    except (OSError, DataError) as exc:
+        print(f"atp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    pred = train(data, FeatureConfig(bits=args.bits), seed=args.seed, epochs=args.epochs,
+                 cost_kind=args.cost_model)
+    pred.save(args.output)
+    r = pred.report
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"trained on {r['rows']} rows ({r['fit_rows']} fit, {r['holdout_rows']} holdout), "
+          f"{len(r['models'])} models, {r['nnz_per_row']:.0f} features per row")
+    for part in ("train", "holdout"):
+        print(f"  {part:<8} log-loss {r[part]['log_loss']:.4f}  accuracy {r[part]['accuracy']:.4f}")
+    errs = ", ".join(f"{k} {v['total_rel_abs_err']:.3f}" for k, v in r["cost_errors_holdout"].items())
+    print(f"  cost model {r['cost_kind']} (holdout relative error: {errs})")
+    print("  tier trade-offs λ: " + ", ".join(f"{t} {v:.3g}" for t, v in r["tiers"].items()))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _run(coro):
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -638,6 +665,25 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default 5)")
     h.add_argument("--json", action="store_true", help="print one JSON document")
     h.set_defaults(func=cmd_health)
+
+    r = sub.add_parser("router", formatter_class=_RAW, help="train the learned router offline",
+                       description="Offline tools for the learned router.")
+    rsub = r.add_subparsers(dest="router_command", metavar="<subcommand>", required=True)
+    t = rsub.add_parser("train", formatter_class=_RAW, help="fit router.bin from outcome data",
+                        description="Fit per-model quality (calibrated logistic) and cost predictors "
+                                    "on a JSON-lines file of\n{prompt, outcomes: {model: {score, "
+                                    "cost_usd}}} and write them to one file.",
+                        epilog="examples:\n  atp router train outcomes.jsonl -o router.bin\n"
+                               "  atp router train outcomes.jsonl --epochs 100 --seed 3 --json")
+    t.add_argument("data", metavar="DATA.jsonl", help="routing outcomes, one query per line")
+    t.add_argument("-o", "--output", default="router.bin", help="output file (default router.bin)")
+    t.add_argument("--epochs", type=int, default=60, help="L-BFGS passes over the data (default 60)")
+    t.add_argument("--seed", type=int, default=0, help="holdout split seed (default 0)")
+    t.add_argument("--bits", type=int, default=16, help="feature hash bits (default 16)")
+    t.add_argument("--cost-model", choices=("length", "dense", "hashed", "all"),
+                   help="cost predictor (default: the better of length and dense on the holdout)")
+    t.add_argument("--json", action="store_true", help="print the training report as JSON")
+    t.set_defaults(func=cmd_router_train)
     return p
 
 
