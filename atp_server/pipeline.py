@@ -1,108 +1,97 @@
-"""The one request pipeline every transport calls: admit → policy → route → dispatch → stream →
-account → audit → metrics. Authentication happens at the door (transport + auth.py) and arrives
-here as a Principal."""
+"""The one request pipeline every transport calls: a chain of stages around dispatch.
+
+The chain is fixed at start-up (`build_chain`): validate → policy → admission → route, then
+dispatch (failover down the chain, breaker reports) here, then — in reverse, whatever the outcome —
+account → metrics → audit → observers. Authentication happens at the door (transport + auth.py)
+and arrives here as a Principal.
+"""
 import asyncio
 import time
 from contextlib import aclosing
-from dataclasses import dataclass
 
 from codec.errors import ErrorCode
 
 from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
-from .metrics import NO_MODEL, UNKNOWN
 from .routing.health import Action, HealthBoard, Signal, ended
-
-_DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
 from .routing.router import Router
-from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed,
-                    TextDelta)
+from .stages import RequestContext, StageChain
+from .stages.admission import AdmissionStage
+from .stages.policy import BasicPolicy, PolicyStage, ValidateStage
+from .stages.record import AccountStage, AuditStage, MetricsStage, ObserverStage
+from .stages.route import RouteStage
+from .types import AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta
+
+__all__ = ["BasicPolicy", "Pipeline", "build_chain"]
 
 MAX_ATTEMPTS = 3   # first choice + two failovers down the chain, for errors before the first token
+_DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
+_CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
 
 
-@dataclass(frozen=True, slots=True)
-class BasicPolicy:
-    """The policy hook's minimal real rule set: size caps and an optional per-tenant model allowlist."""
+def build_chain(*, router: Router, admission: Admission, accountant: Accountant, policy,
+                clock, observers: list, metrics=None, audit=None) -> StageChain:
+    """The stages in order; what is configured off (no audit log, no metrics) is left out.
 
-    max_prompt_chars: int = 400_000
-    max_tokens: int = 32_768
-    allowed_models: dict | None = None      # tenant -> frozenset of model ids
-
-    def check(self, principal: Principal, request: ChatRequest) -> None:
-        if request.prompt_chars() > self.max_prompt_chars:
-            raise AtpError(ErrorCode.INVALID_REQUEST,
-                           f"prompt of {request.prompt_chars()} chars exceeds {self.max_prompt_chars}")
-        if request.max_tokens is not None and request.max_tokens > self.max_tokens:
-            raise AtpError(ErrorCode.FORBIDDEN, f"max_tokens {request.max_tokens} exceeds policy "
-                           f"limit {self.max_tokens}")
-        if self.allowed_models is not None and request.model:
-            allowed = self.allowed_models.get(principal.tenant, frozenset())
-            if request.model not in allowed:
-                raise AtpError(ErrorCode.FORBIDDEN, f"tenant {principal.tenant!r} may not use "
-                               f"model {request.model!r}")
+    The after-only recorders come first so that, running in reverse, they see the final outcome
+    after the slot was released and the spend accounted.
+    """
+    known = frozenset(router.models)
+    stages = [ObserverStage(observers)]
+    if audit is not None:
+        stages.append(AuditStage(audit, known))
+    if metrics is not None:
+        stages.append(MetricsStage(metrics, known))
+    stages += [AccountStage(accountant), ValidateStage(), PolicyStage(policy),
+               AdmissionStage(admission), RouteStage(router, clock)]
+    return StageChain(stages)
 
 
-class _Trace:
-    """What one request did, for accounting, audit and metrics at the end (whatever the end)."""
+class _Scope:
+    """`async with`: run every stage's `before`; on the way out run the `after` of each stage whose
+    `before` completed, in reverse order, whatever ended the request (a class, not an
+    @asynccontextmanager: a third of the cost)."""
 
-    __slots__ = ("t0", "upstream_ns", "decision", "usage", "outcome", "code", "finished",
-                 "failures")
+    __slots__ = ("chain", "ctx", "entered")
 
-    def __init__(self, started_ns: int | None):
-        self.t0 = started_ns or time.perf_counter_ns()
-        self.upstream_ns = 0
-        self.decision: RouteDecision | None = None
-        self.usage = None
-        self.outcome, self.code = "ok", 0
-        self.finished = False          # the result was produced; a later close is not a cancel
-        self.failures: list[str] = []
+    def __init__(self, chain: StageChain, ctx: RequestContext):
+        self.chain, self.ctx = chain, ctx
+        self.entered = 0
 
-    def overhead_us(self) -> int:
-        return (time.perf_counter_ns() - self.t0 - self.upstream_ns) // 1000
-
-
-class _Admitted:
-    """The request's admission scope (a class, not @asynccontextmanager: a third of the cost)."""
-
-    __slots__ = ("p", "request", "principal", "transport", "trace", "admitted")
-
-    def __init__(self, pipeline, request, principal, transport, started_ns):
-        self.p, self.request, self.principal, self.transport = pipeline, request, principal, transport
-        self.trace = _Trace(started_ns)
-        self.admitted = False
-
-    async def __aenter__(self) -> _Trace:
-        p, request, trace = self.p, self.request, self.trace
-        request.request_id = p._request_id(request)
+    async def __aenter__(self) -> RequestContext:
+        ctx = self.ctx
         try:
-            request.validate()
-            p.policy.check(self.principal, request)
-            await p.admission.acquire()
-            self.admitted = True
-            trace.decision = p.router.choose(request, p.clock())
+            for before in self.chain.befores:
+                if before is not None:
+                    pending = before(ctx)
+                    if pending is not None:
+                        await pending
+                self.entered += 1
         except BaseException as exc:
             self._close(exc)
             raise
-        return trace
+        return ctx
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         self._close(exc)
         return False
 
     def _close(self, exc: BaseException | None) -> None:
-        trace = self.trace
+        ctx = self.ctx
         if isinstance(exc, AtpError):
-            trace.outcome, trace.code = exc.name, int(exc.code)
-        elif exc is not None and not trace.finished:   # client gone (GeneratorExit/cancel) or a bug
-            cancelled = isinstance(exc, (GeneratorExit, asyncio.CancelledError))
-            trace.outcome, trace.code = (("CANCELLED", int(ErrorCode.CANCELLED)) if cancelled
-                                         else ("INTERNAL", int(ErrorCode.INTERNAL)))
-        if self.admitted:
-            self.admitted = False
-            self.p.admission.release()
-        self.p._record(self.request, self.principal, self.transport, trace)
+            ctx.outcome, ctx.code = exc.name, int(exc.code)
+        elif exc is not None and not ctx.finished:   # client gone (GeneratorExit/cancel) or a bug
+            if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
+                ctx.outcome, ctx.code = "CANCELLED", _CANCELLED
+            else:
+                ctx.outcome, ctx.code = "INTERNAL", _INTERNAL
+        afters, outcome = self.chain.afters, ctx.outcome
+        for i in range(self.entered - 1, -1, -1):
+            after = afters[i]
+            if after is not None:
+                after(ctx, outcome)
+        self.entered = 0
 
 
 class _Call:
@@ -144,6 +133,9 @@ class Pipeline:
         self.clock = clock
         self._ids = 0
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request
+        self.chain = build_chain(router=router, admission=admission, accountant=accountant,
+                                 policy=policy, clock=clock, observers=self.observers,
+                                 metrics=metrics, audit=audit)
 
     def _request_id(self, request: ChatRequest) -> str:
         if request.request_id:
@@ -152,22 +144,25 @@ class Pipeline:
         return f"atp-{int(time.time() * 1000):x}-{self._ids:x}"
 
     def route(self, request: ChatRequest, principal: Principal) -> RouteDecision:
-        """Selection only (the Route RPC): validation, policy and routing, no dispatch."""
-        request.validate()
-        self.policy.check(principal, request)
-        return self.router.choose(request, self.clock())
+        """Selection only (the Route RPC): the selection stages (validate, policy, route), no
+        admission, dispatch or recording."""
+        ctx = RequestContext(request, principal, "route", None)
+        for before in self.chain.selection_befores:
+            before(ctx)
+        return ctx.decision
 
     def _admitted(self, request: ChatRequest, principal: Principal, transport: str,
-                  started_ns: int | None) -> "_Admitted":
-        """`async with`: validate, apply policy, take a dispatch slot and route; always release,
-        always record the outcome."""
-        return _Admitted(self, request, principal, transport, started_ns)
+                  started_ns: int | None) -> _Scope:
+        """`async with`: the chain's befores (validate, policy, take a slot, route); always the
+        afters (release, account, record)."""
+        request.request_id = self._request_id(request)
+        return _Scope(self.chain, RequestContext(request, principal, transport, started_ns))
 
-    def _chain(self, trace: _Trace) -> tuple:
+    def _chain(self, trace: RequestContext) -> tuple:
         d = trace.decision
         return ((d.model,) + d.fallbacks)[:MAX_ATTEMPTS]
 
-    def _attempt_failed(self, trace: _Trace, chain: tuple, attempt: int, exc: AtpError,
+    def _attempt_failed(self, trace: RequestContext, chain: tuple, attempt: int, exc: AtpError,
                         emitted: int) -> RouteDecision:
         """Decide after a failed attempt: re-raise, or return the decision for the next model."""
         model_id = chain[attempt]
@@ -185,11 +180,10 @@ class Pipeline:
             tuple(m for m in chain if m != nxt.id))
         return trace.decision
 
-    def _succeeded(self, trace: _Trace, principal: Principal, model, request, finish: Finish,
+    def _succeeded(self, trace: RequestContext, principal: Principal, model, request, finish: Finish,
                    tokens: int):
         trace.usage = usage = self.accountant.usage(model, request, finish, tokens)
-        self.accountant.record(principal.tenant, model.id, usage)
-        trace.finished = True
+        trace.finished = True      # the account stage adds it to the totals on the way out
         return usage
 
     async def stream(self, request: ChatRequest, principal: Principal, transport: str,
@@ -264,30 +258,6 @@ class Pipeline:
                 return Completion(request.request_id, text, finish.reason, usage, trace.decision,
                                   trace.overhead_us())
         raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
-
-    def _record(self, request, principal, transport, trace: _Trace) -> None:
-        elapsed_ns = time.perf_counter_ns() - trace.t0
-        decision, usage = trace.decision, trace.usage
-        if decision is not None:
-            model = decision.model
-        elif request.model:    # refused before routing: the client's name only if we serve it
-            model = request.model if request.model in self.router.models else UNKNOWN
-        else:
-            model = NO_MODEL
-        if self.metrics is not None:
-            self.metrics.observe(transport, model, trace.outcome, elapsed_ns / 1e9,
-                                 (elapsed_ns - trace.upstream_ns) / 1e9 if usage else None)
-        if self.audit is not None:
-            self.audit.record(principal.tenant, principal.name, transport, request.request_id, model,
-                              trace.outcome, trace.code, {
-                                  "tier": request.tier,
-                                  "provider": decision.provider if decision else None,
-                                  "in": usage.input_tokens if usage else 0,
-                                  "out": usage.output_tokens if usage else 0,
-                                  "cost_micros": usage.cost_usd_micros if usage else 0,
-                                  "elapsed_us": elapsed_ns // 1000})
-        for observer in self.observers:
-            observer(request.request_id, transport, trace.outcome, trace.code)
 
 
 async def _drain(adapter, model, request: ChatRequest):

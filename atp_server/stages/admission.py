@@ -1,0 +1,20 @@
+"""Take a dispatch slot before routing (waiting in the bounded queue if need be); give it back after."""
+from ..admission import Admission
+from .base import RequestContext, Stage
+
+
+class AdmissionStage(Stage):
+    """`before` returns the admission wait (the chain awaits it); `after` releases the slot —
+    it runs only when `before` completed, i.e. only when a slot was actually taken."""
+
+    name = "admission"
+
+    def __init__(self, admission: Admission):
+        # Looked up per call, not bound once: the test harness wraps acquire to observe it.
+        self.admission = admission
+
+    def before(self, ctx: RequestContext):
+        return self.admission.acquire()
+
+    def after(self, ctx: RequestContext, outcome: str) -> None:
+        self.admission.release()

@@ -1,0 +1,75 @@
+"""After-only stages that record how a request ended: accounting, metrics, the audit log, observers."""
+import time
+
+from ..metrics import NO_MODEL, UNKNOWN
+from .base import RequestContext, Stage
+
+
+def label_model(ctx: RequestContext, known) -> str:
+    """The model a request is recorded under: the routed one, else the client's only if we serve
+    it (labels and audit rows never carry arbitrary client strings), else a fixed label."""
+    if ctx.decision is not None:
+        return ctx.decision.model
+    asked = ctx.request.model
+    if asked:
+        return asked if asked in known else UNKNOWN
+    return NO_MODEL
+
+
+class AccountStage(Stage):
+    """Add a completed answer's tokens and cost to the tenant's and the model's totals."""
+
+    name = "account"
+
+    def __init__(self, accountant):
+        self.record = accountant.record
+
+    def after(self, ctx: RequestContext, outcome: str) -> None:
+        if ctx.usage is not None:
+            self.record(ctx.principal.tenant, ctx.decision.model, ctx.usage)
+
+
+class MetricsStage(Stage):
+    name = "metrics"
+
+    def __init__(self, metrics, known_models):
+        self.observe = metrics.observe
+        self.known = known_models
+
+    def after(self, ctx: RequestContext, outcome: str) -> None:
+        elapsed_ns = time.perf_counter_ns() - ctx.t0
+        self.observe(ctx.transport, label_model(ctx, self.known), outcome, elapsed_ns / 1e9,
+                     (elapsed_ns - ctx.upstream_ns) / 1e9 if ctx.usage else None)
+
+
+class AuditStage(Stage):
+    name = "audit"
+
+    def __init__(self, audit, known_models):
+        self.audit = audit            # .record looked up per call: tests wrap it to observe it
+        self.known = known_models
+
+    def after(self, ctx: RequestContext, outcome: str) -> None:
+        decision, usage, request = ctx.decision, ctx.usage, ctx.request
+        self.audit.record(ctx.principal.tenant, ctx.principal.name, ctx.transport,
+                          request.request_id, label_model(ctx, self.known), outcome, ctx.code, {
+                              "tier": request.tier,
+                              "provider": decision.provider if decision else None,
+                              "in": usage.input_tokens if usage else 0,
+                              "out": usage.output_tokens if usage else 0,
+                              "cost_micros": usage.cost_usd_micros if usage else 0,
+                              "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000})
+
+
+class ObserverStage(Stage):
+    """Calls each fn(request_id, transport, outcome, code) in `observers` (a live list: tests and
+    the harness append to it to wait on a request's end without sleeping)."""
+
+    name = "observers"
+
+    def __init__(self, observers: list):
+        self.observers = observers
+
+    def after(self, ctx: RequestContext, outcome: str) -> None:
+        for observer in self.observers:
+            observer(ctx.request.request_id, ctx.transport, outcome, ctx.code)
