@@ -13,7 +13,7 @@ from .accounting import Accountant
 from .adapters.simulated import SimulatedAdapter
 from .admission import Admission
 from .audit import AuditLog
-from .auth import Authenticator
+from .auth import NONCE_SNAPSHOT, Authenticator
 from .config import Config, audit_file, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
@@ -93,6 +93,7 @@ class App:
                     reuse_port: bool = False) -> BoundPorts:
         """Start the enabled transports (a configured port of 0 picks a free port)."""
         s = self.config.server
+        self.auth.load_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # before any transport
         if self.audit is not None:
             self.audit.start()
         if http:
@@ -119,6 +120,7 @@ class App:
         self.draining = True
         await asyncio.gather(*(t.stop(grace) for t in self.transports), return_exceptions=True)
         self.transports.clear()
+        self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now
         for adapter in self.adapters.values():
             await adapter.aclose()
         if self.audit is not None:

@@ -1,20 +1,44 @@
 """Authentication at the door: API keys (stored hashed), HMAC request signatures, session key ids."""
+import fcntl
 import hashlib
 import hmac
+import json
+import logging
+import os
+import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from codec import Keyring, NonceCache
+from codec import Keyring, NonceCache, NonceSnapshot
 from codec.errors import AuthError, ErrorCode
 
 from .config import AuthConfig
 from .types import AtpError
 
-# Headers of the optional request signature (typed gRPC metadata uses the same names, lower-case).
-SIG_KEY_ID = "x-atp-key-id"
-SIG_TIMESTAMP = "x-atp-timestamp"       # Unix milliseconds
-SIG_NONCE = "x-atp-nonce"               # 16 hex characters (8 random bytes)
-SIG_SIGNATURE = "x-atp-signature"       # hex HMAC-SHA256 of signing_input()
+# Headers of the optional request signature, PROTOCOL.md §9.4 (typed gRPC metadata uses the same
+# names, lower-case).
+SIG_KEY_ID = "x-atp-key-id"             # decimal u32
+SIG_TIMESTAMP = "x-atp-timestamp"       # Unix milliseconds, decimal; signed as sent
+SIG_NONCE = "x-atp-nonce"               # 16 hex characters (8 random bytes), either case
+SIG_SIGNATURE = "x-atp-signature"       # 64 hex characters: HMAC-SHA256 of signing_input()
+SIG_HEADERS = (SIG_KEY_ID, SIG_TIMESTAMP, SIG_NONCE, SIG_SIGNATURE)
+# The exact syntax of each value (§9.4): ASCII only, no sign, no spaces; int()/fromhex() would
+# also take "+7", " 7", "7_0", Arabic-Indic digits or spaced hex.
+_SYNTAX = {SIG_KEY_ID: (re.compile(r"[0-9]{1,10}"), "a decimal key id (u32)"),
+           SIG_TIMESTAMP: (re.compile(r"[0-9]{1,19}"), "Unix milliseconds in 1-19 decimal digits"),
+           SIG_NONCE: (re.compile(r"[0-9A-Fa-f]{16}"), "16 hex digits"),
+           SIG_SIGNATURE: (re.compile(r"[0-9A-Fa-f]{64}"), "64 hex digits")}
 VERIFIED_CACHE = 4096
+# In the state dir: the nonce cache of the last graceful stop, read (and removed) by the next start.
+NONCE_SNAPSHOT = "nonces.json"
+SNAPSHOT_FORMAT = 1
+
+log = logging.getLogger("atp.auth")
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +48,9 @@ class Principal:
     method: str               # "api_key" | "hmac"
 
 
-def signing_input(method: str, path: str, timestamp_ms: int, nonce_hex: str, body: bytes) -> bytes:
-    """What a request signature covers: method, path, timestamp, nonce and the body's SHA-256."""
+def signing_input(method: str, path: str, timestamp_ms, nonce_hex: str, body: bytes) -> bytes:
+    """What a request signature covers: method, path, timestamp (an int, or the header's text as
+    sent), nonce (in lower case) and the body's SHA-256, one per line (PROTOCOL.md §9.4)."""
     return b"\n".join((method.upper().encode(), path.encode(), str(timestamp_ms).encode(),
                        nonce_hex.lower().encode(), hashlib.sha256(body).hexdigest().encode()))
 
@@ -46,6 +71,7 @@ class Authenticator:
         self.keyring = Keyring({k.id: k.secret for k in cfg.hmac_keys},
                                current_id=cfg.hmac_keys[0].id if cfg.hmac_keys else None)
         self.nonce_cache = NonceCache(cfg.nonce_cache, cfg.skew_ms)
+        self._nonces_loaded = False     # save only what a load_nonces() start has guarded
 
     def new_keyring(self) -> Keyring:
         """A keyring built with the codec backend in use now (tests switch backends)."""
@@ -71,37 +97,135 @@ class Authenticator:
         self._verified[token] = principal
         return principal
 
+    @staticmethod
+    def signature_present(headers) -> bool:
+        """Whether any of the four signature headers is there (then all four must be)."""
+        # Spelled out, not any(<generator>): this runs on every HTTP request (~0.2 vs ~0.8 µs).
+        get = headers.get
+        return (get(SIG_KEY_ID) is not None or get(SIG_TIMESTAMP) is not None
+                or get(SIG_NONCE) is not None or get(SIG_SIGNATURE) is not None)
+
     def check_signature(self, headers, method: str, path: str, body: bytes, now_ms: int) -> None:
-        """Verify the optional request signature (required when auth.require_signature)."""
-        if headers.get(SIG_SIGNATURE) is None:
+        """Verify the request signature of PROTOCOL.md §9.4: optional unless
+        auth.require_signature, all four headers or none, each in its exact syntax; then key,
+        MAC, timestamp, nonce, in that order. Raises AtpError with the wire code."""
+        values = [headers.get(h) for h in SIG_HEADERS]
+        if values == [None, None, None, None]:
             if self.cfg.require_signature:
-                raise AtpError(ErrorCode.UNAUTHENTICATED, f"missing {SIG_SIGNATURE} header")
+                raise AtpError(ErrorCode.UNAUTHENTICATED,
+                               f"this server requires a request signature ({', '.join(SIG_HEADERS)})")
             return
-        try:
-            key_id = int(headers.get(SIG_KEY_ID, ""))
-            timestamp_ms = int(headers.get(SIG_TIMESTAMP, ""))
-            nonce_hex = headers.get(SIG_NONCE, "")
-            nonce = bytes.fromhex(nonce_hex)
-            if len(nonce) != 8:
-                raise ValueError
-        except ValueError:
-            raise AtpError(ErrorCode.BAD_SIGNATURE, f"{SIG_KEY_ID}, {SIG_TIMESTAMP} and {SIG_NONCE} "
-                           "(16 hex chars) must accompany a signature") from None
+        for name, value in zip(SIG_HEADERS, values):
+            if value is None:
+                raise AtpError(ErrorCode.BAD_SIGNATURE, f"partial request signature: {name} is "
+                               f"missing (send all of {', '.join(SIG_HEADERS)} or none)")
+            pattern, what = _SYNTAX[name]
+            if not pattern.fullmatch(value):
+                raise AtpError(ErrorCode.BAD_SIGNATURE, f"{name} must be {what}, not {value[:80]!r}")
+        key_id_text, timestamp_text, nonce_hex, signature_hex = values
+        key_id = int(key_id_text)
+        if key_id > 0xFFFFFFFF:
+            raise AtpError(ErrorCode.BAD_SIGNATURE, f"{SIG_KEY_ID} {key_id} does not fit 32 bits")
         try:
             key = self.keyring.verifier(key_id, now_ms)
         except AuthError as exc:
             raise AtpError(exc.code, str(exc.args[0])) from None
-        expected = key.sign(signing_input(method, path, timestamp_ms, nonce_hex, body))
-        try:
-            given = bytes.fromhex(headers.get(SIG_SIGNATURE, ""))
-        except ValueError:
-            given = b""
-        if not hmac.compare_digest(expected, given):
+        expected = key.sign(signing_input(method, path, timestamp_text, nonce_hex, body))
+        if not hmac.compare_digest(expected, bytes.fromhex(signature_hex)):
             raise AtpError(ErrorCode.BAD_SIGNATURE, "request signature does not match")
         try:
-            self.nonce_cache.check_and_add(nonce, timestamp_ms, now_ms)
+            self.nonce_cache.check_and_add(bytes.fromhex(nonce_hex), int(timestamp_text), now_ms)
         except AuthError as exc:
             raise AtpError(exc.code, str(exc.args[0])) from None
 
+    # ---- the nonce cache across a restart (PROTOCOL.md §10.1) -----------------------------------
+
+    def load_nonces(self, path, now_ms: int | None = None) -> bool:
+        """At start: take over the nonces of the last graceful stop from `path`, then remove it
+        (a snapshot is good for the one start that follows it). Without a readable snapshot
+        (first start, crash, corrupt file) refuse opening timestamps older than now instead.
+        Returns whether a snapshot was restored."""
+        now = wall_ms() if now_ms is None else now_ms
+        path = Path(path)
+        cache = self.nonce_cache
+        self._nonces_loaded = True
+        try:
+            snapshot = _parse_snapshot(path.read_bytes())
+        except FileNotFoundError:
+            snapshot, why = None, "none saved (first start, or the last run did not stop cleanly)"
+        except (OSError, ValueError) as exc:
+            snapshot, why = None, f"{path} is unreadable: {exc}"
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:    # it would be read again after a crash: do not rely on it
+            log.error("cannot remove the nonce snapshot %s (%s): using the start-time floor", path,
+                      exc)
+            snapshot, why = None, "not removable"
+        if snapshot is None:
+            cache.floor_ms = max(cache.floor_ms, now)
+            log.warning("nonce snapshot: %s; refusing session openings and signed requests "
+                        "timestamped before %d (start time) as STALE_TIMESTAMP for the next %d ms",
+                        why, now, cache.skew_ms)
+            return False
+        cache.restore(snapshot, now)
+        log.info("nonce snapshot: restored %d live nonces from %s", len(cache), path)
+        return True
+
+    def save_nonces(self, path, now_ms: int | None = None) -> None:
+        """At a graceful stop, once nothing accepts sessions any more: write the live nonces to
+        `path` atomically (temporary file, fsync, rename). Workers sharing the state dir merge
+        their nonces under a lock instead of overwriting each other's."""
+        if not self._nonces_loaded:
+            # Never started: a snapshot from us would vouch for nonces we never guarded (the
+            # predecessor's, after a crash) and lift the next start's floor.
+            log.info("nonce snapshot: not saved (this server never loaded one)")
+            return
+        now = wall_ms() if now_ms is None else now_ms
+        path = Path(path)
+        try:
+            self._write_snapshot(path, now)
+        except OSError as exc:   # the next start then falls back to the start-time floor
+            log.error("nonce snapshot: cannot write %s (%s)", path, exc)
+
+    def _write_snapshot(self, path: Path, now: int) -> None:
+        merged = NonceCache(self.nonce_cache.capacity, self.nonce_cache.skew_ms)
+        merged.restore(self.nonce_cache.snapshot(now), now)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                merged.restore(_parse_snapshot(path.read_bytes()), now)   # another worker's
+            except (OSError, ValueError):
+                pass
+            snap = merged.snapshot(now)
+            text = json.dumps({"format": SNAPSHOT_FORMAT, "saved_ms": now, "floor_ms": snap.floor_ms,
+                               "nonces": [[n.hex(), ts] for n, ts in snap.nonces]})
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        log.info("nonce snapshot: saved %d live nonces to %s", len(snap.nonces), path)
+
     def session_principal(self, key_id: int) -> Principal:
         return Principal(self._hmac_tenants.get(key_id, "default"), f"hmac:{key_id}", "hmac")
+
+
+def _parse_snapshot(raw: bytes) -> NonceSnapshot:
+    """The file written by save_nonces -> NonceSnapshot; ValueError for anything else."""
+    try:
+        doc = json.loads(raw)
+        if doc.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}, expected {SNAPSHOT_FORMAT}")
+        floor = doc["floor_ms"]
+        nonces = []
+        for n, ts in doc["nonces"]:
+            nonce = bytes.fromhex(n)
+            if len(nonce) != 8 or type(ts) is not int or ts < 0:
+                raise ValueError(f"bad entry {[n, ts]!r}")
+            nonces.append((nonce, ts))
+        if type(floor) is not int or floor < 0:
+            raise ValueError(f"bad floor_ms {floor!r}")
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a nonce snapshot ({type(exc).__name__}: {exc})") from None
+    return NonceSnapshot(floor, tuple(nonces))

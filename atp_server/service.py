@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from codec.errors import ErrorCode
 
-from .adapters.base import ModelSpec
+from .routing.spec import ModelSpec
 from .auth import Principal
 from .types import AtpError
 
@@ -36,6 +36,7 @@ class GatewayService:
         self.authenticate = auth.api_key            # (authorization header) -> Principal
         self.check_signature = auth.check_signature  # (headers, method, path, body, now_ms)
         self.require_signature: bool = auth.cfg.require_signature
+        self.signature_present = auth.signature_present   # (headers) -> any signature header?
         self.complete = pipeline.complete           # (request, principal, transport, t0)
         self.stream = pipeline.stream
         self.route = pipeline.route                 # (request, principal) -> RouteDecision

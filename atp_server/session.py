@@ -17,13 +17,20 @@ from .types import AtpError, ChatRequest, Delta, Done
 
 log = logging.getLogger("atp.session")
 FLUSH_EVERY = 16      # ended streams that force a flush before the loop pass is over
+ROLES = frozenset({"system", "user", "assistant", "tool"})   # PROTOCOL.md §6.2, REQUEST messages
 
 
 def request_from_payload(p: dict) -> ChatRequest:
-    """REQUEST payload (already shape-checked by the codec) -> the pipeline's ChatRequest."""
+    """REQUEST payload (already shape-checked by the codec) -> the pipeline's ChatRequest.
+    ValueError for what the shape allows but §6.2 does not (a role outside ROLES)."""
     max_cost = p.get("max_cost")
+    messages = [(m[0], m[1]) for m in p["messages"]]
+    for i, (role, _) in enumerate(messages):
+        if role not in ROLES:
+            raise ValueError(f"messages[{i}] has role {role[:40]!r}, not one of "
+                             f"{', '.join(sorted(ROLES))}")
     return ChatRequest(
-        messages=[(m[0], m[1]) for m in p["messages"]], tier=p.get("tier", "balanced"),
+        messages=messages, tier=p.get("tier", "balanced"),
         model=p.get("model") or None, max_tokens=p.get("max_tokens"),
         max_cost_usd=max_cost / 1e6 if max_cost is not None else None,
         latency_slo_ms=p.get("slo_ms"), tenant=p.get("tenant", ""),

@@ -11,7 +11,7 @@ from .frame import (HEADER_SIZE, NONCE_SIZE, TAG_SIZE, VERSION, Flag, Frame, Fra
                     check_shape, open_frame, peek_length, seal)
 from .keys import Keyring
 from .payload import DEFAULT_LIMITS, Limits, decode as decode_payload, encode as encode_payload
-from .replay import NonceCache, SequenceWindow, SessionGuard
+from .replay import NonceCache, NonceSnapshot, SequenceWindow, SessionGuard
 from .stream import StreamState
 
 __all__ = [name for name in dir() if not name.startswith("_")]

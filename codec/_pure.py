@@ -130,8 +130,9 @@ def decode_cbor(buf, start, end, max_depth):
 
     The item must use all of those bytes. ValueError for malformed or disallowed CBOR: tags,
     indefinite lengths, the break byte, reserved additional info, duplicate keys or keys that are
-    not text/byte strings, invalid UTF-8, truncation, trailing bytes, or an item deeper than
-    max_depth (the top-level item is at depth 0, a container's items one deeper). Also ValueError
+    not text/byte strings, invalid UTF-8, truncation, trailing bytes, or more than max_depth
+    containers nested (the top-level item, if a container, is the first; an empty container
+    counts like any other, so max_depth=0 allows only a scalar). Also ValueError
     for max_depth < 0 and unless 0 <= start <= end <= the buffer's size in bytes.
     """
     start = _index(start)
@@ -165,4 +166,30 @@ def decode_cbor(buf, start, end, max_depth):
     tail = n - stream.tell()
     if tail:
         raise ValueError(f"{tail} trailing bytes after the CBOR item")
+    if _container_at(obj, min(max_depth, n)):   # n bytes hold at most n nested containers
+        raise ValueError(f"malformed CBOR: maximum container nesting depth ({max_depth}) exceeded")
     return obj
+
+
+def _container_at(obj, depth):
+    """True if a container sits `depth` levels below obj (obj itself at 0).
+
+    cbor2's max_depth bounds the depth of *items*, so a non-empty container at depth max_depth
+    is already refused (its items would be one deeper) but an empty one is not: it has no items
+    to trip the check. This walk finds it. It visits only containers shallower than `depth`,
+    a level at a time, and stops at the first level without containers (for a REQUEST: the
+    top map, `messages`, its pairs).
+    """
+    if type(obj) is not list and type(obj) is not dict:
+        return False
+    level = [obj]
+    for _ in range(depth):
+        below = []
+        for c in level:
+            for x in (c.values() if type(c) is dict else c):
+                if type(x) is list or type(x) is dict:
+                    below.append(x)
+        if not below:
+            return False
+        level = below
+    return True    # `level` holds only containers, and they sit at `depth`

@@ -117,6 +117,11 @@ class Connection:
         self._now = now_ms
         offset, end = 0, len(data)
         try:
+            if end > self.limits.max_message:
+                # §2.2: checked before any frame in it is processed (the refusal still echoes
+                # the first frame's nonce, so the client can verify it)
+                raise ProtocolError(f"a {end}-byte message is over the limit of "
+                                    f"{self.limits.max_message}", ErrorCode.MALFORMED_FRAME)
             while offset < end and not self.closed:
                 opened = open_frame(data, offset, self.keyring, self.limits, now_ms)
                 if opened is None:

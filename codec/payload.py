@@ -15,9 +15,12 @@ class Limits:
     max_depth: int = 8              # nested containers, the top-level map counts as 1
     max_map_size: int = 64          # entries in any map the receiver interprets
     max_array_len: int = 1024       # items in any array the receiver interprets (e.g. messages)
+    # bytes in one gRPC Session message (Frame.data), PROTOCOL.md §2.2: 4 MiB less 1 KiB, so that
+    # the protobuf message around it stays within gRPC's default 4 MiB limit at every peer
+    max_message: int = (4 << 20) - 1024
 
     def __post_init__(self):
-        for name in ("max_payload", "max_depth", "max_map_size", "max_array_len"):
+        for name in ("max_payload", "max_depth", "max_map_size", "max_array_len", "max_message"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive integer, got {value!r}")

@@ -1,9 +1,20 @@
 """Anti-replay: bounded nonce cache for session-opening frames, sliding sequence window inside one."""
+from dataclasses import dataclass
+
 from .errors import AuthError, ErrorCode
 from .frame import RESPONDER, FrameType
 
 DEFAULT_SKEW_MS = 30_000
 DEFAULT_WINDOW = 64
+
+
+@dataclass(frozen=True, slots=True)
+class NonceSnapshot:
+    """What a NonceCache must carry across a restart (PROTOCOL.md §10.1): its live nonces with the
+    timestamps that recorded them, and its floor. Plain data; storing it is the caller's job."""
+
+    floor_ms: int
+    nonces: tuple[tuple[bytes, int], ...]     # (nonce, timestamp_ms), oldest expiry first
 
 
 class NonceCache:
@@ -12,21 +23,30 @@ class NonceCache:
     Memory is bounded by `capacity`: when full of still-live nonces it refuses new sessions with
     the retryable REPLAY_CACHE_FULL (failing closed; forgetting a live nonce would allow a replay).
     Shared by every session a server accepts.
+
+    `floor_ms`: timestamps below it are refused as STALE_TIMESTAMP too. A cache that starts
+    without its predecessor's nonces (first start, crash, unreadable snapshot) sets it to the
+    start time: whatever the previous process accepted, and forgot, carries an older timestamp.
     """
 
-    __slots__ = ("capacity", "skew_ms", "_expiry")
+    __slots__ = ("capacity", "skew_ms", "floor_ms", "_expiry")
 
     def __init__(self, capacity: int = 100_000, skew_ms: int = DEFAULT_SKEW_MS):
         if capacity < 1 or skew_ms < 0:
             raise ValueError("NonceCache needs capacity >= 1 and skew_ms >= 0")
         self.capacity = capacity
         self.skew_ms = skew_ms
+        self.floor_ms = 0
         self._expiry: dict[bytes, int] = {}   # insertion-ordered: roughly oldest first
 
     def check_and_add(self, nonce: bytes, timestamp_ms: int, now_ms: int) -> None:
         if abs(timestamp_ms - now_ms) > self.skew_ms:
             raise AuthError(f"timestamp {timestamp_ms} is {timestamp_ms - now_ms:+d} ms from now, "
                             f"allowed ±{self.skew_ms}", ErrorCode.STALE_TIMESTAMP)
+        if timestamp_ms < self.floor_ms:
+            raise AuthError(f"timestamp {timestamp_ms} is before {self.floor_ms}, when this "
+                            "server started without its predecessor's nonces; retry with a new "
+                            "timestamp (check the clock)", ErrorCode.STALE_TIMESTAMP)
         expiry = self._expiry
         if nonce in expiry and expiry[nonce] >= now_ms:
             raise AuthError(f"nonce {nonce.hex()} was already used", ErrorCode.REPLAYED_NONCE)
@@ -53,6 +73,34 @@ class NonceCache:
 
     def __len__(self) -> int:
         return len(self._expiry)
+
+    # ---- across a restart (the caller stores and loads; nothing here touches a file) ----------
+
+    def snapshot(self, now_ms: int) -> NonceSnapshot:
+        """The nonces still live at `now_ms` (a replay of their HELLO could still pass the
+        timestamp check), with their timestamps, and the floor."""
+        skew = self.skew_ms
+        live = sorted((t, n) for n, t in self._expiry.items() if t >= now_ms)
+        return NonceSnapshot(self.floor_ms, tuple((n, t - skew) for t, n in live))
+
+    def restore(self, snapshot: NonceSnapshot, now_ms: int) -> None:
+        """Take over a predecessor's snapshot: its live nonces and its floor (the higher floor
+        wins). Nonces are judged with this cache's skew. If more are live than fit, the ones
+        expiring first are dropped and the floor rises above their timestamps: their HELLOs are
+        then refused as stale, never accepted twice."""
+        self.floor_ms = max(self.floor_ms, snapshot.floor_ms)
+        expiry = self._expiry
+        live = sorted((ts + self.skew_ms, n) for n, ts in snapshot.nonces
+                      if ts + self.skew_ms >= now_ms)
+        for t, n in live:
+            if t > expiry.get(n, -1):
+                expiry.pop(n, None)     # re-insert: insertion order stays roughly by expiry
+                expiry[n] = t
+        if len(expiry) > self.capacity:
+            ordered = sorted(expiry.items(), key=lambda item: item[1])
+            cut = len(ordered) - self.capacity
+            self.floor_ms = max(self.floor_ms, ordered[cut - 1][1] - self.skew_ms + 1)
+            self._expiry = dict(ordered[cut:])
 
 
 class SequenceWindow:

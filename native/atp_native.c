@@ -771,8 +771,9 @@ static PyTypeObject HmacKeyType = {
  * half/single/double floats, false/true/null, undefined and simple values (returned as the very
  * objects cbor2 returns: cbor2.undefined and cbor2.CBORSimpleValue(n); two-byte simple values
  * below 32 are rejected). Rejected: tags, indefinite lengths, the break byte, additional info
- * 28-30, truncation, trailing bytes, and any item deeper than max_depth (the top-level item is
- * at depth 0, the items of a container at depth d are at depth d + 1).
+ * 28-30, truncation, trailing bytes, and more than max_depth containers nested (the top-level
+ * item, if a container, is the first; an empty container counts like any other, so max_depth=0
+ * allows only a scalar: PROTOCOL.md §6.1 rule 8).
  *
  * Iterative, with two explicit stacks: one entry per open container, and the decoded items of
  * all open containers. A container's list or dict is built, at its exact size, only once its
@@ -1069,6 +1070,12 @@ static PyObject *cbor_decode(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_dept
             break;
         case 4:
         case 5:
+            /* before the empty-container shortcut: an empty container is one level too */
+            if (sp >= max_depth) {
+                PyErr_Format(PyExc_ValueError, "malformed CBOR at byte %zd: maximum container "
+                             "nesting depth (%zd) exceeded", at, max_depth);
+                goto error;
+            }
             if (val == 0) {
                 obj = major == 4 ? PyList_New(0) : PyDict_New();
                 break;
@@ -1077,11 +1084,6 @@ static PyObject *cbor_decode(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_dept
              * the claim, it only has to fit the bytes left */
             if (val > (uint64_t)(n - pos) / (major == 4 ? 1u : 2u)) {
                 cbor_error(major == 4 ? "truncated array" : "truncated map", at);
-                goto error;
-            }
-            if (sp >= max_depth) {
-                PyErr_Format(PyExc_ValueError, "malformed CBOR at byte %zd: maximum container "
-                             "nesting depth (%zd) exceeded", at, max_depth);
                 goto error;
             }
             if (sp == ctl_cap &&
@@ -1178,7 +1180,8 @@ PyDoc_STRVAR(decode_cbor_doc,
 "decode_cbor(buf, start, end, max_depth)\n--\n\n"
 "Decode exactly one strict CBOR data item from the bytes buf[start:end] (it must use all of\n"
 "them) and return it. ValueError for malformed or disallowed CBOR (tags, indefinite lengths,\n"
-"duplicate or non-string map keys, invalid UTF-8, items deeper than max_depth, trailing bytes),\n"
+"duplicate or non-string map keys, invalid UTF-8, more than max_depth nested containers,\n"
+"trailing bytes),\n"
 "for max_depth < 0, and unless 0 <= start <= end <= buf's size in bytes.");
 
 static PyObject *decode_cbor(PyObject *module, PyObject *const *args, Py_ssize_t nargs,

@@ -33,6 +33,22 @@ _WAKE = object()          # Session queue item: re-check whether the session may
 _ser = operator.methodcaller("SerializeToString")
 
 
+def batches(frames: list, limit: int):
+    """Whole frames joined into messages of at most `limit` bytes (a larger frame goes alone)."""
+    if sum(map(len, frames)) <= limit:     # nearly always: one message
+        yield b"".join(frames)
+        return
+    batch, size = [], 0
+    for f in frames:
+        if batch and size + len(f) > limit:
+            yield b"".join(batch)
+            batch, size = [], 0
+        batch.append(f)
+        size += len(f)
+    if batch:
+        yield b"".join(batch)
+
+
 def grpc_status(code: int) -> grpc.StatusCode:
     return _STATUS.get(code) or (_S.UNAUTHENTICATED if 200 <= code < 300 else _S.INTERNAL)
 
@@ -127,7 +143,13 @@ class GrpcTransport:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
-        server = self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+        # Twice the documented Session message maximum (PROTOCOL.md §2.2), plus protobuf framing:
+        # a message up to there reaches the codec and is refused in-band (CLOSE 100); only one
+        # beyond it meets grpc's own RESOURCE_EXHAUSTED.
+        cap = 2 * self.service.limits.max_message + 1024
+        server = self.server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", cap),
+            ("grpc.max_send_message_length", cap)])
         table = {
             "Session": grpc.stream_stream_rpc_method_handler(
                 self.Session, pb.Frame.FromString, _ser),
@@ -286,8 +308,17 @@ class GrpcTransport:
             call.close_if_idle()     # a session opened while draining closes at once
             while (item := await call.queue.get()) is not None:    # None: ended, CLOSE was sent
                 if item is not _WAKE:
-                    # One message per flush: each gRPC message costs ~75 µs, a frame ~3 µs.
-                    yield pb.Frame(data=b"".join(item))
+                    # One message per flush (each gRPC message costs ~75 µs, a frame ~3 µs),
+                    # split only where it would pass the documented maximum.
+                    for data in batches(item, self.service.limits.max_message):
+                        try:
+                            await context.write(pb.Frame(data=data))
+                        except grpc.aio.InternalError as exc:
+                            # The peer reset the call while we wrote (grpc's ExecuteBatchError).
+                            # Raised from here grpc would log it with a traceback whenever it
+                            # had not yet seen the cancellation itself; it is one.
+                            log.debug("session write failed: %r", exc)
+                            raise asyncio.CancelledError("peer reset the Session call") from exc
                 call.close_if_idle()
         finally:
             reader.cancel()

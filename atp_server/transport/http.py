@@ -10,7 +10,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from codec.errors import ErrorCode
 
-from ..auth import SIG_SIGNATURE
 from ..types import AtpError, ChatRequest, Delta, Done, Routed
 
 log = logging.getLogger("atp.http")
@@ -143,6 +142,7 @@ class HttpTransport:
         self._authenticate = service.authenticate
         self._check_signature = service.check_signature
         self._require_signature = service.require_signature
+        self._signature_present = service.signature_present
         self._complete = service.complete
         self._stream_events = service.stream
         self._runner: web.AppRunner | None = None
@@ -205,7 +205,7 @@ class HttpTransport:
             if (request.content_length or 0) > MAX_BODY:
                 raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
             body = await request.read()
-            if headers.get(SIG_SIGNATURE) is not None or self._require_signature:
+            if self._require_signature or self._signature_present(headers):
                 self._check_signature(headers, request.method, request.path, body,
                                            time.time_ns() // 1_000_000)
             try:

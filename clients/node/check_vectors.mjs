@@ -152,6 +152,11 @@ function strictScan(b, limits) {
   const item = (level) => {
     if (level > limits.max_depth) bad(`nesting deeper than ${limits.max_depth} containers`);
     const {mt, ai, arg} = head();
+    // a container at `level` is the (level + 1)-th: an empty one counts too (nothing inside it
+    // would ever reach the check above)
+    if ((mt === 4 || mt === 5) && level >= limits.max_depth) {
+      bad(`nesting deeper than ${limits.max_depth} containers`);
+    }
     switch (mt) {
       case 0: case 1:
         return {mt};
@@ -329,6 +334,7 @@ class SessionGuard {
       if (frame.sequence !== 0n) fail('PROTOCOL_VIOLATION', 'opening frame sequence is not 0');
       if (this.isResponder) {
         if (frame.type !== 'HELLO') fail('PROTOCOL_VIOLATION', `session opens with ${frame.type}`);
+        if (frame.nonce === '0000000000000000') fail('PROTOCOL_VIOLATION', 'all-zero nonce');
         this.sessionNonce = frame.nonce;
         this.nonceCache.checkAndAdd(frame.nonce, frame.timestamp, now);
       } else {

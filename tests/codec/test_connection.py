@@ -5,7 +5,7 @@ from codec import (ChunkReceived, CodecError, CongestionChanged, Connection, Con
                    ConnectionTerminated, ErrorCode, Flag, FlowControlError, FrameType,
                    NonceCache, PingReceived, PongReceived, ProtocolError, RequestReceived,
                    SessionStarted, StreamCancelled, StreamEnded, StreamReset, WindowUpdated,
-                   open_frame)
+                   Limits, open_frame)
 
 from . import frame_factory as ff
 from .pair import ConnectionPair
@@ -223,8 +223,7 @@ def test_refused_early_requests_do_not_leak_client_credit(codec_backend):
 
 
 def test_too_many_open_streams_is_a_stream_error(codec_backend):
-    # The live-stream cap refuses the stream, not the session (codec since 7e087ff; PROTOCOL.md
-    # §8.3 still describes a connection error).
+    # The live-stream cap refuses the stream, not the session (PROTOCOL.md §8.3, §12).
     pair = ConnectionPair(server_config=ConnectionConfig(max_open_streams=2)).open()
     start = pair.client.window.available
     sids = [pair.client.send_request(REQ) for _ in range(3)]
@@ -679,7 +678,7 @@ def test_client_does_not_trust_a_close_without_its_nonce(codec_backend):
 def test_early_refusal_close_echoes_the_offending_nonce(codec_backend):
     # The server refuses a corrupted HELLO before any check bound the session nonce; its CLOSE
     # echoes the nonce read from the refused header, so the honest client learns the real code.
-    # (codec since 7e087ff; PROTOCOL.md §5 notes / §10.2 still specify 8 zero bytes here.)
+    # (PROTOCOL.md §5 notes, §10.2.)
     pair = ConnectionPair()
     pair.client.initiate(pair.nonce, pair.now)
     hello = pair.client.data_to_send()
@@ -807,3 +806,25 @@ def test_key_rotation_mid_session(codec_backend):
     pair.server.send_end(sid, USAGE)                      # key 7 now expired for the client
     pair.pump()
     assert terminated(pair.take("client")).code == ErrorCode.UNKNOWN_KEY
+
+
+def test_receive_frames_refuses_an_over_long_message_before_any_frame_in_it(codec_backend):
+    # PROTOCOL.md §2.2: a Session message holds at most Limits.max_message bytes. Over it, the
+    # whole message is refused with CLOSE 100 before its first frame (here the HELLO) is opened;
+    # the CLOSE still echoes that frame's nonce, so the client can verify it.
+    limits = Limits(max_message=200)
+    server = Connection("server", ff.keyring(), limits=limits, nonce_cache=NonceCache(),
+                        now_ms=ff.NOW)
+    hello, ping = ff.build(), ff.build(FrameType.PING, sequence=1)
+    assert len(hello + ping) <= 200 < len(hello + ping + ping)
+    server.receive_frames(hello + ping + ff.build(FrameType.PING, sequence=2), ff.NOW)
+    event = server.next_event()
+    assert (event.code, event.by_peer) == (ErrorCode.MALFORMED_FRAME, False)
+    assert server.next_event() is None                  # no SessionStarted: nothing was opened
+    (close,) = decode_all(server.data_to_send())
+    assert close.type == FrameType.CLOSE and close.nonce == ff.NONCE
+    assert close.payload["code"] == ErrorCode.MALFORMED_FRAME
+    exact = Connection("server", ff.keyring(), limits=limits, nonce_cache=NonceCache(),
+                       now_ms=ff.NOW)
+    exact.receive_frames(hello + ping, ff.NOW)          # at the limit: fine
+    assert isinstance(exact.next_event(), SessionStarted) and not exact.closed

@@ -202,8 +202,8 @@ def test_missing_required_keys(codec_backend, ftype):
         assert _open(ff.build(ftype, payload={}))[0].payload == {}
 
 
-# wrong values per kind (bool is not an int; uint is u64; num: finite floats (codec since 7e087ff;
-# PROTOCOL.md §6.2 still says ±Infinity is accepted) and ints within ±2^53)
+# wrong values per kind (bool is not an int; uint is u64; num: finite floats (PROTOCOL.md §6.2) and
+# ints within ±2^53)
 WRONG = {
     "uint": [-1, True, 1.0, "1", None, [1]],
     "str": [1, b"s", None, ["s"], True],

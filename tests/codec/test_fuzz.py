@@ -316,8 +316,7 @@ def expected_close_nonce(refused: bytes) -> bytes:
 
     The codec (since 7e087ff) echoes the nonce of the refused frame's header whenever 40 header
     bytes were readable, so an honest client can verify the CLOSE and learn the code.
-    NB: PROTOCOL.md §5 (notes) and §10.2 still specify 8 zero bytes for refusals before the
-    nonce is bound (steps 1-13); only this function encodes the choice.
+    PROTOCOL.md §5 (notes) and §10.2 say the same.
     """
     return ff.header(refused)["nonce"] if len(refused) >= 40 else bytes(8)
 

@@ -7,8 +7,9 @@ NaN payloads count). The targeted tests pin the rules themselves against each av
 they also run, pure only, when the C extension is not built; twin-equality tests are then skipped.
 
 Rules pinned here (found by experiment against cbor2 6.x, then mirrored by the C twin):
-  * depth: the top-level item is at depth 0, a container's items one deeper; an item deeper than
-    max_depth is an error (max_depth=1: a0, 81 a0, 81 80 pass; 81 81 a0, 81 81 80, 81 81 01 fail);
+  * depth: max_depth bounds how many containers may be nested, the top-level item (if a container)
+    being the first; an empty container counts like any other (PROTOCOL.md §6.1 rule 8), so
+    max_depth=1: a0, 80, 81 01 pass; 81 a0, 81 80, 81 81 01 fail; max_depth=0: only a scalar;
   * non-minimal integer and length encodings (18 01, 59 00 01 ..) are accepted, as cbor2 does;
   * simple values: f7 -> cbor2.undefined, e0..f3 -> CBORSimpleValue(0..19), f8 20..ff ->
     CBORSimpleValue(32..255), f8 00..1f -> error; keys must be text or byte strings.
@@ -125,11 +126,11 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=6)
 
 
 def depth_of(v):
-    """Depth of the deepest item (top level 0), the quantity max_depth bounds."""
+    """Containers on the deepest path (a scalar 0, [] and [1] 1), the quantity max_depth bounds."""
     if isinstance(v, list):
-        return 1 + max((depth_of(x) for x in v), default=-1)
+        return 1 + max((depth_of(x) for x in v), default=0)
     if isinstance(v, dict):
-        return 1 + max((max(depth_of(k), depth_of(x)) for k, x in v.items()), default=-1)
+        return 1 + max((max(depth_of(k), depth_of(x)) for k, x in v.items()), default=0)
     return 0
 
 
@@ -228,8 +229,8 @@ def test_argument_errors(twin):
         twin.decode_cbor(b"\xa0", 0, 1, "8")
     with pytest.raises(TypeError):
         twin.decode_cbor(b"\xa0", 0, 1)
-    assert twin.decode_cbor(b"\xa0", False, True, 0) == {}           # bools are ints
-    assert twin.decode_cbor(buf=b"\x80", start=0, end=1, max_depth=0) == []
+    assert twin.decode_cbor(b"\xa0", False, True, True) == {}        # bools are ints
+    assert twin.decode_cbor(buf=b"\x80", start=0, end=1, max_depth=1) == []
 
 
 @twin_param
@@ -361,11 +362,15 @@ def test_duplicate_keys_are_per_map():
 # ---- depth ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hexs,max_depth,ok", [
-    ("a0", 0, True), ("01", 0, True), ("80", 0, True), ("8101", 0, False), ("8180", 0, False),
-    ("a1616101", 0, False), ("a0", 1, True), ("81a0", 1, True), ("8180", 1, True),
-    ("8101", 1, True), ("8181a0", 1, False), ("818180", 1, False), ("818101", 1, False),
-    ("a16161a0", 1, True), ("a1616181a0", 1, False), ("a1616181a0", 2, True),
-    ("81818101", 3, True), ("8181818101", 3, False),
+    ("a0", 0, False), ("01", 0, True), ("80", 0, False), ("8101", 0, False), ("8180", 0, False),
+    ("a1616101", 0, False), ("a0", 1, True), ("80", 1, True), ("81a0", 1, False),
+    ("8180", 1, False), ("8101", 1, True), ("81a0", 2, True), ("8180", 2, True),
+    ("8181a0", 1, False), ("818180", 1, False), ("818101", 1, False), ("8181a0", 2, False),
+    ("a16161a0", 1, False), ("a16161a0", 2, True), ("a1616181a0", 2, False),
+    ("a1616181a0", 3, True), ("81818101", 3, True), ("8181818101", 3, False),
+    ("818181a0", 4, True), ("81818181a0", 4, False), ("8181818180", 4, False),
+    # non-shortest empty containers (98 00 = array(0), b8 00 = map(0)) count the same
+    ("819800", 1, False), ("819800", 2, True), ("81b800", 1, False), ("81b800", 2, True),
 ])
 def test_depth_convention(hexs, max_depth, ok):
     raw = H(hexs)
@@ -377,6 +382,19 @@ def test_depth_convention(hexs, max_depth, ok):
 def test_depth_boundary(container, levels):
     v = 7
     for _ in range(levels):
+        v = [v] if container == "array" else {"k": v}
+    raw = cbor2.dumps(v)
+    for max_depth in range(0, 12):
+        expect(raw, v if levels <= max_depth else ValueError, max_depth=max_depth)
+
+
+@pytest.mark.parametrize("container", ["array", "map"])
+@pytest.mark.parametrize("levels", range(1, 11))
+def test_depth_boundary_with_an_empty_innermost_container(container, levels):
+    # An empty innermost container is one more level, not a free one (it used to be accepted
+    # one level beyond max_depth by both twins: nothing inside it was ever checked).
+    v = [] if container == "array" else {}
+    for _ in range(levels - 1):
         v = [v] if container == "array" else {"k": v}
     raw = cbor2.dumps(v)
     for max_depth in range(0, 12):

@@ -147,6 +147,18 @@ def test_decode_default_depth_limit():
         decode(encode({"a": [nested]}))
 
 
+@pytest.mark.parametrize("empty", [[], {}], ids=["array", "map"])
+def test_decode_default_depth_limit_counts_an_empty_innermost_container(empty):
+    # PROTOCOL.md §6.1 rule 8: at most 8 containers, the top-level map the first. An empty
+    # container is a container: {"a": [[[[[[[]]]]]]]} is 8 deep, one more [] around it is 9.
+    nested = empty
+    for _ in range(DEFAULT_LIMITS.max_depth - 2):
+        nested = [nested]
+    assert decode(encode({"a": nested}))["a"] == nested
+    with pytest.raises(PayloadError, match="depth"):
+        decode(encode({"a": [nested]}))
+
+
 def test_decode_deep_nesting_is_a_payload_error_not_recursion_error():
     raw = b"\xa1\x61a" + b"\x81" * 100_000 + b"\x00"
     with pytest.raises(PayloadError):

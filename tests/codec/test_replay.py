@@ -260,3 +260,57 @@ def test_guard_initiator_accepts_close_as_first_answer():
     guard = SessionGuard(is_responder=False, session_nonce=N1)
     guard.check(_frame(FrameType.CLOSE, responder=True), NOW)
     assert guard.window.highest == 0
+
+
+# ---- NonceCache across a restart: snapshot, restore, floor ----------------------------------------
+
+def test_floor_refuses_older_timestamps_as_stale_and_leaves_no_trace():
+    cache = NonceCache(skew_ms=30_000)
+    cache.floor_ms = NOW
+    assert _code(cache.check_and_add, _nonce(1), NOW - 1, NOW + 5) is ErrorCode.STALE_TIMESTAMP
+    assert len(cache) == 0
+    cache.check_and_add(_nonce(1), NOW, NOW + 5)      # at the floor: accepted
+    cache.check_and_add(_nonce(2), NOW + 10, NOW + 5)
+
+
+def test_snapshot_restore_carries_live_nonces_into_a_new_cache():
+    old = NonceCache(skew_ms=1000)
+    old.check_and_add(_nonce(1), NOW - 900, NOW)     # expires at NOW + 100
+    old.check_and_add(_nonce(2), NOW, NOW)           # expires at NOW + 1000
+    snap = old.snapshot(NOW + 200)                   # nonce 1 is dead by then
+    assert snap.nonces == ((_nonce(2), NOW),) and snap.floor_ms == 0
+    new = NonceCache(skew_ms=1000)
+    new.restore(snap, NOW + 300)
+    assert len(new) == 1
+    assert _code(new.check_and_add, _nonce(2), NOW, NOW + 300) is ErrorCode.REPLAYED_NONCE
+    new.check_and_add(_nonce(1), NOW + 300, NOW + 300)   # a dead nonce is free again
+
+
+def test_restore_drops_what_died_while_the_server_was_down_and_keeps_the_higher_floor():
+    old = NonceCache(skew_ms=1000)
+    old.floor_ms = NOW - 50
+    old.check_and_add(_nonce(1), NOW, NOW)
+    new = NonceCache(skew_ms=1000)
+    new.floor_ms = NOW - 500
+    new.restore(old.snapshot(NOW), NOW + 1001)
+    assert len(new) == 0 and new.floor_ms == NOW - 50
+
+
+def test_restore_judges_nonces_with_the_new_skew():
+    old = NonceCache(skew_ms=1000)
+    old.check_and_add(_nonce(1), NOW, NOW)
+    new = NonceCache(skew_ms=5000)                   # configured wider since
+    new.restore(old.snapshot(NOW), NOW + 3000)
+    assert _code(new.check_and_add, _nonce(1), NOW, NOW + 3000) is ErrorCode.REPLAYED_NONCE
+
+
+def test_restore_over_capacity_fails_closed_by_raising_the_floor():
+    old = NonceCache(capacity=10, skew_ms=1000)
+    for i in range(10):
+        old.check_and_add(_nonce(i), NOW + i, NOW)
+    new = NonceCache(capacity=4, skew_ms=1000)       # configured smaller since
+    new.restore(old.snapshot(NOW), NOW)
+    assert len(new) == 4 and new.floor_ms == NOW + 6
+    for i in range(10):    # every restored HELLO is refused: replayed or, if forgotten, stale
+        code = _code(new.check_and_add, _nonce(i), NOW + i, NOW + 1)
+        assert code is (ErrorCode.REPLAYED_NONCE if i >= 6 else ErrorCode.STALE_TIMESTAMP)

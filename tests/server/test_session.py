@@ -134,3 +134,40 @@ def test_replayed_hello_is_refused_by_a_second_session(tmp_path):
     code, out = run(main())
     assert code == ErrorCode.REPLAYED_NONCE
     assert len(out) == 1          # exactly one CLOSE went back
+
+
+def test_an_unknown_role_fails_the_stream_not_the_session(tmp_path):
+    # PROTOCOL.md §6.2: roles are system, user, assistant, tool; another role is well-formed on the
+    # wire (the codec accepts it) and refused by the server as INVALID_REQUEST (400), a stream error.
+    async def main():
+        app = App(make_config(tmp_path, sim_options="output_tokens = 2"))
+        wire = Wire(app)
+        with pytest.raises(AtpClientError) as info:
+            await wire.client.complete(build_request(messages=[("wizard", "hi")]))
+        after = await wire.client.complete(build_request(messages=[("system", "terse"),
+                                                                   ("tool", "{}"), ("user", "hi")]))
+        wire.client.close()
+        await wire.closed.wait()
+        await app.stop(0)
+        return info.value, after
+    refused, after = run(main())
+    assert refused.code == ErrorCode.INVALID_REQUEST and "wizard" in str(refused)
+    assert isinstance(after, Result)
+
+
+def test_a_max_cost_no_model_can_meet_is_no_route(tmp_path):
+    # PROTOCOL.md §6.2/§7: max_cost is a routing constraint; with no eligible model left the stream
+    # fails with NO_ROUTE (402), not BUDGET_EXCEEDED (303, the tenant's budget), session intact.
+    async def main():
+        app = App(make_config(tmp_path, sim_options="output_tokens = 2"))
+        wire = Wire(app)
+        with pytest.raises(AtpClientError) as info:
+            await wire.client.complete({**build_request("hi", max_tokens=1000), "max_cost": 0})
+        after = await wire.client.complete(build_request("hi", max_tokens=2))
+        wire.client.close()
+        await wire.closed.wait()
+        await app.stop(0)
+        return info.value, after
+    refused, after = run(main())
+    assert refused.code == ErrorCode.NO_ROUTE and "max_cost" in str(refused)
+    assert isinstance(after, Result)

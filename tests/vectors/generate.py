@@ -256,6 +256,16 @@ def build_cases():
     c.ok(good(HELLO, {"agent": "deep", "x": [[[[[[["bottom"]]]]]]]}, seq=0, ts=T0, nonce=n), T0)
     add(c)
 
+    c = Case("nesting_empty_innermost_at_depth_limit",
+             "Exactly max_depth (8) containers whose innermost one is empty: an empty array, "
+             "then (second session) an empty map. Accepted: an empty container is a level like "
+             "any other, neither free nor extra.")
+    c.ok(good(HELLO, {"agent": "deep", "x": [[[[[[[]]]]]]]}, seq=0, ts=T0,
+              nonce=nonce_for(c.name + "/array")), T0)
+    c.ok(good(HELLO, {"agent": "deep", "x": [[[[[[{}]]]]]]}, seq=0, ts=T0,
+              nonce=nonce_for(c.name + "/map")), T0, new_session=True)
+    add(c)
+
     c, n, hello = server_case("limits_apply_to_interpreted_containers",
                               "max_map_size and max_array_len bound the top-level map and the "
                               "containers a schema interprets (messages, caps, meta); a map or "
@@ -275,6 +285,16 @@ def build_cases():
     c.ok(good(END, {"in": 12, "out": 3, "cost": 42, "model": "gpt-x-mini", "provider": "openai",
                     "finish": "stop", "overhead_us": 850}, seq=3, ts=T0 + 60, nonce=n, stream=1,
               flags=R), T0 + 65)
+    add(c)
+
+    c, n = client_case("end_with_rid", "END echoing the REQUEST's rid (a client request id, "
+                       "text), beside the usage keys; an END of a REQUEST without rid carries "
+                       "rid \"\".")
+    c.ok(good(HELLO, SERVER_HELLO, seq=0, ts=T0 + 20, nonce=n, flags=R), T0 + 25)
+    c.ok(good(END, {"in": 3, "out": 1, "cost": 7, "rid": "req-0001"}, seq=1, ts=T0 + 40, nonce=n,
+              stream=1, flags=R), T0 + 45)
+    c.ok(good(END, {"in": 3, "out": 1, "cost": 7, "rid": ""}, seq=2, ts=T0 + 50, nonce=n,
+              stream=3, flags=R), T0 + 55)
     add(c)
 
     c, n = client_case("stream_error", "A stream ends in ERROR: code, message, retry hint.")
@@ -539,6 +559,14 @@ def build_cases():
     bad_hello_payload("cbor_nesting_too_deep", "Nine nested containers (the top-level map and "
                       "eight arrays) around a value: over max_depth 8.",
                       b"\xa2" + agent + b"\x61a" + b"\x61x" + b"\x81" * 8 + b"\x01")
+    bad_hello_payload("cbor_nesting_too_deep_empty_array", "Nine nested containers whose "
+                      "innermost is an empty array (the top-level map, seven arrays, then []): "
+                      "over max_depth 8. An empty container counts as a level even though "
+                      "nothing inside it is ever decoded.",
+                      b"\xa2" + agent + b"\x61a" + b"\x61x" + b"\x81" * 7 + b"\x80")
+    bad_hello_payload("cbor_nesting_too_deep_empty_map", "Nine nested containers whose "
+                      "innermost is an empty map: over max_depth 8.",
+                      b"\xa2" + agent + b"\x61a" + b"\x61x" + b"\x81" * 7 + b"\xa0")
     bad_hello_payload("cbor_duplicate_key", "The key agent appears twice.",
                       b"\xa2" + agent + b"\x61a" + agent + b"\x61b")
     bad_hello_payload("cbor_duplicate_key_non_shortest", "The key agent appears twice, once in "
@@ -693,6 +721,13 @@ def build_cases():
 
     c, n, _ = server_case("first_frame_not_hello", "A session that opens with REQUEST.")
     c.bad(good(REQUEST, {"messages": MESSAGES}, seq=0, ts=T0, nonce=n, stream=1)[0], T0,
+          ErrorCode.PROTOCOL_VIOLATION)
+    add(c)
+
+    c = Case("hello_zero_nonce", "An opening HELLO whose nonce is 8 zero bytes (reserved): "
+             "PROTOCOL_VIOLATION, checked before the timestamp and the nonce cache (this HELLO is "
+             "also stale).")
+    c.bad(good(HELLO, AGENT, seq=0, ts=T0 - SKEW - 1, nonce=bytes(8))[0], T0,
           ErrorCode.PROTOCOL_VIOLATION)
     add(c)
 
