@@ -2,7 +2,7 @@
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .adapters.base import ModelSpec, estimate_tokens
+from .routing.spec import ModelSpec, estimate_tokens
 from .types import ChatRequest, Finish, Usage
 
 

@@ -9,7 +9,7 @@ import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from .adapters.base import ModelSpec
+from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .audit import DEFAULT_MAX_BUFFER
 

@@ -6,6 +6,7 @@
 - atp_server/ never imports the SDK (atp_client); atp_server/cli.py is exempt, being a client of
   a running server as much as its launcher.
 - clients/atp_client/ never imports atp_server: the SDK depends on codec (and proto) only.
+- atp_server/routing/ never imports atp_server.adapters: model specs live with the table.
 """
 import ast
 import pathlib
@@ -68,6 +69,26 @@ def test_server_does_not_import_the_sdk():
 
 def test_sdk_does_not_import_the_server():
     assert violations("clients/atp_client", lambda p: {"atp_server"}) == []
+
+
+def routing_imports_adapters(path: pathlib.Path) -> list[str]:
+    """Relative or absolute imports of the adapters package from a routing module."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            names = [a.name for a in node.names]
+            absolute = node.level == 0 and mod.startswith("atp_server.adapters")
+            relative = node.level == 2 and (mod.startswith("adapters") or (not mod and "adapters" in names))
+            if absolute or relative:
+                out.append(f"{rel(path)}:{node.lineno}")
+        elif isinstance(node, ast.Import):
+            out += [f"{rel(path)}:{node.lineno}" for a in node.names if a.name.startswith("atp_server.adapters")]
+    return out
+
+
+def test_routing_does_not_import_adapters():
+    assert [v for p in files("atp_server/routing") for v in routing_imports_adapters(p)] == []
 
 
 def test_the_rules_cover_the_code_they_name():

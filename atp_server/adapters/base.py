@@ -1,28 +1,10 @@
-"""The narrow adapter protocol every provider family implements, and the model spec it serves."""
-from dataclasses import dataclass
+"""The narrow adapter protocol every provider family implements."""
 from typing import AsyncIterator, Protocol
 
+from ..routing.spec import ModelSpec, estimate_tokens
 from ..types import ChatRequest, Finish, TextDelta
 
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """A routable model: which adapter serves it, what the provider calls it, what it costs."""
-
-    id: str                                   # what clients ask for / see
-    provider: str                             # adapter instance name (config [[providers]].name)
-    upstream: str                             # the provider's own model name
-    price_in_per_mtok: float = 0.0            # USD per million input tokens
-    price_out_per_mtok: float = 0.0           # USD per million output tokens
-    context_window: int = 8192
-    capabilities: frozenset = frozenset({"chat"})
-    quality: float = 0.5                      # prior, 0..1
-    latency_ms: float = 500.0                 # prior for a typical answer
-    max_output_tokens: int = 1024
-
-    def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
-        """Cost in USD micros (price per Mtok × tokens = micro-dollars, exactly)."""
-        return round(input_tokens * self.price_in_per_mtok + output_tokens * self.price_out_per_mtok)
+__all__ = ["Adapter", "ModelSpec", "estimate_tokens"]
 
 
 class Adapter(Protocol):
@@ -42,8 +24,3 @@ class Adapter(Protocol):
 
     async def aclose(self) -> None:
         ...
-
-
-def estimate_tokens(text_chars: int) -> int:
-    """Rough token count when a provider reports none (~4 characters per token)."""
-    return max(1, (text_chars + 3) // 4)

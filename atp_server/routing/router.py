@@ -7,7 +7,7 @@ minimal real router (tier-weighted quality/cost/latency); the learned router rep
 """
 from codec.errors import ErrorCode
 
-from ..adapters.base import ModelSpec, estimate_tokens
+from .spec import ModelSpec, estimate_tokens
 from ..types import AtpError, ChatRequest, RouteDecision
 from .health import HealthBoard
 

@@ -7,7 +7,7 @@ import orjson
 import pytest
 import uvloop
 
-from atp_server.adapters.base import ModelSpec
+from atp_server.routing.spec import ModelSpec
 from atp_server.adapters.http_client import HttpClient
 from atp_server.adapters.openai_compat import OpenAICompatAdapter
 from atp_server.types import ChatRequest, Finish, TextDelta

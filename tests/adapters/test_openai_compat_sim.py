@@ -5,7 +5,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from atp_server.adapters.base import ModelSpec
+from atp_server.routing.spec import ModelSpec
 from atp_server.adapters.openai_compat import OpenAICompatAdapter, _SSEParser
 from atp_server.types import AtpError, ChatRequest, ErrorCode, Finish, TextDelta
 

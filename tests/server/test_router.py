@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from atp_server.adapters.base import ModelSpec
+from atp_server.routing.spec import ModelSpec
 from atp_server.routing.health import Action, HealthBoard, Outcome, Signal, finished
 from atp_server.routing.router import RANKED_CACHE, Router
 from atp_server.types import TIERS, AtpError, ChatRequest
