@@ -130,12 +130,26 @@ class Pipeline:
         self.audit = audit
         self.metrics = metrics
         self.policy = policy
-        self.clock = clock
         self._ids = 0
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request
         self.chain = build_chain(router=router, admission=admission, accountant=accountant,
                                  policy=policy, clock=clock, observers=self.observers,
                                  metrics=metrics, audit=audit)
+        self.clock = clock
+
+    @property
+    def clock(self):
+        """The monotonic clock routing and health read; one source for the stages and dispatch."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock) -> None:
+        # A replaced clock (tests, simulations) must reach the stages that captured the old one,
+        # or routing and dispatch would disagree about when a circuit reopens.
+        self._clock = clock
+        for stage in self.chain.stages:
+            if hasattr(stage, "clock"):
+                stage.clock = clock
 
     def _request_id(self, request: ChatRequest) -> str:
         if request.request_id:
