@@ -14,6 +14,7 @@ from .adapters.simulated import SimulatedAdapter
 from .admission import Admission
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
+from .embedding import Embedder
 from .config import Config, audit_file, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
@@ -78,6 +79,8 @@ class App:
             metrics=self.metrics, admission=self.admission, limits=self.limits,
             connection_config=self.connection_config,
             congestion_watermark=config.server.congestion_watermark)
+        self.service.embed = Embedder(self.router, self.adapters, self.accountant, self.pipeline.policy,
+                                      self.pipeline.clock).embed
         self.transports: list = []
         self.ports = BoundPorts()
 
