@@ -41,7 +41,7 @@ class Embedder:
     async def embed(self, request: EmbeddingRequest, principal) -> tuple[Embeddings, str, Usage]:
         model = self.choose(request, principal)
         adapter = self._adapters[model.provider]
-        if "embeddings" not in adapter.capabilities or not hasattr(adapter, "embed"):
+        if not hasattr(adapter, "embed"):      # the model's "embeddings" capability is the declaration
             raise AtpError(ErrorCode.NO_ROUTE, f"provider {model.provider} does not serve embeddings")
         result = await adapter.embed(model, request)
         estimated = result.input_tokens is None
