@@ -19,6 +19,7 @@ from .config import Config, audit_file, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .pricing import PriceBook
 from .routing.health import HealthBoard
 from .routing.router import Router
 from .service import GatewayService
@@ -60,7 +61,7 @@ class App:
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
         self.router = Router(list(config.models), HealthBoard())
         self.admission = Admission(config.server.max_inflight, config.server.max_queue)
-        self.accountant = Accountant()
+        self.accountant = Accountant(PriceBook(config.models, config.pricing))
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)
