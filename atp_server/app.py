@@ -37,7 +37,8 @@ def build_adapter(name: str, ptype: str, options: dict):
     return OpenAICompatAdapter(name, s.base_url, s.api_key, timeout_s=s.timeout_s,
                                connect_timeout_s=s.connect_timeout_s, max_connections=s.max_connections,
                                extra_headers=dict(s.extra_headers), capabilities=frozenset(s.capabilities),
-                               stream_usage=s.stream_usage, max_tokens_field=s.max_tokens_field)
+                               stream_usage=s.stream_usage, max_tokens_field=s.max_tokens_field,
+                               json_schema_format=s.json_schema_format)
 
 
 @dataclass
