@@ -277,6 +277,9 @@ class _SSEParser:
         self._tail, self._lines = b"", []
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if (not self._tail and not self._lines and chunk.endswith(b"\n\n") and chunk.startswith(b"data: ")
+                and chunk.count(b"\n") == 2 and b"\r" not in chunk):
+            return [chunk[6:-2]]     # the common read: exactly one whole one-line event
         parts = (self._tail + chunk if self._tail else chunk).split(b"\n")
         self._tail = parts.pop()  # an incomplete line waits for the next chunk
         out, lines = [], self._lines
