@@ -18,8 +18,37 @@ class OpenAICompatSettings:
     capabilities: tuple[str, ...] = ("chat",)
 
 
+@dataclass(frozen=True, slots=True)
+class AnthropicSettings:
+    """AnthropicAdapter's options: the Messages API at <base_url>/v1/messages."""
+
+    base_url: str = "https://api.anthropic.com"
+    api_key: str | None = field(default=None, repr=False)   # sent as x-api-key
+    api_key_env: str = ""                           # or: the environment variable holding it
+    anthropic_version: str = "2023-06-01"           # the anthropic-version header (the current API version)
+    timeout_s: float = 60.0                         # upstream silence allowed (headers, between events)
+    connect_timeout_s: float = 5.0
+    max_connections: int = 64
+    extra_headers: dict[str, str] = field(default_factory=dict)   # e.g. anthropic-beta
+    capabilities: tuple[str, ...] = ("chat", "tools", "vision")
+
+
+@dataclass(frozen=True, slots=True)
+class OllamaSettings:
+    """OllamaAdapter's options: Ollama's native API (/api/chat, /api/embed, /api/tags, /api/ps)."""
+
+    base_url: str = "http://127.0.0.1:11434"        # Ollama's default listen address
+    timeout_s: float = 120.0                        # a cold model load can take a minute before the first byte
+    connect_timeout_s: float = 5.0
+    max_connections: int = 16                       # Ollama serves few requests in parallel (OLLAMA_NUM_PARALLEL)
+    keep_alive: str = ""                            # how long Ollama keeps the model loaded ("" = its default)
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = ("chat", "json", "embeddings")
+
+
 # provider type -> its settings dataclass (every field is an option; a field without default is required)
-SETTINGS = {"simulated": SimulatedSettings, "openai_compat": OpenAICompatSettings}
+SETTINGS = {"simulated": SimulatedSettings, "openai_compat": OpenAICompatSettings,
+            "anthropic": AnthropicSettings, "ollama": OllamaSettings}
 
 # Range rules checked at load, by option: (">=", x), (">", x), ("in", lo, hi), ("http_url",),
 # ("env_of", field): the option names an environment variable whose value fills `field`.
@@ -30,4 +59,10 @@ CHECKS = {
     OpenAICompatSettings: {
         "base_url": ("http_url",), "api_key_env": ("env_of", "api_key"),
         "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1)},
+    AnthropicSettings: {
+        "base_url": ("http_url",), "api_key_env": ("env_of", "api_key"), "anthropic_version": ("nonempty",),
+        "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1)},
+    OllamaSettings: {
+        "base_url": ("http_url",), "timeout_s": (">", 0), "connect_timeout_s": (">", 0),
+        "max_connections": (">=", 1)},
 }
