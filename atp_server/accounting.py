@@ -21,10 +21,11 @@ class Accountant:
 
     @staticmethod
     def usage(model: ModelSpec, request: ChatRequest, finish: Finish, streamed_tokens: int) -> Usage:
-        """Provider-reported tokens when present, else our own count/estimate."""
+        """Provider-reported tokens when present, else our own count/estimate (then `estimated`)."""
         tin = finish.input_tokens if finish.input_tokens is not None else estimate_tokens(request.prompt_chars())
         tout = finish.output_tokens if finish.output_tokens is not None else streamed_tokens
-        return Usage(tin, tout, model.cost_micros(tin, tout))
+        estimated = finish.input_tokens is None or finish.output_tokens is None
+        return Usage(tin, tout, model.cost_micros(tin, tout), estimated, finish.cached_input_tokens or 0)
 
     def record(self, tenant: str, model_id: str, usage: Usage) -> None:
         for totals in (self.by_tenant[tenant], self.by_model[model_id]):

@@ -21,7 +21,8 @@ from .stages.admission import AdmissionStage
 from .stages.policy import BasicPolicy, PolicyStage, ValidateStage
 from .stages.record import AccountStage, AuditStage, MetricsStage, ObserverStage
 from .stages.route import RouteStage
-from .types import AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta
+from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta,
+                    ToolCall, ToolCallDelta)
 
 __all__ = ["BasicPolicy", "Pipeline", "build_chain"]
 
@@ -234,6 +235,10 @@ class Pipeline:
                                 elif type(item) is Finish:
                                     finish = item
                                     break
+                                elif type(item) is ToolCallDelta:   # passed through as is
+                                    yield item
+                                    emitted += 1
+                                    tokens += item.tokens
                         if finish is None:
                             raise AtpError(ErrorCode.UPSTREAM_CUT,
                                            f"{model_id} ended the stream without finishing")
@@ -270,18 +275,24 @@ class Pipeline:
                     trace.upstream_ns += time.perf_counter_ns() - u0
                 usage = self._succeeded(trace, principal, model, request, finish, tokens)
                 return Completion(request.request_id, text, finish.reason, usage, trace.decision,
-                                  trace.overhead_us())
+                                  trace.overhead_us(), finish.tool_calls)
         raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
 
 
 async def _drain(adapter, model, request: ChatRequest):
     """Collect an adapter's stream into (text, finish, tokens); a stream without Finish is a cut."""
-    parts, tokens = [], 0
+    parts, tokens, calls = [], 0, {}
     async with aclosing(adapter.stream(model, request)) as items:
         async for item in items:
             if type(item) is TextDelta:
                 parts.append(item.text)
                 tokens += item.tokens
+            elif type(item) is ToolCallDelta:
+                call = calls.get(item.index) or ToolCall(item.id or "", item.name or "", "")
+                calls[item.index] = call._replace(arguments=call.arguments + item.arguments)
+                tokens += item.tokens
             elif type(item) is Finish:
+                if calls and not item.tool_calls:
+                    item = item._replace(tool_calls=tuple(calls[i] for i in sorted(calls)))
                 return "".join(parts), item, tokens
     raise AtpError(ErrorCode.UPSTREAM_CUT, f"{model.id} ended the stream without finishing")

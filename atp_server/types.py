@@ -44,6 +44,24 @@ class ChatRequest:
     stream: bool = True
     request_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    # ---- beyond text (the HTTP dialects fill these; the frame paths leave the defaults) ----------
+    # `messages` stays the text of the conversation (routing, estimates, redaction read it);
+    # `details`, when not empty, has one entry per message with what text alone cannot say.
+    details: tuple["MessageDetail | None", ...] = ()
+    tools: tuple["ToolSpec", ...] = ()
+    tool_choice: "ToolChoice | None" = None
+    parallel_tool_calls: bool | None = None
+    response_format: "ResponseFormat | None" = None
+    stop: tuple[str, ...] = ()
+    top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    n: int = 1
+    user: str | None = None
 
     def validate(self) -> None:
         if not self.messages:
@@ -60,8 +78,86 @@ class ChatRequest:
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise AtpError(ErrorCode.INVALID_REQUEST, "temperature must be in [0, 2]")
 
+        if self.details and len(self.details) != len(self.messages):
+            raise AtpError(ErrorCode.INVALID_REQUEST, "details must have one entry per message")
+        if self.top_p is not None and not 0 <= self.top_p <= 1:
+            raise AtpError(ErrorCode.INVALID_REQUEST, "top_p must be in [0, 1]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if (v := getattr(self, name)) is not None and not -2 <= v <= 2:
+                raise AtpError(ErrorCode.INVALID_REQUEST, f"{name} must be in [-2, 2]")
+        if len(self.stop) > MAX_STOP:
+            raise AtpError(ErrorCode.INVALID_REQUEST, f"stop takes at most {MAX_STOP} sequences")
+        if self.n != 1:
+            raise AtpError(ErrorCode.INVALID_REQUEST, "n must be 1")
+
     def prompt_chars(self) -> int:
         return sum(len(c) for _, c in self.messages)
+
+    def map_text(self, fn) -> None:
+        """Rewrite every piece of message text with fn(str) -> str, in `messages` and in the text
+        parts of `details` alike (a redaction that saw only `messages` would leak the parts)."""
+        self.messages = [(role, fn(text)) for role, text in self.messages]
+        if self.details:
+            self.details = tuple(d and d._replace(parts=tuple(fn(p) if type(p) is str else p for p in d.parts))
+                                 for d in self.details)
+
+
+MAX_STOP = 4   # OpenAI's own limit on stop sequences; providers reject more
+
+
+# ---- the parts of a request beyond plain text --------------------------------------------------
+
+class ImagePart(NamedTuple):
+    url: str                                      # http(s) URL or a data: URL (base64 image data)
+    detail: str | None = None                     # OpenAI's "low" | "high" | "auto"
+
+
+class ToolCall(NamedTuple):
+    """A function call the assistant made (in history, or in a whole answer)."""
+    id: str
+    name: str
+    arguments: str                                # JSON text as the model wrote it (may be invalid)
+
+
+class MessageDetail(NamedTuple):
+    """What one message says beyond its text. `parts` (when not empty) is the content in order:
+    str for text, ImagePart for images; the message's text in `messages` is its str parts joined."""
+    parts: tuple = ()
+    tool_calls: tuple[ToolCall, ...] = ()         # an assistant message that called tools
+    tool_call_id: str | None = None               # a tool message: the call it answers
+    name: str | None = None
+
+
+class ToolSpec(NamedTuple):
+    name: str
+    description: str | None = None
+    parameters: dict | None = None                # JSON Schema of the arguments
+    strict: bool | None = None
+
+
+class ToolChoice(NamedTuple):
+    mode: str                                     # "auto" | "none" | "required" | "function"
+    name: str | None = None                       # the forced function when mode == "function"
+
+
+class ResponseFormat(NamedTuple):
+    type: str                                     # "text" | "json_object" | "json_schema"
+    name: str | None = None
+    schema: dict | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+class EmbeddingRequest(NamedTuple):
+    inputs: tuple[str, ...]
+    model: str | None = None
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class Embeddings(NamedTuple):
+    vectors: list[list[float]]
+    input_tokens: int
 
 
 # The value types built for every request or token are NamedTuples, not frozen dataclasses: the same
@@ -82,6 +178,8 @@ class Usage(NamedTuple):
     input_tokens: int
     output_tokens: int
     cost_usd_micros: int
+    estimated: bool = False                       # counted by ATP, not reported by the provider
+    cached_input_tokens: int = 0
 
     @property
     def cost_usd(self) -> float:
@@ -95,11 +193,23 @@ class TextDelta(NamedTuple):
     tokens: int = 1
 
 
+class ToolCallDelta(NamedTuple):
+    """A piece of a streamed tool call: the first piece of call `index` has its id and name, the
+    following ones append to its JSON arguments (OpenAI's streaming shape)."""
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    tokens: int = 1
+
+
 class Finish(NamedTuple):
     """The upstream finished normally. Token counts from the provider when it reports them."""
     reason: str = "stop"
     input_tokens: int | None = None
     output_tokens: int | None = None
+    tool_calls: tuple[ToolCall, ...] = ()         # a whole (non-streamed) answer's calls
+    cached_input_tokens: int | None = None
 
 
 # ---- what the pipeline yields to transports --------------------------------------------------------
@@ -129,3 +239,4 @@ class Completion(NamedTuple):
     usage: Usage
     decision: RouteDecision
     overhead_us: int
+    tool_calls: tuple[ToolCall, ...] = ()

@@ -4,9 +4,11 @@ import random
 import zlib
 from dataclasses import dataclass
 
+import orjson
+
 from codec.errors import ErrorCode
 
-from ..types import AtpError, ChatRequest, Finish, TextDelta
+from ..types import AtpError, ChatRequest, Finish, TextDelta, ToolCall, ToolCallDelta
 from .base import ModelSpec, estimate_tokens
 
 _WORDS = ("the", "router", "sends", "each", "request", "to", "a", "model", "that", "fits", "its",
@@ -28,7 +30,7 @@ class SimulatedSettings:
 class SimulatedAdapter:
     """Same request + same seed = same answer, timing and failures: for demos, tests, benchmarks."""
 
-    capabilities = frozenset({"chat", "tools", "json", "vision", "long_context"})
+    capabilities = frozenset({"chat", "streaming", "tools", "json", "vision", "long_context"})
 
     def __init__(self, name: str, settings: SimulatedSettings = SimulatedSettings()):
         self.name = name
@@ -70,6 +72,16 @@ class SimulatedAdapter:
             await asyncio.sleep(delay)
         if fails:
             raise AtpError(ErrorCode.UPSTREAM_ERROR, f"simulated failure of {model.id}")
+        if (shaped := _shaped_answer(request, self._word(start, 0).strip())) is not None:
+            text, calls = shaped
+            for i, call in enumerate(calls):      # id and name first, then the arguments in two pieces
+                half = len(call.arguments) // 2
+                yield ToolCallDelta(i, call.id, call.name, call.arguments[:half])
+                yield ToolCallDelta(i, None, None, call.arguments[half:])
+            for piece in _pieces(text):
+                yield TextDelta(piece, 1)
+            yield self._finish_shaped(request, text, calls)
+            return
         gap = 1.0 / self.settings.tokens_per_s if self.settings.tokens_per_s else 0.0
         for i in range(n_out):
             if cut_at is not None and i == cut_at:
@@ -91,10 +103,60 @@ class SimulatedAdapter:
             raise AtpError(ErrorCode.UPSTREAM_ERROR, f"simulated failure of {model.id}")
         if cut_at is not None:
             raise AtpError(ErrorCode.UPSTREAM_CUT, f"simulated connection cut after {cut_at} tokens")
+        if (shaped := _shaped_answer(request, self._word(start, 0).strip())) is not None:
+            text, calls = shaped
+            return text, self._finish_shaped(request, text, calls)._replace(tool_calls=calls)
         text = self._texts.get((start, n_out))
         if text is None:   # at most len(_WORDS) x output_tokens distinct answers: cache them
             text = self._texts[(start, n_out)] = "".join(self._word(start, i) for i in range(n_out))
         return text, self._finish(request, n_out)
 
+    def _finish_shaped(self, request: ChatRequest, text: str, calls: tuple) -> Finish:
+        out = len(calls) * 2 + len(_pieces(text))
+        return Finish("tool_calls" if calls else "stop", estimate_tokens(request.prompt_chars()), out)
+
     async def aclose(self) -> None:
         return None
+
+
+def _pieces(text: str) -> list[str]:
+    """Text cut in 8-character pieces: a JSON answer streams in several deltas, like a real model's."""
+    return [text[i:i + 8] for i in range(0, len(text), 8)]
+
+
+def _shaped_answer(request: ChatRequest, word: str) -> tuple[str, tuple[ToolCall, ...]] | None:
+    """For a request with tools (and tool_choice not "none") one call to the chosen (or first)
+    tool, arguments built from its schema; for a JSON response_format a JSON text matching the
+    schema; otherwise None (plain words). After a tool result the answer is text again, as a
+    model's would be."""
+    choice = request.tool_choice
+    last_role = request.messages[-1][0] if request.messages else ""
+    if request.tools and (choice is None or choice.mode != "none") and last_role != "tool":
+        tool = next((t for t in request.tools if choice and t.name == choice.name), request.tools[0])
+        args = orjson.dumps(_example(tool.parameters or {"type": "object"}, word)).decode()
+        return "", (ToolCall(f"call_{zlib.crc32(args.encode()):08x}", tool.name, args),)
+    fmt = request.response_format
+    if fmt is not None and fmt.type != "text":
+        schema = fmt.schema if fmt.type == "json_schema" and fmt.schema else {
+            "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+        return orjson.dumps(_example(schema, word)).decode(), ()
+    return None
+
+
+def _example(schema: dict, word: str, depth: int = 0):
+    """The smallest value a JSON Schema accepts (objects get every listed property): enough
+    schema for tests and demos of tools / structured output, not a validator."""
+    if depth > 8 or type(schema) is not dict:
+        return None
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return _example(schema[key][0], word, depth + 1)
+    kind = schema.get("type", "object")
+    if type(kind) is list:
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: _example(v, word, depth + 1) for k, v in props.items()}
+    return {"string": word, "integer": 1, "number": 1.0, "boolean": True, "array": []}.get(kind)
