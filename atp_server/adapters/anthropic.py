@@ -7,7 +7,7 @@ import orjson
 
 from codec.errors import ErrorCode
 
-from ..types import AtpError, ChatRequest, Finish, TextDelta
+from ..types import AtpError, ChatRequest, Finish, ImagePart, TextDelta, ToolCall, ToolCallDelta
 from .base import ModelSpec
 from .http_client import HttpClient, HttpClientError, PeerClosedError
 from .openai_compat import _drain, _retry_after_ms, _transport_error
@@ -231,14 +231,57 @@ def status_error(name: str, status: int, headers: dict[str, str], body: bytes) -
     return error_for(name, etype, f"HTTP {status}: {message}", retry)
 
 
+def _image(part: ImagePart) -> dict:
+    """An image part as an Anthropic image block: base64 data from a data: URL, else a URL source."""
+    url = part.url
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        media = head[5:].split(";")[0]
+        if not head.endswith(";base64") or not media:
+            raise AtpError(ErrorCode.INVALID_REQUEST, "image data: URLs must be data:<type>;base64,...")
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _content(text: str, detail) -> str | list:
+    """One message's content: its text, or its blocks when it has images or tool calls."""
+    if detail is None:
+        return text
+    blocks = [{"type": "text", "text": p} if type(p) is str else _image(p) for p in detail.parts if p != ""]
+    if not detail.parts and text:
+        blocks.append({"type": "text", "text": text})
+    for call in detail.tool_calls:
+        try:
+            args = orjson.loads(call.arguments) if call.arguments else {}
+        except orjson.JSONDecodeError:
+            raise AtpError(ErrorCode.INVALID_REQUEST, f"tool call {call.id}: arguments are not JSON") from None
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": args})
+    return blocks if blocks and (detail.tool_calls or any(type(p) is not str for p in detail.parts)) else text
+
+
+# Neutral parameters with no Anthropic counterpart: refused by name, never dropped (issue 9).
+_UNSUPPORTED = ("seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")
+
+
 def messages_payload(model: ModelSpec, request: ChatRequest, stream: bool) -> dict:
-    """The neutral request as a Messages body: system turns lifted to `system`, max_tokens required."""
+    """The neutral request as a Messages body: system turns lifted to `system`, tool results as
+    user tool_result blocks, images as image blocks, max_tokens always set (Anthropic requires it)."""
     system, messages = [], []
-    for role, content in request.messages:
+    details = request.details or (None,) * len(request.messages)
+    for (role, text), detail in zip(request.messages, details):
         if role in ("system", "developer"):
-            system.append(content)
+            system.append(text)
+        elif role == "tool":
+            call_id = detail.tool_call_id if detail is not None else None
+            if not call_id:
+                raise AtpError(ErrorCode.INVALID_REQUEST, "a tool message needs the tool_call_id it answers")
+            block = {"type": "tool_result", "tool_use_id": call_id, "content": text}
+            if messages and messages[-1]["role"] == "user" and type(messages[-1]["content"]) is list:
+                messages[-1]["content"].append(block)   # parallel calls' results share one user turn
+            else:
+                messages.append({"role": "user", "content": [block]})
         elif role in ("user", "assistant"):
-            messages.append({"role": role, "content": content})
+            messages.append({"role": role, "content": _content(text, detail)})
         else:
             raise AtpError(ErrorCode.INVALID_REQUEST, f"role {role!r} has no Anthropic equivalent")
     if not messages:
@@ -251,6 +294,30 @@ def messages_payload(model: ModelSpec, request: ChatRequest, stream: bool) -> di
         if request.temperature > 1:   # Anthropic's range is [0, 1]; rescaling would change meaning
             raise AtpError(ErrorCode.INVALID_REQUEST, "temperature above 1 is not accepted by Anthropic models")
         body["temperature"] = request.temperature
+    for name in _UNSUPPORTED:
+        if getattr(request, name) not in (None, False):
+            raise AtpError(ErrorCode.INVALID_REQUEST, f"{name} is not supported by Anthropic models")
+    fmt = request.response_format
+    if fmt is not None and fmt.type != "text":
+        raise AtpError(ErrorCode.INVALID_REQUEST, f"response_format {fmt.type} is not supported by Anthropic models")
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    if request.tools:
+        body["tools"] = [{"name": t.name, "input_schema": t.parameters or {"type": "object", "properties": {}},
+                          **({"description": t.description} if t.description else {})} for t in request.tools]
+    choice = request.tool_choice
+    if choice is not None:
+        tc = ({"type": "tool", "name": choice.name} if choice.mode == "function" else
+              {"type": {"required": "any"}.get(choice.mode, choice.mode)})
+        if request.parallel_tool_calls is False and choice.mode != "none":
+            tc["disable_parallel_tool_use"] = True
+        body["tool_choice"] = tc
+    elif request.parallel_tool_calls is False and request.tools:
+        body["tool_choice"] = {"type": "auto", "disable_parallel_tool_use": True}
     if stream:
         body["stream"] = True
     return body
@@ -281,7 +348,8 @@ class AnthropicAdapter:
     async def stream(self, model: ModelSpec, request: ChatRequest):
         body = orjson.dumps(messages_payload(model, request, True))
         name = self.name
-        in_tok = out_tok = reason = None
+        in_tok = out_tok = reason = cached = None
+        tools: dict[int, int] = {}      # Anthropic block index -> tool call ordinal (OpenAI's index)
         parser = SSEParser()
         try:
             async with self._http.stream("POST", self._url, headers=self._stream_headers, body=body) as resp:
@@ -297,12 +365,19 @@ class AnthropicAdapter:
                         if kind is TextChunk:
                             if ev.text:
                                 yield TextDelta(ev.text, 1)
+                        elif kind is ToolInputChunk:
+                            if ev.partial_json and ev.index in tools:
+                                yield ToolCallDelta(tools[ev.index], None, None, ev.partial_json)
+                        elif kind is BlockStart:
+                            if ev.block_type == "tool_use":
+                                tools[ev.index] = n = len(tools)
+                                yield ToolCallDelta(n, ev.block.get("id", ""), ev.block.get("name", ""), "")
                         elif kind is MessageDelta:
                             reason = ev.stop_reason or reason
                             out_tok = ev.output_tokens if ev.output_tokens is not None else out_tok
                             in_tok = ev.input_tokens if ev.input_tokens is not None else in_tok
                         elif kind is MessageStart:
-                            in_tok, out_tok = ev.input_tokens, ev.output_tokens
+                            in_tok, out_tok, cached = ev.input_tokens, ev.output_tokens, ev.cache_read_tokens
                         elif kind is StreamError:
                             raise error_for(name, ev.error_type, ev.message)
                     if parser.state is _STOPPED:
@@ -319,7 +394,7 @@ class AnthropicAdapter:
             parser.end()
         except AtpError as e:
             raise _named(name, e) from None
-        yield Finish(FINISH.get(reason, "stop"), in_tok, out_tok)
+        yield Finish(FINISH.get(reason, "stop"), in_tok, out_tok, (), cached)
 
     async def complete(self, model: ModelSpec, request: ChatRequest) -> tuple[str, Finish]:
         body = orjson.dumps(messages_payload(model, request, False))
@@ -337,12 +412,15 @@ class AnthropicAdapter:
             if obj.get("type") == "error":
                 err = obj["error"]
                 raise error_for(self.name, str(err.get("type")), str(err.get("message"))[:300])
-            text = "".join(b["text"] for b in obj["content"] if b.get("type") == "text")
+            blocks = obj["content"]
+            text = "".join(b["text"] for b in blocks if b.get("type") == "text")
+            calls = tuple(ToolCall(b["id"], b["name"], orjson.dumps(b.get("input") or {}).decode())
+                          for b in blocks if b.get("type") == "tool_use")
             usage = obj.get("usage") or {}
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise _protocol(f"{self.name}: malformed Messages body") from None
-        return text, Finish(FINISH.get(obj.get("stop_reason"), "stop"),
-                            usage.get("input_tokens"), usage.get("output_tokens"))
+        return text, Finish(FINISH.get(obj.get("stop_reason"), "stop"), usage.get("input_tokens"),
+                            usage.get("output_tokens"), calls, usage.get("cache_read_input_tokens"))
 
     async def aclose(self) -> None:
         await self._http.aclose()

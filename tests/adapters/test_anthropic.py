@@ -5,7 +5,8 @@ import pytest
 from atp_server.adapters import anthropic as an
 from atp_server.adapters.base import ModelSpec
 from atp_server.adapters.settings import AnthropicSettings
-from atp_server.types import AtpError, ChatRequest, Finish, TextDelta
+from atp_server.types import (AtpError, ChatRequest, Finish, ImagePart, MessageDetail, ResponseFormat, TextDelta,
+                              ToolCall, ToolCallDelta, ToolChoice, ToolSpec)
 from codec.errors import ErrorCode
 from tests.adapters.fixtures.server import anthropic_server, events, serving, transcript
 
@@ -101,7 +102,7 @@ def test_payload_lifts_system_and_requires_max_tokens():
                                                  {"role": "assistant", "content": "yo"},
                                                  {"role": "user", "content": "again"}]}
     for bad, match in (([("user", "x")], "temperature above 1"), ([("system", "only")], "at least one user"),
-                       ([("tool", "x")], "role 'tool'")):
+                       ([("tool", "x")], "needs the tool_call_id"), ([("function", "x")], "role 'function'")):
         with pytest.raises(AtpError, match=match) as e:
             an.messages_payload(model, ChatRequest(bad, temperature=1.5 if "temperature" in match else None), False)
         assert e.value.code == ErrorCode.INVALID_REQUEST
@@ -130,7 +131,7 @@ def test_stream_text_usage_and_headers(run, upstream):
     items, reqs = run(lambda: _collect(upstream, (("system", "sys"), ("user", "hi")),
                                        extra_headers={"anthropic-beta": "tools-2024-05-16"}))
     assert "".join(i.text for i in items if type(i) is TextDelta) == "Hello! How can I help you today?"
-    assert items[-1] == Finish("stop", 25, 12)
+    assert items[-1] == Finish("stop", 25, 12, (), 0)   # cache_read_input_tokens 0 is reported
     (req,) = reqs
     assert req["headers"]["x-api-key"] == "sk-ant-test"
     assert req["headers"]["anthropic-version"] == "2023-06-01"
@@ -149,6 +150,52 @@ def test_stream_documented_event_kinds(run, upstream, text, finish):
     items, _ = run(lambda: _collect(upstream))
     assert "".join(i.text for i in items if type(i) is TextDelta) == text
     assert items[-1] == finish
+
+
+def test_stream_tool_use_becomes_tool_call_deltas(run):
+    items, _ = run(lambda: _collect("tool_use"))
+    calls = [i for i in items if type(i) is ToolCallDelta]
+    assert calls[0] == ToolCallDelta(0, "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather", "")
+    assert all(c.index == 0 and c.id is None for c in calls[1:])
+    assert orjson.loads("".join(c.arguments for c in calls)) == {"location": "San Francisco, CA",
+                                                                 "unit": "fahrenheit"}
+
+
+def test_payload_tools_images_tool_results_and_parameters():
+    model = ModelSpec("c", "a", "claude-x")
+    call = ToolCall("toolu_1", "get_weather", '{"city":"Paris"}')
+    req = ChatRequest(
+        [("user", "what is this?"), ("assistant", ""), ("tool", "18C"), ("tool", "sunny")],
+        details=(MessageDetail(parts=("what is this?", ImagePart("data:image/png;base64,iVBORw0K"),
+                                      ImagePart("https://x.test/a.jpg"))),
+                 MessageDetail(tool_calls=(call,)), MessageDetail(tool_call_id="toolu_1"),
+                 MessageDetail(tool_call_id="toolu_2")),
+        tools=(ToolSpec("get_weather", "Weather now", {"type": "object", "properties": {"city": {"type": "string"}}}),),
+        tool_choice=ToolChoice("required"), parallel_tool_calls=False, stop=("END",), top_p=0.9, user="u-1")
+    body = an.messages_payload(model, req, False)
+    assert body["messages"] == [
+        {"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
+            {"type": "image", "source": {"type": "url", "url": "https://x.test/a.jpg"}}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                           "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
+                                     {"type": "tool_result", "tool_use_id": "toolu_2", "content": "sunny"}]}]
+    assert body["tools"] == [{"name": "get_weather", "description": "Weather now", "input_schema": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}]
+    assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    assert (body["stop_sequences"], body["top_p"], body["metadata"]) == (["END"], 0.9, {"user_id": "u-1"})
+    forced = an.messages_payload(model, ChatRequest([("user", "x")], tool_choice=ToolChoice("function", "f")), False)
+    assert forced["tool_choice"] == {"type": "tool", "name": "f"}
+
+
+@pytest.mark.parametrize("field,value", [("seed", 7), ("logit_bias", {"1": 2.0}), ("presence_penalty", 0.5),
+                                         ("response_format", ResponseFormat("json_object"))])
+def test_payload_refuses_what_anthropic_cannot_do_by_name(field, value):
+    with pytest.raises(AtpError, match=field) as e:
+        an.messages_payload(ModelSpec("c", "a", "x"), ChatRequest([("user", "x")], **{field: value}), False)
+    assert e.value.code == ErrorCode.INVALID_REQUEST
 
 
 @pytest.mark.parametrize("upstream,code,retry_ms,match", [
@@ -188,7 +235,9 @@ def test_complete_reads_one_messages_body(run):
                 await adapter.aclose()
         return got, e.value, fx.requests
     (text, finish), err, reqs = run(go)
-    assert text == "I'll check the weather." and finish == Finish("tool_calls", 2095, 503)
+    assert text == "I'll check the weather." and finish[:3] == ("tool_calls", 2095, 503)
+    assert finish.tool_calls == (ToolCall("toolu_01A09q90qw90lq917835lq9", "get_weather",
+                                          '{"location":"San Francisco, CA"}'),)
     assert err.code == ErrorCode.INVALID_REQUEST
     assert "stream" not in reqs[0]["body"] and reqs[0]["body"]["max_tokens"] == 50
 
