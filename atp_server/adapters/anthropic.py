@@ -260,6 +260,7 @@ def _content(text: str, detail) -> str | list:
 
 
 # Neutral parameters with no Anthropic counterpart: refused by name, never dropped (issue 9).
+# temperature and top_p are forwarded: models that no longer take them answer with their own 400.
 _UNSUPPORTED = ("seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")
 
 
@@ -298,8 +299,9 @@ def messages_payload(model: ModelSpec, request: ChatRequest, stream: bool) -> di
         if getattr(request, name) not in (None, False):
             raise AtpError(ErrorCode.INVALID_REQUEST, f"{name} is not supported by Anthropic models")
     fmt = request.response_format
-    if fmt is not None and fmt.type != "text":
-        raise AtpError(ErrorCode.INVALID_REQUEST, f"response_format {fmt.type} is not supported by Anthropic models")
+    if fmt is not None and fmt.type != "text":   # structured outputs: a JSON object needs no schema of its own
+        schema = fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"}
+        body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.stop:

@@ -30,7 +30,7 @@ class AnthropicSettings:
     connect_timeout_s: float = 5.0
     max_connections: int = 64
     extra_headers: dict[str, str] = field(default_factory=dict)   # e.g. anthropic-beta
-    capabilities: tuple[str, ...] = ("chat", "tools", "vision")
+    capabilities: tuple[str, ...] = ("chat", "streaming", "tools", "json", "vision")   # json: output_config.format
 
 
 @dataclass(frozen=True, slots=True)

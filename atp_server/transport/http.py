@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from codec.errors import ErrorCode
 
 from ..types import AtpError, ChatRequest, Delta, Done, Routed
+from . import http_anthropic
 
 log = logging.getLogger("atp.http")
 
@@ -152,6 +153,7 @@ class HttpTransport:
         self.web = web.Application(client_max_size=MAX_BODY)
         self.web.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/v1/models", self.models),
                              web.get("/healthz", self.healthz), web.get("/metrics", self.metrics)])
+        http_anthropic.add_routes(self)   # POST /v1/messages: the Anthropic dialect
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         # handler_cancellation: a client that hangs up cancels its request, and so the upstream call.

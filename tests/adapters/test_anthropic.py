@@ -191,11 +191,21 @@ def test_payload_tools_images_tool_results_and_parameters():
 
 
 @pytest.mark.parametrize("field,value", [("seed", 7), ("logit_bias", {"1": 2.0}), ("presence_penalty", 0.5),
-                                         ("response_format", ResponseFormat("json_object"))])
+                                         ("logprobs", True)])
 def test_payload_refuses_what_anthropic_cannot_do_by_name(field, value):
     with pytest.raises(AtpError, match=field) as e:
         an.messages_payload(ModelSpec("c", "a", "x"), ChatRequest([("user", "x")], **{field: value}), False)
     assert e.value.code == ErrorCode.INVALID_REQUEST
+
+
+def test_payload_json_formats_become_structured_output():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for fmt, want in ((ResponseFormat("json_schema", "x", schema), schema),
+                      (ResponseFormat("json_object"), {"type": "object"})):
+        body = an.messages_payload(ModelSpec("c", "a", "x"), ChatRequest([("user", "x")], response_format=fmt), False)
+        assert body["output_config"] == {"format": {"type": "json_schema", "schema": want}}
+    assert "output_config" not in an.messages_payload(ModelSpec("c", "a", "x"), ChatRequest(
+        [("user", "x")], response_format=ResponseFormat("text")), False)
 
 
 @pytest.mark.parametrize("upstream,code,retry_ms,match", [
