@@ -7,57 +7,16 @@ import pytest
 from atp_server.config import DEV_API_KEY
 from tests.adapters.fixtures.server import ThreadedFixture, anthropic_server
 from tests.transport.conftest import ServerHarness, server_config
+from tests.transport.test_http import EXTRA_TOML as CUT_TOML
 
-# A provider that dies mid-stream, and Anthropic-typed providers served by the fixture server.
-EXTRA_TOML = """
-[[providers]]
-name = "cutter"
-type = "simulated"
-output_tokens = 8
-cut_rate = 1.0
-
-[[models]]
-id = "sim-cut"
-provider = "cutter"
-quality = 0.01
-latency_ms = 5000
-price_in_per_mtok = 50.0
-price_out_per_mtok = 50.0
-
-[[providers]]
-name = "claude"
-type = "anthropic"
-base_url = "{url}"
-api_key = "sk-ant-fixture"
-
-[[models]]
-id = "claude-fx"
-provider = "claude"
-upstream = "text"
-quality = 0.01
-latency_ms = 5000
-price_in_per_mtok = 3.0
-price_out_per_mtok = 15.0
-capabilities = ["chat", "tools"]
-
-[[models]]
-id = "claude-fx-msg"
-provider = "claude"
-upstream = "message"
-quality = 0.01
-latency_ms = 5000
-capabilities = ["chat", "tools"]
-
-[[models]]
-id = "claude-fx-tools"
-provider = "claude"
-upstream = "tool_use"
-quality = 0.01
-latency_ms = 5000
-price_in_per_mtok = 3.0
-price_out_per_mtok = 15.0
-capabilities = ["chat", "tools"]
-"""
+# Anthropic-typed models served by the fixture server (model "upstream" = the transcript replayed),
+# never the router's first choice; test_http's providers add sim-cut, which dies mid-stream.
+FIXTURE_MODELS = {"claude-fx": "text", "claude-fx-tools": "tool_use", "claude-fx-msg": "message"}
+ANTHROPIC_TOML = ('[[providers]]\nname = "claude"\ntype = "anthropic"\nbase_url = "{url}"\n'
+                  'api_key = "sk-ant-fixture"\n') + "".join(
+    f'[[models]]\nid = "{mid}"\nprovider = "claude"\nupstream = "{up}"\nquality = 0.01\nlatency_ms = 5000\n'
+    f'price_in_per_mtok = 3.0\nprice_out_per_mtok = 15.0\ncapabilities = ["chat", "tools"]\n'
+    for mid, up in FIXTURE_MODELS.items())
 WEATHER = {"name": "get_weather", "description": "Current weather in a city",
            "input_schema": {"type": "object", "properties": {"location": {"type": "string"}},
                             "required": ["location"]}}
@@ -73,7 +32,7 @@ def fixture():
 @pytest.fixture(scope="module")
 def atp(tmp_path_factory, fixture):
     d = tmp_path_factory.mktemp("anthropic-sdk")
-    cfg = server_config(d, EXTRA_TOML.replace("{url}", fixture[1]))
+    cfg = server_config(d, CUT_TOML + ANTHROPIC_TOML.replace("{url}", fixture[1]))
     harness = ServerHarness(cfg, str(d / "audit.sqlite")).start(grpc=False, quic=False)
     yield harness
     harness.stop()
