@@ -9,6 +9,7 @@ from codec.errors import ErrorCode
 
 from ..types import AtpError, ChatRequest, Finish, ImagePart, TextDelta, ToolCall, ToolCallDelta
 from .base import ModelSpec
+from .calls import call_json
 from .http_client import HttpClient, HttpClientError, PeerClosedError
 from .openai_compat import _drain, _retry_after_ms, _transport_error
 
@@ -399,18 +400,9 @@ class AnthropicAdapter:
         yield Finish(FINISH.get(reason, "stop"), in_tok, out_tok, (), cached)
 
     async def complete(self, model: ModelSpec, request: ChatRequest) -> tuple[str, Finish]:
-        body = orjson.dumps(messages_payload(model, request, False))
+        obj = await call_json(self._http, self.name, "POST", self._url, self._json_headers,
+                              orjson.dumps(messages_payload(model, request, False)), status_error)
         try:
-            resp = await self._http.request("POST", self._url, headers=self._json_headers, body=body)
-        except PeerClosedError as e:
-            code = ErrorCode.UPSTREAM_CUT if e.headers_received else ErrorCode.UPSTREAM_ERROR
-            raise AtpError(code, f"{self.name}: {e}") from None
-        except HttpClientError as e:
-            raise _transport_error(self.name, e) from None
-        if resp.status != 200:
-            raise status_error(self.name, resp.status, resp.headers, resp.body)
-        try:
-            obj = orjson.loads(resp.body)
             if obj.get("type") == "error":
                 err = obj["error"]
                 raise error_for(self.name, str(err.get("type")), str(err.get("message"))[:300])
@@ -419,7 +411,7 @@ class AnthropicAdapter:
             calls = tuple(ToolCall(b["id"], b["name"], orjson.dumps(b.get("input") or {}).decode())
                           for b in blocks if b.get("type") == "tool_use")
             usage = obj.get("usage") or {}
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):
             raise _protocol(f"{self.name}: malformed Messages body") from None
         return text, Finish(FINISH.get(obj.get("stop_reason"), "stop"), usage.get("input_tokens"),
                             usage.get("output_tokens"), calls, usage.get("cache_read_input_tokens"))
