@@ -14,6 +14,7 @@ from .adapters.simulated import SimulatedAdapter
 from .admission import Admission
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
+from .embedding import Embedder
 from .config import Config, audit_file, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
@@ -40,7 +41,8 @@ def build_adapter(name: str, ptype: str, options: dict):
     s = settings
     return OpenAICompatAdapter(name, s.base_url, s.api_key, timeout_s=s.timeout_s,
                                connect_timeout_s=s.connect_timeout_s, max_connections=s.max_connections,
-                               extra_headers=dict(s.extra_headers), capabilities=frozenset(s.capabilities))
+                               extra_headers=dict(s.extra_headers), capabilities=frozenset(s.capabilities),
+                               stream_usage=s.stream_usage, max_tokens_field=s.max_tokens_field)
 
 
 @dataclass
@@ -84,6 +86,8 @@ class App:
             metrics=self.metrics, admission=self.admission, limits=self.limits,
             connection_config=self.connection_config,
             congestion_watermark=config.server.congestion_watermark)
+        self.service.embed = Embedder(self.router, self.adapters, self.accountant, self.pipeline.policy,
+                                      self.pipeline.clock).embed
         self.transports: list = []
         self.ports = BoundPorts()
 

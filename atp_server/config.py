@@ -253,6 +253,8 @@ def _check(key: str, values: dict, rules: dict) -> None:
             _fail(k, f"must be > {rule[1]}, got {v}")
         elif op == "in" and not rule[1] <= v <= rule[2]:
             _fail(k, f"must be in [{rule[1]}, {rule[2]}], got {v}")
+        elif op == "one_of" and v not in rule[1:]:
+            _fail(k, f"must be one of {', '.join(map(str, rule[1:]))}, got {v!r}")
         elif op == "nonempty" and not v:
             _fail(k, "must not be empty")
         elif op == "http_url":

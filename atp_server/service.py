@@ -40,6 +40,7 @@ class GatewayService:
         self.complete = pipeline.complete           # (request, principal, transport, t0)
         self.stream = pipeline.stream
         self.route = pipeline.route                 # (request, principal) -> RouteDecision
+        self.embed = None                           # (EmbeddingRequest, principal) -> (Embeddings, model id, Usage)
         self.draining = False
         # frame sessions (session.FrameSession)
         self.keyring = auth.keyring

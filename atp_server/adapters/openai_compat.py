@@ -9,7 +9,8 @@ import orjson
 
 from codec.errors import ErrorCode
 
-from ..types import AtpError, ChatRequest, Finish, TextDelta
+from ..types import (AtpError, ChatRequest, EmbeddingRequest, Embeddings, Finish, TextDelta, ToolCall,
+                     ToolCallDelta)
 from .base import ModelSpec
 from .http_client import HttpClient, HttpClientError, HttpTimeout, PeerClosedError
 
@@ -17,39 +18,67 @@ _DRAIN_S = 1.0  # how long to wait for the HTTP end after `[DONE]` so the socket
 
 
 class OpenAICompatAdapter:
-    """POST {base_url}/chat/completions; `stream()` parses SSE, `complete()` one JSON answer."""
+    """POST {base_url}/chat/completions; `stream()` parses SSE, `complete()` one JSON answer;
+    `embed()` POSTs /embeddings, `list_models()` / `health()` GET /models.
+
+    Quirks of the servers it is used with (see README, "How to add a provider"): llama.cpp's
+    server and LM Studio take json_schema only on recent builds; TGI has no logit_bias and wants
+    its own response_format; some older servers reject stream_options (stream_usage = false: the
+    usage is then counted and marked estimated); OpenAI's reasoning models want
+    max_tokens_field = "max_completion_tokens".
+    """
 
     def __init__(self, name: str, base_url: str, api_key: str | None = None, *, timeout_s: float = 60.0,
                  connect_timeout_s: float = 5.0, max_connections: int = 64,
-                 extra_headers: dict[str, str] | None = None, capabilities: frozenset = frozenset({"chat"})):
+                 extra_headers: dict[str, str] | None = None, capabilities: frozenset = frozenset({"chat"}),
+                 stream_usage: bool = True, max_tokens_field: str = "max_tokens"):
         self.name = name
         self.capabilities = frozenset(capabilities)
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._base = base_url.rstrip("/")
+        self._url = self._base + "/chat/completions"
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         headers.update(extra_headers or {})
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
         self._json_headers = {**headers, "Accept": "application/json"}
+        self._stream_usage = stream_usage
+        self._max_tokens_field = max_tokens_field
         # timeout_s bounds upstream silence (time to headers, or a stall between stream chunks),
         # not the whole answer: a long generation that keeps streaming is healthy.
         self._http = HttpClient(max_connections=max_connections, connect_timeout_s=connect_timeout_s,
                                 read_timeout_s=timeout_s)
 
     def _payload(self, model: ModelSpec, request: ChatRequest, stream: bool) -> bytes:
-        body = {"model": model.upstream, "messages": [{"role": r, "content": c} for r, c in request.messages],
-                "stream": stream}
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+        details = request.details
+        messages = ([_message(r, c, d) for (r, c), d in zip(request.messages, details)] if details
+                    else [{"role": r, "content": c} for r, c in request.messages])
+        # max_output_tokens is enforced by clamping: the upstream never writes more than the model
+        # is configured for, whatever the client asked (finish_reason "length" tells it so).
+        limit = model.max_output_tokens
+        body = {"model": model.upstream, "messages": messages, "stream": stream,
+                self._max_tokens_field: min(request.max_tokens or limit, limit)}
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if stream:
+        for key in _SAMPLING:
+            if (value := getattr(request, key)) is not None:
+                body[key] = value
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.tools:
+            body["tools"] = [_tool(t) for t in request.tools]
+        if (choice := request.tool_choice) is not None:
+            body["tool_choice"] = (choice.mode if choice.mode != "function"
+                                   else {"type": "function", "function": {"name": choice.name}})
+        if (fmt := request.response_format) is not None:
+            body["response_format"] = _response_format(fmt)
+        if stream and self._stream_usage:
             body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
 
     async def stream(self, model: ModelSpec, request: ChatRequest):
         body = self._payload(model, request, True)
-        reason = in_tok = out_tok = None
+        reason = in_tok = out_tok = cached = None
         done = False
         try:
             async with self._http.stream("POST", self._url, headers=self._stream_headers, body=body) as resp:
@@ -70,12 +99,17 @@ class OpenAICompatAdapter:
                         usage = obj.get("usage")
                         if usage:
                             in_tok, out_tok = usage.get("prompt_tokens"), usage.get("completion_tokens")
+                            cached = _cached(usage)
                         for choice in obj.get("choices") or ():
                             if choice.get("index", 0) != 0:
                                 continue
-                            text = (choice.get("delta") or {}).get("content")
+                            delta = choice.get("delta") or _EMPTY
+                            text = delta.get("content")
                             if text:
                                 yield TextDelta(text, 1)
+                            if delta.get("tool_calls"):
+                                for item in _tool_call_deltas(delta["tool_calls"]):
+                                    yield item
                             if choice.get("finish_reason"):
                                 reason = choice["finish_reason"]
                     if done:
@@ -90,7 +124,7 @@ class OpenAICompatAdapter:
             raise _transport_error(self.name, e) from None
         if not done and reason is None:
             raise AtpError(ErrorCode.UPSTREAM_CUT, f"{self.name}: stream ended without [DONE] or finish_reason")
-        yield Finish(reason or "stop", in_tok, out_tok)
+        yield Finish(reason or "stop", in_tok, out_tok, (), cached)
 
     async def complete(self, model: ModelSpec, request: ChatRequest) -> tuple[str, Finish]:
         """One non-streamed answer: cheaper than SSE when the caller wants the whole text anyway."""
@@ -107,15 +141,126 @@ class OpenAICompatAdapter:
         try:
             obj = orjson.loads(resp.body)
             choice = obj["choices"][0]
-            text = (choice.get("message") or {}).get("content") or ""
+            message = choice.get("message") or _EMPTY
+            text = message.get("content") or ""
+            calls = tuple(ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "")
+                          for c in message.get("tool_calls") or ())
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{self.name}: malformed completion body") from None
-        usage = obj.get("usage") or {}
+        usage = obj.get("usage") or _EMPTY
         return text, Finish(choice.get("finish_reason") or "stop",
-                            usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                            usage.get("prompt_tokens"), usage.get("completion_tokens"), calls, _cached(usage))
+
+    async def _get_json(self, method: str, path: str, body: bytes = b""):
+        try:
+            resp = await self._http.request(method, self._base + path, headers=self._json_headers, body=body)
+        except HttpClientError as e:
+            raise _transport_error(self.name, e) from None
+        if resp.status != 200:
+            raise _status_error(self.name, resp.status, resp.headers, resp.body)
+        try:
+            return orjson.loads(resp.body)
+        except orjson.JSONDecodeError:
+            raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{self.name}: malformed JSON from {path}") from None
+
+    async def embed(self, model: ModelSpec, request: EmbeddingRequest) -> Embeddings:
+        """POST {base_url}/embeddings (OpenAI, vLLM, llama.cpp --embedding, Ollama /v1, LM Studio, TEI)."""
+        body = {"model": model.upstream, "input": list(request.inputs)}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user is not None:
+            body["user"] = request.user
+        obj = await self._get_json("POST", "/embeddings", orjson.dumps(body))
+        try:
+            rows = sorted(obj["data"], key=lambda row: row.get("index", 0))
+            vectors = [row["embedding"] for row in rows]
+        except (KeyError, TypeError, AttributeError):
+            raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{self.name}: malformed embeddings body") from None
+        if len(vectors) != len(request.inputs):
+            raise AtpError(ErrorCode.UPSTREAM_ERROR,
+                           f"{self.name}: {len(vectors)} embeddings for {len(request.inputs)} inputs")
+        return Embeddings(vectors, (obj.get("usage") or _EMPTY).get("prompt_tokens"))
+
+    async def list_models(self) -> list[str]:
+        """GET {base_url}/models: the upstream names it serves now."""
+        obj = await self._get_json("GET", "/models")
+        try:
+            return [row["id"] for row in obj["data"]]
+        except (KeyError, TypeError):
+            raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{self.name}: malformed model list") from None
+
+    async def health(self) -> bool:
+        try:
+            await self.list_models()
+        except AtpError:
+            return False
+        return True
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+_EMPTY: dict = {}
+# Optional sampling parameters sent under their own names when the request sets them.
+_SAMPLING = ("top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls",
+             "user")
+
+
+def _message(role: str, text: str, detail) -> dict:
+    """One neutral message (text + its MessageDetail) in OpenAI's shape."""
+    if detail is None:
+        return {"role": role, "content": text}
+    if detail.parts:
+        content = [{"type": "text", "text": p} if type(p) is str else
+                   {"type": "image_url", "image_url": {"url": p.url, "detail": p.detail} if p.detail
+                    else {"url": p.url}} for p in detail.parts]
+    else:
+        content = text if text or not detail.tool_calls else None
+    out = {"role": role, "content": content}
+    if detail.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in detail.tool_calls]
+    if detail.tool_call_id is not None:
+        out["tool_call_id"] = detail.tool_call_id
+    if detail.name is not None:
+        out["name"] = detail.name
+    return out
+
+
+def _tool(t) -> dict:
+    fn = {"name": t.name}
+    if t.description is not None:
+        fn["description"] = t.description
+    fn["parameters"] = t.parameters if t.parameters is not None else {"type": "object", "properties": {}}
+    if t.strict is not None:
+        fn["strict"] = t.strict
+    return {"type": "function", "function": fn}
+
+
+def _response_format(fmt) -> dict:
+    if fmt.type != "json_schema":
+        return {"type": fmt.type}
+    spec = {"name": fmt.name, "schema": fmt.schema if fmt.schema is not None else {"type": "object"}}
+    if fmt.strict is not None:
+        spec["strict"] = fmt.strict
+    if fmt.description is not None:
+        spec["description"] = fmt.description
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def _tool_call_deltas(calls) -> list[ToolCallDelta]:
+    out = []
+    for i, call in enumerate(calls):
+        if type(call) is not dict:
+            raise AtpError(ErrorCode.UPSTREAM_ERROR, "malformed tool_calls delta in stream")
+        fn = call.get("function") or _EMPTY
+        out.append(ToolCallDelta(call.get("index", i), call.get("id"), fn.get("name"), fn.get("arguments") or ""))
+    return out
+
+
+def _cached(usage: dict) -> int | None:
+    details = usage.get("prompt_tokens_details")
+    return details.get("cached_tokens") if type(details) is dict else None
 
 
 class _SSEParser:

@@ -16,6 +16,8 @@ class OpenAICompatSettings:
     max_connections: int = 64                       # pooled keep-alive connections to the upstream
     extra_headers: dict[str, str] = field(default_factory=dict)
     capabilities: tuple[str, ...] = ("chat",)
+    stream_usage: bool = True                       # ask for stream_options.include_usage (false: count it)
+    max_tokens_field: str = "max_tokens"            # "max_completion_tokens" for OpenAI's reasoning models
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,7 @@ class OllamaSettings:
 SETTINGS = {"simulated": SimulatedSettings, "openai_compat": OpenAICompatSettings,
             "anthropic": AnthropicSettings, "ollama": OllamaSettings}
 
-# Range rules checked at load, by option: (">=", x), (">", x), ("in", lo, hi), ("http_url",),
+# Range rules checked at load, by option: (">=", x), (">", x), ("in", lo, hi), ("one_of", a, b...), ("http_url",),
 # ("env_of", field): the option names an environment variable whose value fills `field`.
 CHECKS = {
     SimulatedSettings: {
@@ -58,7 +60,8 @@ CHECKS = {
         "output_tokens": (">=", 1), "failure_rate": ("in", 0, 1), "cut_rate": ("in", 0, 1)},
     OpenAICompatSettings: {
         "base_url": ("http_url",), "api_key_env": ("env_of", "api_key"),
-        "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1)},
+        "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1),
+        "max_tokens_field": ("one_of", "max_tokens", "max_completion_tokens")},
     AnthropicSettings: {
         "base_url": ("http_url",), "api_key_env": ("env_of", "api_key"), "anthropic_version": ("nonempty",),
         "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1)},

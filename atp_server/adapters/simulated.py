@@ -8,9 +8,11 @@ import orjson
 
 from codec.errors import ErrorCode
 
-from ..types import AtpError, ChatRequest, Finish, TextDelta, ToolCall, ToolCallDelta
+from ..types import (AtpError, ChatRequest, EmbeddingRequest, Embeddings, Finish, TextDelta, ToolCall,
+                     ToolCallDelta)
 from .base import ModelSpec, estimate_tokens
 
+EMBED_DIMS = 8   # small on purpose: tests compare vectors, nothing reads meaning into them
 _WORDS = ("the", "router", "sends", "each", "request", "to", "a", "model", "that", "fits", "its",
           "budget", "and", "latency", "goal", "while", "frames", "stay", "signed", "end", "to",
           "end", "so", "nothing", "is", "lost", "or", "replayed", "along", "way")
@@ -30,7 +32,7 @@ class SimulatedSettings:
 class SimulatedAdapter:
     """Same request + same seed = same answer, timing and failures: for demos, tests, benchmarks."""
 
-    capabilities = frozenset({"chat", "streaming", "tools", "json", "vision", "long_context"})
+    capabilities = frozenset({"chat", "streaming", "tools", "json", "vision", "embeddings", "long_context"})
 
     def __init__(self, name: str, settings: SimulatedSettings = SimulatedSettings()):
         self.name = name
@@ -110,6 +112,18 @@ class SimulatedAdapter:
         if text is None:   # at most len(_WORDS) x output_tokens distinct answers: cache them
             text = self._texts[(start, n_out)] = "".join(self._word(start, i) for i in range(n_out))
         return text, self._finish(request, n_out)
+
+    async def embed(self, model: ModelSpec, request: EmbeddingRequest) -> Embeddings:
+        """A unit vector per input from its crc32: equal texts embed equally, others differ."""
+        self.calls += 1
+        dims = request.dimensions or EMBED_DIMS
+        vectors = []
+        for text in request.inputs:
+            rng = random.Random(zlib.crc32(text.encode()))
+            v = [rng.uniform(-1.0, 1.0) for _ in range(dims)]
+            norm = sum(x * x for x in v) ** 0.5 or 1.0
+            vectors.append([x / norm for x in v])
+        return Embeddings(vectors, sum(estimate_tokens(len(t)) for t in request.inputs))
 
     def _finish_shaped(self, request: ChatRequest, text: str, calls: tuple) -> Finish:
         out = len(calls) * 2 + len(_pieces(text))

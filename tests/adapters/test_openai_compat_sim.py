@@ -117,7 +117,8 @@ def test_complete_non_streaming(run):
                 ("Hello world", Finish("length", None, None))
             headers, body = seen[1]
             assert "Authorization" not in headers and body["stream"] is False
-            assert "stream_options" not in body and "max_tokens" not in body and "temperature" not in body
+            assert "stream_options" not in body and "temperature" not in body
+            assert body["max_tokens"] == 1024      # unasked, the model's max_output_tokens (the clamp)
             assert len(set(ports)) == 1
             await adapter.aclose()
     run(main)

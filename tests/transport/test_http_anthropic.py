@@ -127,3 +127,8 @@ def test_failover_before_the_first_token_answers_from_another_model(custom_serve
         "model": "atp-fast", "max_tokens": 3, "messages": HELLO, "stream": True})
     assert status == 200 and headers["x-atp-model"] != "sim-broken"
     assert sse(body)[-1][0] == "message_stop"
+
+
+def test_get_on_messages_is_405_with_allow(http):
+    status, headers, _ = call("GET", url(http, MSGS), headers=XKEY)
+    assert status == 405 and headers["Allow"] == "POST"
