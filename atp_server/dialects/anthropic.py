@@ -10,6 +10,7 @@ import orjson
 
 from codec.errors import ErrorCode
 
+from ..adapters.base import required_capabilities
 from ..types import (AtpError, ChatRequest, ImagePart, MessageDetail, ResponseFormat, ToolCall, ToolCallDelta,
                      ToolChoice, ToolSpec)
 
@@ -189,7 +190,7 @@ def parse_messages(data) -> tuple[ChatRequest, bool]:
     user = _get(meta, "user_id", (str,), "a string", "metadata.")
     tools, choice, parallel = _tools(data)
     stream = _get(data, "stream", (bool,), "true or false") or False
-    return ChatRequest(
+    chat = ChatRequest(
         messages, tier=tier or "balanced", model=model, max_tokens=max_tokens,
         max_cost_usd=_get(ext, "max_cost_usd", _NUM, "a number", "atp."),
         latency_slo_ms=_get(ext, "latency_slo_ms", (int,), "an integer", "atp."),
@@ -198,7 +199,10 @@ def parse_messages(data) -> tuple[ChatRequest, bool]:
         metadata={"user": user} if user else {},
         details=tuple(details) if any(d is not None for d in details) else (),
         tools=tools, tool_choice=choice, parallel_tool_calls=parallel, stop=tuple(stops),
-        top_p=_get(data, "top_p", _NUM, "a number"), user=user, response_format=_output_format(data)), stream
+        top_p=_get(data, "top_p", _NUM, "a number"), user=user, response_format=_output_format(data))
+    if chat.tools or chat.response_format or chat.details:   # so `auto` only picks a model that can serve it
+        chat.capabilities = required_capabilities(chat)
+    return chat, stream
 
 
 def _usage(u) -> dict:

@@ -132,3 +132,18 @@ def test_failover_before_the_first_token_answers_from_another_model(custom_serve
 def test_get_on_messages_is_405_with_allow(http):
     status, headers, _ = call("GET", url(http, MSGS), headers=XKEY)
     assert status == 405 and headers["Allow"] == "POST"
+
+
+def test_required_capabilities_are_read_off_the_request():
+    from atp_server.dialects.anthropic import parse_messages
+    base = {"model": "auto", "max_tokens": 5}
+    img = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}}
+    cases = [({"messages": HELLO}, ()),
+             ({"messages": HELLO, "tools": [{"name": "t", "input_schema": {"type": "object"}}]}, ("tools",)),
+             ({"messages": [{"role": "user", "content": [img, {"type": "text", "text": "what?"}]}]}, ("vision",)),
+             ({"messages": HELLO, "output_config": {"format": {"type": "json_schema", "schema": {}}}}, ("json",))]
+    for extra, caps in cases:
+        chat, _ = parse_messages({**base, **extra})
+        assert chat.capabilities == caps
+    chat, _ = parse_messages({**base, "messages": [{"role": "user", "content": [img, {"type": "text", "text": "what?"}]}]})
+    assert chat.messages == [("user", "what?")] and chat.details[0].parts[0].url == "data:image/png;base64,iVBOR"
