@@ -144,6 +144,8 @@ class SSEParser:
         try:
             obj = orjson.loads(raw)
             kind = obj["type"]
+            if type(kind) is not str:
+                raise TypeError
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise _protocol(f"malformed SSE data: {raw[:80]!r}") from None
         if kind not in _KNOWN:

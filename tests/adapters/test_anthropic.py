@@ -70,6 +70,15 @@ def test_parser_error_event_and_unknown_events():
     p.end()
 
 
+def test_parser_multi_line_data_and_events_without_data():
+    evs, _ = parse(b'event: ping\n\n: keep-alive comment\n\nevent: message_start\ndata: {"type":"message_start",\n'
+                   b'data: "message":{"id":"m","model":"x","usage":{"input_tokens":3}}}\n\n')
+    assert evs == [an.MessageStart("m", "x", 3, None, None)]
+    for bad in (b'data: {"type": {"a": 1}}\n\n', b'data: [1]\n\n', b'data: {"no_type": 1}\n\n'):
+        with pytest.raises(AtpError, match="malformed SSE data"):
+            parse(bad)
+
+
 @pytest.mark.parametrize("name,code,match", [
     ("malformed.sse", ErrorCode.UPSTREAM_ERROR, "malformed SSE data"),
     ("out_of_order.sse", ErrorCode.UPSTREAM_ERROR, "content_block_delta not allowed before message_start"),
