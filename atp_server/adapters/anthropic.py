@@ -341,6 +341,7 @@ class AnthropicAdapter:
         self.settings = settings
         self.capabilities = frozenset(settings.capabilities)
         self._url = settings.base_url.rstrip("/") + "/v1/messages"
+        self._models_url = settings.base_url.rstrip("/") + "/v1/models"
         headers = {"Content-Type": "application/json", "anthropic-version": settings.anthropic_version}
         if settings.api_key:
             headers["x-api-key"] = settings.api_key
@@ -417,6 +418,22 @@ class AnthropicAdapter:
             raise _protocol(f"{self.name}: malformed Messages body") from None
         return text, Finish(FINISH.get(obj.get("stop_reason"), "stop"), usage.get("input_tokens"),
                             usage.get("output_tokens"), calls, usage.get("cache_read_input_tokens"))
+
+    async def list_models(self) -> list[str]:
+        """The model ids the key may use (GET /v1/models, first page): discovery."""
+        obj = await call_json(self._http, self.name, "GET", self._models_url, self._json_headers, b"", status_error)
+        try:
+            return [m["id"] for m in obj["data"]]
+        except (KeyError, TypeError):
+            raise _protocol(f"{self.name}: malformed /v1/models body") from None
+
+    async def health(self) -> bool:
+        """The API answers with our key: a model listing, not a (billed) completion."""
+        try:
+            await self.list_models()
+        except AtpError:
+            return False
+        return True
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -261,6 +261,22 @@ def test_complete_reads_one_messages_body(run):
     assert "stream" not in reqs[0]["body"] and reqs[0]["body"]["max_tokens"] == 50
 
 
+def test_list_models_and_health(run):
+    async def go():
+        fx = anthropic_server()
+        async with serving(fx) as url:
+            adapter, dead = _adapter(url), _adapter("http://127.0.0.1:9")
+            try:
+                return await adapter.list_models(), await adapter.health(), await dead.health(), fx.requests
+            finally:
+                await adapter.aclose()
+                await dead.aclose()
+    names, healthy, dead_healthy, reqs = run(go)
+    assert names == ["claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001"]
+    assert healthy is True and dead_healthy is False
+    assert reqs[0]["method"] == "GET" and reqs[0]["headers"]["x-api-key"] == "sk-ant-test"
+
+
 def test_refused_connection_is_a_retryable_upstream_error(run):
     async def go():
         adapter = _adapter("http://127.0.0.1:9")   # discard port: nothing listens
