@@ -9,7 +9,7 @@ from codec.errors import ErrorCode
 
 from ..types import AtpError, ChatRequest, Finish, ImagePart, TextDelta, ToolCall, ToolCallDelta
 from .base import ModelSpec
-from .calls import call_json
+from .calls import answers, call_json
 from .http_client import HttpClient, HttpClientError, PeerClosedError
 from .openai_compat import _drain, _retry_after_ms, _transport_error
 
@@ -429,11 +429,7 @@ class AnthropicAdapter:
 
     async def health(self) -> bool:
         """The API answers with our key: a model listing, not a (billed) completion."""
-        try:
-            await self.list_models()
-        except AtpError:
-            return False
-        return True
+        return await answers(self.list_models())
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -32,3 +32,12 @@ async def call_json(http: HttpClient, name: str, method: str, url: str, headers:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{name}: malformed JSON body") from None
+
+
+async def answers(probe) -> bool:
+    """A health probe: True when the awaited call succeeds, False when it fails with an AtpError."""
+    try:
+        await probe
+    except AtpError:
+        return False
+    return True

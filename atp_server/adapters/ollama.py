@@ -9,7 +9,7 @@ from codec.errors import ErrorCode
 
 from ..types import AtpError, ChatRequest, EmbeddingRequest, Embeddings, Finish, TextDelta, ToolCall, ToolCallDelta
 from .base import ModelSpec
-from .calls import call_json
+from .calls import answers, call_json
 from .http_client import HttpClient, HttpClientError, PeerClosedError
 from .openai_compat import _drain, _retry_after_ms, _transport_error
 
@@ -251,11 +251,7 @@ class OllamaAdapter:
             raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{self.name}: malformed /api/ps body") from None
 
     async def health(self) -> bool:
-        try:
-            await self._get(self._tags)
-        except AtpError:
-            return False
-        return True
+        return await answers(self._get(self._tags))
 
     async def aclose(self) -> None:
         await self._http.aclose()
