@@ -261,6 +261,24 @@ def test_complete_reads_one_messages_body(run):
     assert "stream" not in reqs[0]["body"] and reqs[0]["body"]["max_tokens"] == 50
 
 
+def test_overload_before_any_text_yields_nothing_so_the_pipeline_can_fail_over(run):
+    async def go():
+        fx = anthropic_server()
+        got = []
+        async with serving(fx) as url:
+            adapter = _adapter(url)
+            try:
+                with pytest.raises(AtpError) as e:
+                    async for item in adapter.stream(ModelSpec("c", "claude", "error_overloaded"),
+                                                     ChatRequest([("user", "x")])):
+                        got.append(item)
+            finally:
+                await adapter.aclose()
+        return got, e.value
+    got, err = run(go)
+    assert got == [] and err.retryable     # nothing reached the client: failover is still allowed
+
+
 def test_list_models_and_health(run):
     async def go():
         fx = anthropic_server()
