@@ -32,6 +32,12 @@ def build_adapter(name: str, ptype: str, options: dict):
     settings = provider_settings(f"providers[{name}]", ptype, options)
     if ptype == "simulated":
         return SimulatedAdapter(name, settings)
+    if ptype == "anthropic":
+        from .adapters.anthropic import AnthropicAdapter
+        return AnthropicAdapter(name, settings)
+    if ptype == "ollama":
+        from .adapters.ollama import OllamaAdapter
+        return OllamaAdapter(name, settings)
     from .adapters.openai_compat import OpenAICompatAdapter
     s = settings
     return OpenAICompatAdapter(name, s.base_url, s.api_key, timeout_s=s.timeout_s,

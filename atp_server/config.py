@@ -61,7 +61,7 @@ class AuthConfig:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
-    type: str                      # simulated | openai_compat
+    type: str                      # simulated | openai_compat | anthropic | ollama
     options: dict = field(default_factory=dict)   # as written in the file
     settings: object = None        # the options checked: adapters.settings.SETTINGS[type]
 

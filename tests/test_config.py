@@ -326,7 +326,7 @@ def test_file_that_is_not_utf8_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize("toml,message", [
     ('[[providers]]\ntype = "simulated"\n', "providers[0].name: is required"),
-    ('[[providers]]\nname = "p"\n', "providers[0].type: is required (simulated, openai_compat)"),
+    ('[[providers]]\nname = "p"\n', "providers[0].type: is required (simulated, openai_compat, anthropic, ollama)"),
 ])
 def test_provider_name_and_type_are_required(toml, message):
     with pytest.raises(config.ConfigError) as info:

@@ -21,8 +21,37 @@ class OpenAICompatSettings:
     json_schema_format: str = "json_schema"         # "json_object_schema": {"type": "json_object", "schema": ...}
 
 
+@dataclass(frozen=True, slots=True)
+class AnthropicSettings:
+    """AnthropicAdapter's options: the Messages API at <base_url>/v1/messages."""
+
+    base_url: str = "https://api.anthropic.com"
+    api_key: str | None = field(default=None, repr=False)   # sent as x-api-key
+    api_key_env: str = ""                           # or: the environment variable holding it
+    anthropic_version: str = "2023-06-01"           # the anthropic-version header (the current API version)
+    timeout_s: float = 60.0                         # upstream silence allowed (headers, between events)
+    connect_timeout_s: float = 5.0
+    max_connections: int = 64
+    extra_headers: dict[str, str] = field(default_factory=dict)   # e.g. anthropic-beta
+    capabilities: tuple[str, ...] = ("chat", "streaming", "tools", "json", "vision")   # json: output_config.format
+
+
+@dataclass(frozen=True, slots=True)
+class OllamaSettings:
+    """OllamaAdapter's options: Ollama's native API (/api/chat, /api/embed, /api/tags, /api/ps)."""
+
+    base_url: str = "http://127.0.0.1:11434"        # Ollama's default listen address
+    timeout_s: float = 120.0                        # a cold model load can take a minute before the first byte
+    connect_timeout_s: float = 5.0
+    max_connections: int = 16                       # Ollama serves few requests in parallel (OLLAMA_NUM_PARALLEL)
+    keep_alive: str = ""                            # how long Ollama keeps the model loaded ("" = its default)
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = ("chat", "json", "embeddings")
+
+
 # provider type -> its settings dataclass (every field is an option; a field without default is required)
-SETTINGS = {"simulated": SimulatedSettings, "openai_compat": OpenAICompatSettings}
+SETTINGS = {"simulated": SimulatedSettings, "openai_compat": OpenAICompatSettings,
+            "anthropic": AnthropicSettings, "ollama": OllamaSettings}
 
 # Range rules checked at load, by option: (">=", x), (">", x), ("in", lo, hi), ("one_of", a, b...), ("http_url",),
 # ("env_of", field): the option names an environment variable whose value fills `field`.
@@ -35,4 +64,10 @@ CHECKS = {
         "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1),
         "max_tokens_field": ("one_of", "max_tokens", "max_completion_tokens"),
         "json_schema_format": ("one_of", "json_schema", "json_object_schema")},
+    AnthropicSettings: {
+        "base_url": ("http_url",), "api_key_env": ("env_of", "api_key"), "anthropic_version": ("nonempty",),
+        "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1)},
+    OllamaSettings: {
+        "base_url": ("http_url",), "timeout_s": (">", 0), "connect_timeout_s": (">", 0),
+        "max_connections": (">=", 1)},
 }
