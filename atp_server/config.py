@@ -12,6 +12,7 @@ from pathlib import Path
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .audit import DEFAULT_MAX_BUFFER
+from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,7 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    dispatch: DispatchConfig = DispatchConfig()   # the [routing] keys of dispatch (dispatch.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -421,7 +423,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "routing"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -442,9 +444,17 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    cfg = Config(server, auth, providers, models, audit, _parse_dispatch(data.get("routing", {})))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
+
+
+def _parse_dispatch(t) -> DispatchConfig:
+    v = _typed("routing", t, DispatchConfig)
+    _check("routing", v, DISPATCH_CHECKS)
+    if "hedge_tiers" in v and (problem := check_tiers(v["hedge_tiers"])):
+        _fail("routing.hedge_tiers", problem)
+    return DispatchConfig(**v)
 
 
 def check_workers(cfg: Config, workers: int, key: str) -> None:
