@@ -34,7 +34,9 @@ def build_adapter(name: str, ptype: str, options: dict):
     s = settings
     return OpenAICompatAdapter(name, s.base_url, s.api_key, timeout_s=s.timeout_s,
                                connect_timeout_s=s.connect_timeout_s, max_connections=s.max_connections,
-                               extra_headers=dict(s.extra_headers), capabilities=frozenset(s.capabilities))
+                               extra_headers=dict(s.extra_headers), capabilities=frozenset(s.capabilities),
+                               total_timeout_s=s.total_timeout_s, pool_timeout_s=s.pool_timeout_s,
+                               keepalive_s=s.keepalive_s, max_concurrency=s.max_concurrency)
 
 
 @dataclass

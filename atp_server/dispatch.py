@@ -22,7 +22,7 @@ from codec.errors import ErrorCode
 
 from .types import TIERS, AtpError
 
-__all__ = ["CHECKS", "DispatchConfig", "Plan", "first_item"]
+__all__ = ["CHECKS", "Caps", "DispatchConfig", "Plan", "first_item"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +113,36 @@ class Plan:
             self.dropped.add(model)
         elif exc.retry_after_ms:
             self.retry_after_ms[model] = exc.retry_after_ms
+
+
+class Caps:
+    """Per-provider in-flight caps (an adapter's `max_concurrency`; 0 or absent = none).
+
+    Taken before the breaker hears of the call and given back whatever ends it: a full cap says
+    nothing about the upstream's health, only that we promised not to send it more at once.
+    Keyed by configured provider names only, so bounded by the configuration.
+    """
+
+    __slots__ = ("limits", "inflight")
+
+    def __init__(self, adapters: dict):
+        self.limits = {name: cap for name, a in adapters.items()
+                       if (cap := getattr(a, "max_concurrency", 0) or 0) > 0}
+        self.inflight = dict.fromkeys(self.limits, 0)
+
+    def take(self, provider: str) -> bool:
+        """Count one call in; False when the provider has no cap (nothing to give back)."""
+        cap = self.limits.get(provider)
+        if cap is None:
+            return False
+        if self.inflight[provider] >= cap:
+            raise AtpError(ErrorCode.OVERLOADED, f"{provider}: {cap} calls in flight (its "
+                                                 "max_concurrency); trying elsewhere or later")
+        self.inflight[provider] += 1
+        return True
+
+    def give_back(self, provider: str) -> None:
+        self.inflight[provider] -= 1
 
 
 async def first_item(plan: Plan, open_attempt, hedge_s: float | None, sleep, on_fail):

@@ -15,7 +15,7 @@ from codec.errors import ErrorCode
 from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
-from .dispatch import DispatchConfig, Plan, first_item
+from .dispatch import Caps, DispatchConfig, Plan, first_item
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
@@ -129,6 +129,7 @@ class Pipeline:
         self.dispatch = dispatch     # retries, failover budget, hedging ([routing] keys)
         self.sleep = sleep           # backoff and hedge timers: injectable, so tests never sleep
         self.rng = rng or random.Random()   # full-jitter draws; a seeded one in tests
+        self.caps = Caps(adapters)   # per-provider max_concurrency, taken per attempt
         self.adapters = adapters
         self.admission = admission
         self.accountant = accountant
@@ -212,24 +213,34 @@ class Pipeline:
         """One streamed call to one model, reported to its breaker at both ends; items as the
         adapter yields them, Finish last; a stream that stops without Finish is a cut."""
         model = self.router.models[model_id]
-        with _Call(self.router.health, model_id, self.clock):
-            async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
-                async for item in up:
-                    yield item
-                    if type(item) is Finish:
-                        return
-            raise AtpError(ErrorCode.UPSTREAM_CUT, f"{model_id} ended the stream without finishing")
+        capped = self.caps.take(model.provider)
+        try:
+            with _Call(self.router.health, model_id, self.clock):
+                async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
+                    async for item in up:
+                        yield item
+                        if type(item) is Finish:
+                            return
+                raise AtpError(ErrorCode.UPSTREAM_CUT, f"{model_id} ended the stream without finishing")
+        finally:
+            if capped:
+                self.caps.give_back(model.provider)
 
     async def _complete_attempt(self, model_id: str, request: ChatRequest):
         """One whole-answer call: yields (text, finish, tokens) once, inside the breaker report."""
         model = self.router.models[model_id]
         adapter = self.adapters[model.provider]
-        with _Call(self.router.health, model_id, self.clock):
-            if hasattr(adapter, "complete"):
-                text, finish = await adapter.complete(model, request)
-                yield text, finish, finish.output_tokens or 0
-            else:
-                yield await _drain(adapter, model, request)
+        capped = self.caps.take(model.provider)
+        try:
+            with _Call(self.router.health, model_id, self.clock):
+                if hasattr(adapter, "complete"):
+                    text, finish = await adapter.complete(model, request)
+                    yield text, finish, finish.output_tokens or 0
+                else:
+                    yield await _drain(adapter, model, request)
+        finally:
+            if capped:
+                self.caps.give_back(model.provider)
 
     def _succeeded(self, trace: RequestContext, principal: Principal, model, request, finish: Finish,
                    tokens: int):

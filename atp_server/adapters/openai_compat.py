@@ -20,8 +20,11 @@ class OpenAICompatAdapter:
 
     def __init__(self, name: str, base_url: str, api_key: str | None = None, *, timeout_s: float = 60.0,
                  connect_timeout_s: float = 5.0, max_connections: int = 64,
-                 extra_headers: dict[str, str] | None = None, capabilities: frozenset = frozenset({"chat"})):
+                 extra_headers: dict[str, str] | None = None, capabilities: frozenset = frozenset({"chat"}),
+                 total_timeout_s: float = 0.0, pool_timeout_s: float = 10.0, keepalive_s: float = 15.0,
+                 max_concurrency: int = 0):
         self.name = name
+        self.max_concurrency = max_concurrency   # enforced by the pipeline (dispatch.Caps)
         self.capabilities = frozenset(capabilities)
         self._url = base_url.rstrip("/") + "/chat/completions"
         headers = {"Content-Type": "application/json"}
@@ -33,7 +36,8 @@ class OpenAICompatAdapter:
         # timeout_s bounds upstream silence (time to headers, or a stall between stream chunks),
         # not the whole answer: a long generation that keeps streaming is healthy.
         self._http = HttpClient(max_connections=max_connections, connect_timeout_s=connect_timeout_s,
-                                read_timeout_s=timeout_s)
+                                read_timeout_s=timeout_s, total_timeout_s=total_timeout_s or None,
+                                pool_timeout_s=pool_timeout_s, idle_timeout_s=keepalive_s)
 
     def _payload(self, model: ModelSpec, request: ChatRequest, stream: bool) -> bytes:
         body = {"model": model.upstream, "messages": [{"role": r, "content": c} for r, c in request.messages],
