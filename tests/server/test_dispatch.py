@@ -12,7 +12,7 @@ from typing import NamedTuple
 import pytest
 
 from atp_server.app import App
-from atp_server.dispatch import DispatchConfig, Plan
+from atp_server.dispatch import Caps, DispatchConfig, Plan
 from atp_server.routing.health import Signal, State
 from atp_server.types import AtpError, ChatRequest, Delta, Done, Finish, Routed, TextDelta
 from codec.errors import ErrorCode
@@ -388,3 +388,122 @@ def test_the_client_leaving_during_a_hedge_cancels_both_attempts(tmp_path):
         return state
     assert asyncio.run(main()) == (0, 0, 0, ["cheap", "smart"])
 
+
+
+# ---- per-provider concurrency cap -----------------------------------------------------------------
+
+def test_a_full_concurrency_cap_fails_over_and_never_counts_against_health(tmp_path):
+    async def main():
+        adapter = Script(cheap=["hang"])
+        adapter.max_concurrency = 1                  # both models are on provider "sim"
+        app = build(tmp_path, adapter, max_attempts=3)
+        app.pipeline.caps = Caps(app.adapters)
+        first = asyncio.create_task(stream(app, model="cheap"))
+        await adapter.entered.wait()
+        with pytest.raises(AtpError) as info:
+            await stream(app, tier="fast")            # cheap, smart, cheap: every try finds it full
+        calls, caps_held = list(adapter.calls), dict(app.pipeline.caps.inflight)
+        adapter.release.set()
+        await first
+        board = app.router.health
+        after = (dict(app.pipeline.caps.inflight), board.all_closed(),
+                 {m: c.failures for m, c in board.circuits.items()})
+        await app.stop(0)
+        return info.value, calls, caps_held, after
+    err, calls, caps_held, after = asyncio.run(main())
+    assert err.code == ErrorCode.OVERLOADED and err.retryable
+    assert calls == ["cheap"] and caps_held == {"sim": 1}   # nothing more was sent upstream
+    assert after == ({"sim": 0}, True, {"cheap": 0})      # slot given back; no fault counted
+
+
+def test_a_cancelled_hedge_gives_its_concurrency_slot_back(tmp_path):
+    async def main():
+        adapter = Script(cheap=["hang"])
+        adapter.max_concurrency = 2
+        sleep = Sleep(HEDGE_S)
+        app = build(tmp_path, adapter, sleep, hedge_after_ms=HEDGE_S * 1000)
+        app.pipeline.caps = Caps(app.adapters)
+        task = asyncio.create_task(stream(app, tier="fast"))
+        await adapter.entered.wait()
+        sleep.fire.set()
+        items = await task
+        held = dict(app.pipeline.caps.inflight)
+        await app.stop(0)
+        return items, held
+    items, held = asyncio.run(main())
+    assert items[-1].decision.model == "smart" and held == {"sim": 0}
+
+
+# ---- the client going away cancels the upstream call ----------------------------------------------
+
+def _upstream_config(tmp_path, url: str):
+    return make_config(tmp_path, models=f"""
+[[providers]]
+name = "up"
+type = "openai_compat"
+base_url = "{url}"
+
+[[models]]
+id = "remote"
+provider = "up"
+""")
+
+
+@pytest.mark.parametrize("when", ["before-first-byte", "mid-stream"])
+def test_the_upstream_connection_closes_promptly_when_the_client_leaves(tmp_path, when):
+    from tests.adapters._servers import RawServer, read_request, until_eof
+
+    async def script(reader, writer, index):
+        await read_request(reader)
+        if when == "mid-stream":
+            event = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+        await until_eof(reader)                      # hold the answer open until ATP hangs up
+
+    async def main():
+        async with RawServer(script) as server:
+            app = App(_upstream_config(tmp_path, server.url))
+            gen = app.pipeline.stream(ChatRequest([("user", "x")], model="remote"), PRINCIPAL, "t")
+            assert type(await gen.__anext__()) is Routed
+            if when == "mid-stream":
+                assert (await gen.__anext__()).text == "hi"
+                await gen.aclose()                   # what a transport does when its client left
+            else:
+                task = asyncio.create_task(gen.__anext__())
+                while server.connections == 0:       # the request is out, no answer yet
+                    await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            async with asyncio.timeout(2):           # promptly: not at the 60 s read timeout
+                await server.closed[0].wait()
+            state = (app.admission.inflight, app.router.health.all_closed())
+            await app.stop(0)
+            return state
+    assert asyncio.run(main()) == (0, True)
+
+
+# ---- configuration --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line,key", [
+    ("max_attempts = 0", "routing.max_attempts"), ("max_atempts = 2", "routing.max_atempts"),
+    ("hedge_tiers = ['turbo']", "routing.hedge_tiers"), ("backoff_base_ms = -1", "routing.backoff_base_ms"),
+    ("hedge_after_ms = 'soon'", "routing.hedge_after_ms"),
+])
+def test_bad_routing_keys_name_the_key(tmp_path, line, key):
+    from atp_server.config import ConfigError
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, server=f"[routing]\n{line}")
+    assert str(info.value).startswith(key + ":")
+
+
+def test_routing_keys_reach_the_pipeline(tmp_path):
+    cfg = make_config(tmp_path, server="[routing]\nmax_attempts = 5\nhedge_after_ms = 300\n"
+                                       "hedge_tiers = ['fast', 'balanced']")
+    app = App(cfg)
+    assert app.pipeline.dispatch == DispatchConfig(max_attempts=5, hedge_after_ms=300.0,
+                                                   hedge_tiers=("fast", "balanced"))
+    assert app.pipeline.dispatch.hedge_s("balanced") == 0.3 and app.pipeline.dispatch.hedge_s("high") is None
+    asyncio.run(app.stop(0))
