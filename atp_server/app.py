@@ -44,7 +44,9 @@ def build_adapter(name: str, ptype: str, options: dict):
                                connect_timeout_s=s.connect_timeout_s, max_connections=s.max_connections,
                                extra_headers=dict(s.extra_headers), capabilities=frozenset(s.capabilities),
                                stream_usage=s.stream_usage, max_tokens_field=s.max_tokens_field,
-                               json_schema_format=s.json_schema_format)
+                               json_schema_format=s.json_schema_format,
+                               total_timeout_s=s.total_timeout_s, pool_timeout_s=s.pool_timeout_s,
+                               keepalive_s=s.keepalive_s, max_concurrency=s.max_concurrency)
 
 
 @dataclass
@@ -80,7 +82,7 @@ class App:
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
-                                 self.audit, self.metrics)
+                                 self.audit, self.metrics, dispatch=config.dispatch)
         self.feedback = FeedbackLog()
         # The transports' one way in (service.py): they never reach the parts above directly.
         self.service = GatewayService(

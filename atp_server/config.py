@@ -13,6 +13,7 @@ from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .pricing import Price
 from .audit import DEFAULT_MAX_BUFFER
+from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,7 @@ class Config:
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
     pricing: tuple[Price, ...] = ()   # [[pricing]]: per-deployment prices over the models' list prices
+    dispatch: DispatchConfig = DispatchConfig()   # the [routing] keys of dispatch (dispatch.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -450,7 +452,7 @@ def _parse_price(i: int, t: dict, models: set) -> Price:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit", "pricing"}
+    known = {"server", "auth", "providers", "models", "audit", "pricing", "routing"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -476,9 +478,18 @@ def parse(data: dict) -> Config:
     dated = [(p.model, p.effective_day) for p in pricing]
     if len(set(dated)) != len(dated):
         _fail("pricing", "two entries for the same model and effective date")
-    cfg = Config(server, auth, providers, models, audit, pricing)
+    cfg = Config(server=server, auth=auth, providers=providers, models=models, audit=audit,
+                 pricing=pricing, dispatch=_parse_dispatch(data.get("routing", {})))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
+
+
+def _parse_dispatch(t) -> DispatchConfig:
+    v = _typed("routing", t, DispatchConfig)
+    _check("routing", v, DISPATCH_CHECKS)
+    if "hedge_tiers" in v and (problem := check_tiers(v["hedge_tiers"])):
+        _fail("routing.hedge_tiers", problem)
+    return DispatchConfig(**v)
 
 
 def check_workers(cfg: Config, workers: int, key: str) -> None:

@@ -6,6 +6,7 @@ account → metrics → audit → observers. Authentication happens at the door 
 and arrives here as a Principal.
 """
 import asyncio
+import random
 import time
 from contextlib import aclosing
 
@@ -14,6 +15,7 @@ from codec.errors import ErrorCode
 from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
+from .dispatch import Caps, DispatchConfig, Plan, first_item
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
@@ -26,7 +28,6 @@ from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, Rout
 
 __all__ = ["BasicPolicy", "Pipeline", "build_chain"]
 
-MAX_ATTEMPTS = 3   # first choice + two failovers down the chain, for errors before the first token
 _DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
 _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
 
@@ -123,8 +124,13 @@ class _Call:
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
-                 clock=time.monotonic):
+                 clock=time.monotonic, dispatch: DispatchConfig = DispatchConfig(), sleep=asyncio.sleep,
+                 rng: random.Random | None = None):
         self.router = router
+        self.dispatch = dispatch     # retries, failover budget, hedging ([routing] keys)
+        self.sleep = sleep           # backoff and hedge timers: injectable, so tests never sleep
+        self.rng = rng or random.Random()   # full-jitter draws; a seeded one in tests
+        self.caps = Caps(adapters)   # per-provider max_concurrency, taken per attempt
         self.adapters = adapters
         self.admission = admission
         self.accountant = accountant
@@ -173,27 +179,69 @@ class Pipeline:
         request.request_id = self._request_id(request)
         return _Scope(self.chain, RequestContext(request, principal, transport, started_ns))
 
-    def _chain(self, trace: RequestContext) -> tuple:
+    def _plan(self, trace: RequestContext) -> Plan:
         d = trace.decision
-        return ((d.model,) + d.fallbacks)[:MAX_ATTEMPTS]
+        # The routing engine may give an alias its own budget (a field appended to RouteDecision).
+        budget = getattr(d, "max_attempts", None) or self.dispatch.max_attempts
+        return Plan((d.model,) + d.fallbacks, budget, self.dispatch, self.rng)
 
-    def _attempt_failed(self, trace: RequestContext, chain: tuple, attempt: int, exc: AtpError,
-                        emitted: int) -> RouteDecision:
-        """Decide after a failed attempt: re-raise, or return the decision for the next model."""
-        model_id = chain[attempt]
-        if emitted or not exc.retryable or attempt + 1 >= len(chain):
-            if emitted and exc.code is not ErrorCode.UPSTREAM_CUT:
-                raise AtpError(ErrorCode.UPSTREAM_CUT,
-                               f"{model_id} failed mid-stream: {exc.message}") from exc
-            raise exc
+    def _failed(self, trace: RequestContext, model_id: str, exc: AtpError) -> None:
         trace.failures.append(f"{model_id}: {exc.name}")
-        nxt = self.router.models[chain[attempt + 1]]
+
+    def _answered_by(self, trace: RequestContext, model_id: str) -> RouteDecision:
+        """The decision naming the model that answers, after failing over to it."""
         d = trace.decision
-        trace.decision = RouteDecision(
-            nxt.provider, nxt.id, d.estimated_cost_usd, nxt.latency_ms, d.confidence,
-            d.reasons + (f"failed over after {'; '.join(trace.failures)}",),
-            tuple(m for m in chain if m != nxt.id))
+        if model_id == d.model:
+            return d
+        nxt = self.router.models[model_id]
+        chain = (d.model,) + d.fallbacks
+        trace.decision = d._replace(
+            provider=nxt.provider, model=nxt.id, estimated_latency_ms=nxt.latency_ms,
+            reasons=d.reasons + (f"failed over after {'; '.join(trace.failures)}",),
+            fallbacks=tuple(m for m in chain if m != nxt.id))
         return trace.decision
+
+    async def _first(self, trace: RequestContext, request: ChatRequest, open_attempt):
+        """(model id, attempt generator, its first item): retries, failover and hedging (dispatch.py)."""
+        u0 = time.perf_counter_ns()
+        try:
+            return await first_item(self._plan(trace), open_attempt, self.dispatch.hedge_s(request.tier),
+                                    self.sleep, lambda model_id, exc: self._failed(trace, model_id, exc))
+        finally:
+            trace.upstream_ns += time.perf_counter_ns() - u0
+
+    async def _stream_attempt(self, model_id: str, request: ChatRequest):
+        """One streamed call to one model, reported to its breaker at both ends; items as the
+        adapter yields them, Finish last; a stream that stops without Finish is a cut."""
+        model = self.router.models[model_id]
+        capped = self.caps.take(model.provider)
+        try:
+            with _Call(self.router.health, model_id, self.clock):
+                async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
+                    async for item in up:
+                        yield item
+                        if type(item) is Finish:
+                            return
+                raise AtpError(ErrorCode.UPSTREAM_CUT, f"{model_id} ended the stream without finishing")
+        finally:
+            if capped:
+                self.caps.give_back(model.provider)
+
+    async def _complete_attempt(self, model_id: str, request: ChatRequest):
+        """One whole-answer call: yields (text, finish, tokens) once, inside the breaker report."""
+        model = self.router.models[model_id]
+        adapter = self.adapters[model.provider]
+        capped = self.caps.take(model.provider)
+        try:
+            with _Call(self.router.health, model_id, self.clock):
+                if hasattr(adapter, "complete"):
+                    text, finish = await adapter.complete(model, request)
+                    yield text, finish, finish.output_tokens or 0
+                else:
+                    yield await _drain(adapter, model, request)
+        finally:
+            if capped:
+                self.caps.give_back(model.provider)
 
     def _succeeded(self, trace: RequestContext, principal: Principal, model, request, finish: Finish,
                    tokens: int):
@@ -210,50 +258,48 @@ class Pipeline:
         """
         async with self._admitted(request, principal, transport, started_ns) as trace:
             yield Routed(trace.decision)
-            chain = self._chain(trace)
-            health, clock = self.router.health, self.clock
-            for attempt, model_id in enumerate(chain):
-                model = self.router.models[model_id]
-                emitted = tokens = 0
-                finish = None
-                try:
-                    with _Call(health, model_id, clock):
-                        async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
-                            it = up.__aiter__()
-                            while True:
-                                u0 = time.perf_counter_ns()
-                                try:
-                                    item = await it.__anext__()
-                                except StopAsyncIteration:
-                                    break
-                                finally:
-                                    trace.upstream_ns += time.perf_counter_ns() - u0
-                                if type(item) is TextDelta:
-                                    yield Delta(emitted, item.text, item.tokens)
-                                    emitted += 1
-                                    tokens += item.tokens
-                                elif type(item) is Finish:
-                                    finish = item
-                                    break
-                                elif type(item) is ToolCallDelta:   # passed through as is
-                                    yield item
-                                    emitted += 1
-                                    tokens += item.tokens
-                        if finish is None:
-                            raise AtpError(ErrorCode.UPSTREAM_CUT,
-                                           f"{model_id} ended the stream without finishing")
-                except AtpError as exc:
-                    if emitted:     # a cut stream is billed for what it delivered, marked estimated
-                        trace.usage = self.accountant.delivered(model, request, tokens)
-                    yield Routed(self._attempt_failed(trace, chain, attempt, exc, emitted))
-                    continue
-                except BaseException:
-                    if emitted:     # the client left mid-answer: what it was sent is billed too
-                        trace.usage = self.accountant.delivered(model, request, tokens)
-                    raise
-                usage = self._succeeded(trace, principal, model, request, finish, tokens)
-                yield Done(finish.reason, usage, trace.decision, trace.overhead_us())
-                return
+            model_id, attempt, item = await self._first(
+                trace, request, lambda m: self._stream_attempt(m, request))
+            if model_id != trace.decision.model:
+                yield Routed(self._answered_by(trace, model_id))
+            model = self.router.models[model_id]
+            emitted = tokens = 0
+            finish = None
+            try:
+                async with aclosing(attempt):
+                    while True:
+                        kind = type(item)
+                        if kind is TextDelta:
+                            yield Delta(emitted, item.text, item.tokens)
+                            emitted += 1
+                            tokens += item.tokens
+                        elif kind is ToolCallDelta:     # passed through as is
+                            yield item
+                            emitted += 1
+                            tokens += item.tokens
+                        else:
+                            finish = item
+                        u0 = time.perf_counter_ns()
+                        try:
+                            item = await attempt.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            trace.upstream_ns += time.perf_counter_ns() - u0
+            except AtpError as exc:
+                if emitted:     # a cut stream is billed for what it delivered, marked estimated
+                    trace.usage = self.accountant.delivered(model, request, tokens)
+                # Bytes reached the client: no failover can splice another model's answer on.
+                if emitted and exc.code is not ErrorCode.UPSTREAM_CUT:
+                    raise AtpError(ErrorCode.UPSTREAM_CUT,
+                                   f"{model_id} failed mid-stream: {exc.message}") from exc
+                raise
+            except BaseException:
+                if emitted:     # the client left mid-answer: what it was sent is billed too
+                    trace.usage = self.accountant.delivered(model, request, tokens)
+                raise
+            usage = self._succeeded(trace, principal, model, request, finish, tokens)
+            yield Done(finish.reason, usage, trace.decision, trace.overhead_us())
 
     async def complete(self, request: ChatRequest, principal: Principal, transport: str,
                        started_ns: int | None = None) -> Completion:
@@ -261,28 +307,15 @@ class Pipeline:
         one — a single JSON answer costs the upstream and us less than an SSE stream — else its
         stream, drained. Same admission, failover, accounting and audit as stream()."""
         async with self._admitted(request, principal, transport, started_ns) as trace:
-            chain = self._chain(trace)
-            health, clock = self.router.health, self.clock
-            for attempt, model_id in enumerate(chain):
-                model = self.router.models[model_id]
-                adapter = self.adapters[model.provider]
-                u0 = time.perf_counter_ns()
-                try:
-                    with _Call(health, model_id, clock):
-                        if hasattr(adapter, "complete"):
-                            text, finish = await adapter.complete(model, request)
-                            tokens = finish.output_tokens or 0
-                        else:
-                            text, finish, tokens = await _drain(adapter, model, request)
-                except AtpError as exc:
-                    self._attempt_failed(trace, chain, attempt, exc, 0)
-                    continue
-                finally:
-                    trace.upstream_ns += time.perf_counter_ns() - u0
-                usage = self._succeeded(trace, principal, model, request, finish, tokens)
-                return Completion(request.request_id, text, finish.reason, usage, trace.decision,
-                                  trace.overhead_us(), finish.tool_calls)
-        raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+            model_id, attempt, (text, finish, tokens) = await self._first(
+                trace, request, lambda m: self._complete_attempt(m, request))
+            async with aclosing(attempt):
+                async for _ in attempt:      # resumes past the yield: the breaker hears OK
+                    pass
+            self._answered_by(trace, model_id)
+            usage = self._succeeded(trace, principal, self.router.models[model_id], request, finish, tokens)
+            return Completion(request.request_id, text, finish.reason, usage, trace.decision,
+                              trace.overhead_us(), finish.tool_calls)
 
 
 async def _drain(adapter, model, request: ChatRequest):

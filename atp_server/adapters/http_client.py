@@ -23,6 +23,7 @@ class HttpTimeout(HttpClientError, TimeoutError): """Base of the timeouts."""
 class ConnectTimeout(HttpTimeout): """Connecting (TCP + TLS handshake) took longer than connect_timeout_s."""
 class ReadTimeout(HttpTimeout): """The peer sent nothing for read_timeout_s (before headers or mid-body)."""
 class PoolTimeout(HttpTimeout): """No pooled connection came free in time, or too many were waiting."""
+class TotalTimeout(HttpTimeout): """The whole exchange (headers and body) took longer than total_timeout_s."""
 
 
 class PeerClosedError(HttpClientError):
@@ -140,11 +141,19 @@ class _Conn(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _wait(self, timeout: float | None) -> None:
+    async def _wait(self, timeout: float | None, deadline: float | None = None) -> None:
         # One future + one timer per wait, re-armed per read: cheaper than asyncio.wait_for, and the
         # timeout means "silence for this long" (time to headers, or a stall between stream chunks).
+        # A deadline (total_timeout_s) bounds the whole exchange: whichever comes first fires.
+        exc_type = ReadTimeout
+        if deadline is not None:
+            left = deadline - self._loop.time()
+            if left <= 0:
+                raise TotalTimeout("exchange not complete within its total timeout")
+            if timeout is None or left < timeout:
+                timeout, exc_type = left, TotalTimeout
         w = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, _expire, w, ReadTimeout, timeout) if timeout else None
+        timer = self._loop.call_later(timeout, _expire, w, exc_type, timeout) if timeout else None
         try:
             await w
         finally:
@@ -152,13 +161,13 @@ class _Conn(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
 
-    async def read_headers(self, timeout: float | None) -> None:
+    async def read_headers(self, timeout: float | None, deadline: float | None = None) -> None:
         while not self.headers_done:
             if self.exc is not None:
                 raise self.exc
-            await self._wait(timeout)
+            await self._wait(timeout, deadline)
 
-    async def next_chunk(self, timeout: float | None) -> bytes | None:
+    async def next_chunk(self, timeout: float | None, deadline: float | None = None) -> bytes | None:
         while True:
             if self.chunks:
                 chunk = self.chunks.popleft()
@@ -171,9 +180,9 @@ class _Conn(asyncio.Protocol):
                 return None
             if self.exc is not None:
                 raise self.exc
-            await self._wait(timeout)
+            await self._wait(timeout, deadline)
 
-    async def read_all(self, timeout: float | None) -> bytes:
+    async def read_all(self, timeout: float | None, deadline: float | None = None) -> bytes:
         self.streaming = False  # the caller wants it all: backpressure would only deadlock us
         if self.paused:
             self.paused = False
@@ -181,7 +190,7 @@ class _Conn(asyncio.Protocol):
         while not self.complete:
             if self.exc is not None:
                 raise self.exc
-            await self._wait(timeout)
+            await self._wait(timeout, deadline)
         body = b"".join(self.chunks)
         self.chunks.clear()
         return body
@@ -197,7 +206,8 @@ class _Conn(asyncio.Protocol):
 
 def _expire(fut: asyncio.Future, exc_type: type, after_s: float) -> None:
     if not fut.done():
-        what = "no connection free" if exc_type is PoolTimeout else "no response bytes"
+        what = {PoolTimeout: "no connection free", TotalTimeout: "response not complete"}.get(
+            exc_type, "no response bytes")
         fut.set_exception(exc_type(f"{what} within {after_s:g} s"))
 
 
@@ -327,11 +337,12 @@ class _Pool:
 class Response:
     """Status and headers (lower-cased names); the body via `body` (after read) or `async for`."""
 
-    __slots__ = ("status", "headers", "_conn", "_pool", "_timeout", "_body")
+    __slots__ = ("status", "headers", "_conn", "_pool", "_timeout", "_deadline", "_body")
 
-    def __init__(self, conn: _Conn, pool: _Pool, timeout: float | None):
+    def __init__(self, conn: _Conn, pool: _Pool, timeout: float | None, deadline: float | None = None):
         self.status, self.headers = conn.status, conn.headers
         self._conn, self._pool, self._timeout, self._body = conn, pool, timeout, None
+        self._deadline = deadline       # loop time by which the whole body must be in (or None)
 
     @property
     def body(self) -> bytes:
@@ -349,7 +360,7 @@ class Response:
             if self._conn is None:
                 raise RuntimeError("response already closed")
             try:
-                self._body = await self._conn.read_all(self._timeout)
+                self._body = await self._conn.read_all(self._timeout, self._deadline)
             finally:
                 self.close()
         return self._body
@@ -362,7 +373,7 @@ class Response:
         if conn is None:
             raise StopAsyncIteration
         try:
-            chunk = await conn.next_chunk(self._timeout)
+            chunk = await conn.next_chunk(self._timeout, self._deadline)
         except BaseException:
             self.close()  # timeout, peer error or cancellation: the connection is dirty
             raise
@@ -406,8 +417,10 @@ class HttpClient:
 
     def __init__(self, *, max_connections: int = 64, max_waiters: int = 1024, idle_timeout_s: float = 15.0,
                  connect_timeout_s: float = 5.0, read_timeout_s: float | None = 60.0,
-                 pool_timeout_s: float = 10.0, ssl_context: _ssl.SSLContext | None = None):
+                 pool_timeout_s: float = 10.0, total_timeout_s: float | None = None,
+                 ssl_context: _ssl.SSLContext | None = None):
         self.max_connections, self.max_waiters = max_connections, max_waiters
+        self.total_timeout_s = total_timeout_s   # whole exchange, from sending to the body's end
         self.idle_timeout_s, self.connect_timeout_s = idle_timeout_s, connect_timeout_s
         self.read_timeout_s, self.pool_timeout_s = read_timeout_s, pool_timeout_s
         self._ssl = ssl_context
@@ -421,16 +434,19 @@ class HttpClient:
         return self._ssl
 
     async def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-                      body: bytes = b"", read_timeout_s: float | None = None) -> Response:
+                      body: bytes = b"", read_timeout_s: float | None = None,
+                      total_timeout_s: float | None = None) -> Response:
         """Send and read the whole response; the connection is back in the pool on return."""
-        resp = await self._open(method, url, headers, body, read_timeout_s, False)
+        resp = await self._open(method, url, headers, body, read_timeout_s, False, total_timeout_s)
         await resp.read()
         return resp
 
     def stream(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-               body: bytes = b"", read_timeout_s: float | None = None) -> _StreamContext:
+               body: bytes = b"", read_timeout_s: float | None = None,
+               total_timeout_s: float | None = None) -> _StreamContext:
         """`async with client.stream(...) as resp: async for chunk in resp` — leaving early closes."""
-        return _StreamContext(lambda: self._open(method, url, headers, body, read_timeout_s, True))
+        return _StreamContext(lambda: self._open(method, url, headers, body, read_timeout_s, True,
+                                                 total_timeout_s))
 
     @staticmethod
     def _head(method: str, url: str, headers: dict | None) -> tuple[tuple, bytes]:
@@ -443,7 +459,8 @@ class HttpClient:
             head.append(f"{k}: {v}\r\n")
         return key, "".join(head).encode("latin-1")
 
-    async def _open(self, method, url, headers, body, read_timeout_s, streaming) -> Response:
+    async def _open(self, method, url, headers, body, read_timeout_s, streaming,
+                    total_timeout_s=None) -> Response:
         if self.closed:
             raise HttpClientError("client closed")
         if method == "HEAD":
@@ -461,14 +478,16 @@ class HttpClient:
         else:
             data = head + b"\r\n"
         timeout = self.read_timeout_s if read_timeout_s is None else read_timeout_s
+        total = self.total_timeout_s if total_timeout_s is None else total_timeout_s
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _Pool(self, key)
+        deadline = pool.loop.time() + total if total else None
         for attempt in (0, 1):
             conn, reused = await pool.acquire()
             conn.send(data, streaming)
             try:
-                await conn.read_headers(timeout)
+                await conn.read_headers(timeout, deadline)
             except PeerClosedError:
                 conn.close()
                 # No response byte on a reused socket: almost surely the server's keep-alive timer
@@ -479,7 +498,7 @@ class HttpClient:
             except BaseException:
                 conn.close()
                 raise
-            return Response(conn, pool, timeout)
+            return Response(conn, pool, timeout, deadline)
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

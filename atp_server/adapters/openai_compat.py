@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from email.utils import parsedate_to_datetime
 
 import orjson
 
@@ -12,7 +10,8 @@ from codec.errors import ErrorCode
 from ..types import (AtpError, ChatRequest, EmbeddingRequest, Embeddings, Finish, TextDelta, ToolCall,
                      ToolCallDelta)
 from .base import ModelSpec
-from .http_client import HttpClient, HttpClientError, HttpTimeout, PeerClosedError
+from .errors import in_band_error, status_error as _status_error, transport_error as _transport_error
+from .http_client import HttpClient, HttpClientError, PeerClosedError
 
 _DRAIN_S = 1.0  # how long to wait for the HTTP end after `[DONE]` so the socket can be reused
 
@@ -33,8 +32,11 @@ class OpenAICompatAdapter:
                  connect_timeout_s: float = 5.0, max_connections: int = 64,
                  extra_headers: dict[str, str] | None = None, capabilities: frozenset = frozenset({"chat"}),
                  stream_usage: bool = True, max_tokens_field: str = "max_tokens",
-                 json_schema_format: str = "json_schema"):
+                 json_schema_format: str = "json_schema",
+                 total_timeout_s: float = 0.0, pool_timeout_s: float = 10.0, keepalive_s: float = 15.0,
+                 max_concurrency: int = 0):
         self.name = name
+        self.max_concurrency = max_concurrency   # enforced by the pipeline (dispatch.Caps)
         self.capabilities = frozenset(capabilities)
         self._base = base_url.rstrip("/")
         self._url = self._base + "/chat/completions"
@@ -50,7 +52,8 @@ class OpenAICompatAdapter:
         # timeout_s bounds upstream silence (time to headers, or a stall between stream chunks),
         # not the whole answer: a long generation that keeps streaming is healthy.
         self._http = HttpClient(max_connections=max_connections, connect_timeout_s=connect_timeout_s,
-                                read_timeout_s=timeout_s)
+                                read_timeout_s=timeout_s, total_timeout_s=total_timeout_s or None,
+                                pool_timeout_s=pool_timeout_s, idle_timeout_s=keepalive_s)
 
     def _payload(self, model: ModelSpec, request: ChatRequest, stream: bool) -> bytes:
         details = request.details
@@ -100,7 +103,7 @@ class OpenAICompatAdapter:
                         except orjson.JSONDecodeError:
                             raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{self.name}: bad JSON in stream") from None
                         if "error" in obj:  # some servers report failures in-band after a 200
-                            raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{self.name}: {_error_message(obj)}")
+                            raise in_band_error(self.name, obj)
                         usage = obj.get("usage")
                         if usage:
                             in_tok, out_tok = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -123,8 +126,7 @@ class OpenAICompatAdapter:
                     await _drain(resp)
         except PeerClosedError as e:
             if reason is None:  # a finish_reason already seen makes a missing tail harmless
-                code = ErrorCode.UPSTREAM_CUT if e.headers_received else ErrorCode.UPSTREAM_ERROR
-                raise AtpError(code, f"{self.name}: {e}") from None
+                raise _transport_error(self.name, e) from None
         except HttpClientError as e:
             raise _transport_error(self.name, e) from None
         if not done and reason is None:
@@ -136,9 +138,6 @@ class OpenAICompatAdapter:
         body = self._payload(model, request, False)
         try:
             resp = await self._http.request("POST", self._url, headers=self._json_headers, body=body)
-        except PeerClosedError as e:
-            code = ErrorCode.UPSTREAM_CUT if e.headers_received else ErrorCode.UPSTREAM_ERROR
-            raise AtpError(code, f"{self.name}: {e}") from None
         except HttpClientError as e:
             raise _transport_error(self.name, e) from None
         if resp.status != 200:
@@ -303,54 +302,3 @@ async def _drain(resp) -> None:
             await resp.read()
     except (TimeoutError, HttpClientError):
         resp.close()
-
-
-def _error_message(obj) -> str:
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict):
-        return str(err.get("message") or err.get("code") or err)[:300]
-    return str(err or obj)[:300]
-
-
-def _retry_after_ms(headers: dict[str, str]) -> int:
-    try:
-        if "retry-after-ms" in headers:
-            return max(0, int(float(headers["retry-after-ms"])))
-        value = headers.get("retry-after")
-        if value is None:
-            return 0
-        try:
-            return max(0, int(float(value) * 1000))
-        except ValueError:  # the HTTP-date form
-            return max(0, int((parsedate_to_datetime(value).timestamp() - time.time()) * 1000))
-    except (ValueError, TypeError):
-        return 0
-
-
-def _status_error(name: str, status: int, headers: dict[str, str], body: bytes) -> AtpError:
-    try:
-        obj = orjson.loads(body)
-        detail = _error_message(obj)
-        err = obj.get("error") if isinstance(obj, dict) else None
-        code = str(err.get("code") or "") if isinstance(err, dict) else ""
-    except orjson.JSONDecodeError:
-        detail, code = body[:300].decode("utf-8", "replace"), ""
-    message = f"{name}: upstream HTTP {status}: {detail}"
-    low = detail.lower()
-    model_missing = code == "model_not_found" or ("model" in low and ("not found" in low or "does not exist" in low))
-    if status == 429:
-        return AtpError(ErrorCode.RATE_LIMITED, message, _retry_after_ms(headers))
-    if model_missing and status in (400, 404):
-        return AtpError(ErrorCode.UNKNOWN_MODEL, message)
-    if status in (400, 413, 422):
-        return AtpError(ErrorCode.INVALID_REQUEST, message)
-    if status in (408, 504):
-        return AtpError(ErrorCode.UPSTREAM_TIMEOUT, message)
-    # 404 without a model complaint means a wrong base_url, and 401/402/403 our credentials:
-    # provider misconfiguration, not the caller's fault, so fail over like any upstream error.
-    return AtpError(ErrorCode.UPSTREAM_ERROR, message)
-
-
-def _transport_error(name: str, e: HttpClientError) -> AtpError:
-    code = ErrorCode.UPSTREAM_TIMEOUT if isinstance(e, HttpTimeout) else ErrorCode.UPSTREAM_ERROR
-    return AtpError(code, f"{name}: {type(e).__name__}: {e}")

@@ -12,8 +12,19 @@ class OpenAICompatSettings:
     api_key: str | None = field(default=None, repr=False)   # the upstream's Bearer key
     api_key_env: str = ""                           # or: the environment variable holding it
     timeout_s: float = 60.0                         # upstream silence allowed (headers, between chunks)
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = 5.0                  # TCP + TLS handshake
+    # The whole answer, first byte to last; 0 = unbounded, since a long generation that keeps
+    # streaming is healthy (timeout_s already catches a stalled one).
+    total_timeout_s: float = 0.0
     max_connections: int = 64                       # pooled keep-alive connections to the upstream
+    pool_timeout_s: float = 10.0                    # a call's wait for a pooled connection to free up
+    # Idle pooled connections are closed after this; a reused one the server already closed is
+    # retried once on a fresh socket, so a longer value than the server's costs one reconnect.
+    keepalive_s: float = 15.0
+    # In-flight calls allowed to this provider (0 = only max_connections bounds it). Beyond it a
+    # call fails at once as a retryable OVERLOADED, not counted against the provider's health,
+    # so dispatch fails over instead of queueing behind a saturated upstream.
+    max_concurrency: int = 0
     extra_headers: dict[str, str] = field(default_factory=dict)
     capabilities: tuple[str, ...] = ("chat",)
     stream_usage: bool = True                       # ask for stream_options.include_usage (false: count it)
@@ -63,7 +74,9 @@ CHECKS = {
         "base_url": ("http_url",), "api_key_env": ("env_of", "api_key"),
         "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1),
         "max_tokens_field": ("one_of", "max_tokens", "max_completion_tokens"),
-        "json_schema_format": ("one_of", "json_schema", "json_object_schema")},
+        "json_schema_format": ("one_of", "json_schema", "json_object_schema"),
+        "total_timeout_s": (">=", 0), "pool_timeout_s": (">", 0), "keepalive_s": (">", 0),
+        "max_concurrency": (">=", 0)},
     AnthropicSettings: {
         "base_url": ("http_url",), "api_key_env": ("env_of", "api_key"), "anthropic_version": ("nonempty",),
         "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1)},

@@ -8,8 +8,8 @@ import pytest
 from aiohttp import web
 
 from atp_server.adapters.http_client import (
-    ConnectError, ConnectTimeout, HttpClient, HttpClientError, PeerClosedError, PoolTimeout, ProtocolError,
-    ReadTimeout,
+    ConnectError, ConnectTimeout, HttpClient, HttpClientError, HttpTimeout, PeerClosedError, PoolTimeout,
+    ProtocolError, ReadTimeout, TotalTimeout,
 )
 
 from ._servers import RawServer, peer_port, read_request, serve_app, until_eof
@@ -495,3 +495,78 @@ def test_https_with_verification_and_reuse(run, tmp_path):
             assert len(set(ports)) == 1
             await client.aclose()
     run(main)
+
+
+# ---- total timeout: a deadline over the whole exchange --------------------------------------------
+
+def _trickle(gap_s: float):
+    """A server that never finishes: a chunk every `gap_s` (pacing the fake upstream, well inside
+    any read timeout), so only a total timeout can end the exchange."""
+    async def script(reader, writer, index):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(gap_s)
+    return script
+
+
+def test_total_timeout_ends_a_stream_that_keeps_trickling(run):
+    async def main():
+        async with RawServer(_trickle(0.01)) as server:
+            client = HttpClient(read_timeout_s=5.0, total_timeout_s=0.3)
+            loop = asyncio.get_running_loop()
+            started, chunks = loop.time(), 0
+            with pytest.raises(TotalTimeout) as info:
+                async with client.stream("GET", server.url + "/") as resp:
+                    async for _ in resp:
+                        chunks += 1
+            elapsed = loop.time() - started
+            await server.closed[0].wait()        # the unfinished connection was closed, not pooled
+            assert _pool(client).size == 0
+            await client.aclose()
+            return info.value, chunks, elapsed
+    err, chunks, elapsed = run(main)
+    assert isinstance(err, HttpTimeout) and "not complete" in str(err)
+    assert chunks > 1                             # bytes kept coming: the read timeout never fired
+    assert 0.25 <= elapsed < 3.0
+
+
+def test_total_timeout_bounds_whole_body_reads_and_a_per_call_override(run):
+    async def main():
+        async with RawServer(_trickle(0.01)) as server:
+            client = HttpClient(read_timeout_s=5.0)   # no total by default
+            with pytest.raises(TotalTimeout):
+                await client.request("GET", server.url + "/", total_timeout_s=0.2)
+            await client.aclose()
+    run(main)
+
+
+
+# ---- provider settings reach the pool ------------------------------------------------------------
+
+def test_provider_timeout_and_pool_keys_reach_the_http_client():
+    from atp_server.app import build_adapter
+
+    adapter = build_adapter("up", "openai_compat", {
+        "base_url": "http://127.0.0.1:9/v1", "timeout_s": 7.0, "connect_timeout_s": 1.5,
+        "total_timeout_s": 120.0, "max_connections": 4, "pool_timeout_s": 2.0, "keepalive_s": 30.0,
+        "max_concurrency": 3})
+    http = adapter._http
+    assert (http.read_timeout_s, http.connect_timeout_s, http.total_timeout_s) == (7.0, 1.5, 120.0)
+    assert (http.max_connections, http.pool_timeout_s, http.idle_timeout_s) == (4, 2.0, 30.0)
+    assert adapter.max_concurrency == 3
+    unbounded = build_adapter("up", "openai_compat", {"base_url": "http://127.0.0.1:9/v1"})
+    assert unbounded._http.total_timeout_s is None and unbounded.max_concurrency == 0
+
+
+@pytest.mark.parametrize("option,value", [("pool_timeout_s", 0), ("keepalive_s", -1), ("total_timeout_s", -5),
+                                          ("max_concurrency", -1), ("max_concurrency", "2")])
+def test_bad_provider_pool_keys_name_the_key(option, value):
+    from atp_server.app import build_adapter
+    from atp_server.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        build_adapter("up", "openai_compat", {"base_url": "http://127.0.0.1:9/v1", option: value})
+    assert str(info.value).startswith(f"providers[up].{option}:")

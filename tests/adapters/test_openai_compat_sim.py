@@ -129,7 +129,7 @@ def test_complete_non_streaming(run):
     ("boom", ErrorCode.UPSTREAM_ERROR, 0),
     ("missing", ErrorCode.UNKNOWN_MODEL, 0),
     ("bad", ErrorCode.INVALID_REQUEST, 0),
-    ("nopath", ErrorCode.UPSTREAM_ERROR, 0),  # 404 not about a model: a wrong base_url
+    ("nopath", ErrorCode.INTERNAL, 0),  # 404 not about a model: a wrong base_url, not retryable
 ])
 def test_http_errors_map_to_codes(run, mode, code, retry_ms):
     async def main():

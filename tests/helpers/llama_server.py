@@ -19,6 +19,10 @@ def gemma_model_path() -> Path:
     return assemble()
 
 
+# base URL -> the running server's process, for tests that kill it mid-answer
+PROCESSES: dict[str, subprocess.Popen] = {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,8 +61,10 @@ def llama_server(model_path: Path | None = None, *, ready_timeout_s: float = 120
             if time.monotonic() > deadline:
                 raise TimeoutError(f"llama server not ready after {ready_timeout_s} s:\n{_tail(log)}")
             time.sleep(0.2)  # readiness polling of a separate process, not test synchronisation
+        PROCESSES[base] = proc
         yield base
     finally:
+        PROCESSES.pop(base, None)
         proc.terminate()
         try:
             proc.wait(timeout=10)

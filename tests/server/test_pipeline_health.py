@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from atp_server.app import App
+from atp_server.dispatch import DispatchConfig
 from atp_server.types import AtpError, ChatRequest, Delta, Finish, TextDelta
 from codec.errors import ErrorCode
 
@@ -61,7 +62,12 @@ def build(tmp_path):
     # Far from any real time.monotonic(): a stage still reading the real clock fails every test.
     clock = app.pipeline.clock = Clock(10_000_000.0)
     adapter = app.adapters["sim"] = Scripted()
+    app.pipeline.sleep = _no_backoff   # retries of a pinned model back off on the test's terms
     return app, clock, adapter
+
+
+async def _no_backoff(seconds: float) -> None:
+    return None
 
 
 async def complete(app, model="cheap", **kw):
@@ -184,6 +190,7 @@ def test_one_clients_bad_requests_do_not_open_the_circuit_for_everyone(tmp_path,
 def test_a_client_error_does_not_reset_the_upstream_fault_count_either(tmp_path):
     async def main():
         app, clock, adapter = build(tmp_path)
+        app.pipeline.dispatch = DispatchConfig(max_attempts=1)   # one upstream call per request
         board = app.router.health
         for _ in range(board.threshold - 1):
             adapter.mode = ErrorCode.UPSTREAM_ERROR

@@ -22,6 +22,9 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
 
 BROKEN_TOML = """
+[routing]
+max_attempts = 1      # one upstream call per request: `threshold` requests trip the breaker
+
 [[providers]]
 name = "broken"
 type = "simulated"
