@@ -9,6 +9,7 @@ import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from .routing.config import RoutingConfig, parse_routing
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .audit import DEFAULT_MAX_BUFFER
@@ -79,6 +80,7 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    routing: RoutingConfig = RoutingConfig()   # [routing] + [aliases] (routing/config.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -421,7 +423,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "routing", "aliases"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -442,7 +444,11 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    try:
+        routing = parse_routing(data.get("routing", {}), data.get("aliases", []), ids)
+    except ValueError as exc:   # RoutingConfigError: the message starts with the key
+        raise ConfigError(str(exc)) from None
+    cfg = Config(server, auth, providers, models, audit, routing)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

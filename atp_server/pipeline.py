@@ -174,7 +174,7 @@ class Pipeline:
 
     def _chain(self, trace: RequestContext) -> tuple:
         d = trace.decision
-        return ((d.model,) + d.fallbacks)[:MAX_ATTEMPTS]
+        return ((d.model,) + d.fallbacks)[:d.max_attempts or MAX_ATTEMPTS]   # an alias may set it
 
     def _attempt_failed(self, trace: RequestContext, chain: tuple, attempt: int, exc: AtpError,
                         emitted: int) -> RouteDecision:
