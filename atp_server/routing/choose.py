@@ -19,9 +19,10 @@ from codec.errors import ErrorCode
 
 from ..types import AtpError, ChatRequest, RouteDecision
 from . import scoring
+from .config import PRIOR_COST_WEIGHTS
 from .spec import estimate_tokens
 
-_MODES = {"off": scoring.MEAN, "thompson": scoring.THOMPSON, "ucb": scoring.UCB,
+_MODES = {"greedy": scoring.MEAN, "thompson": scoring.THOMPSON, "ucb": scoring.UCB,
           "linucb": scoring.MEAN}   # LinUCB's bonus rides on the prior (bandit.py), no draw
 
 
@@ -76,9 +77,9 @@ def objective(request: ChatRequest, table, alias=None) -> Objective:
             raise AtpError(ErrorCode.INVALID_REQUEST, f"cost_weight must be >= 0, not {cw}")
         return Objective(scoring.UTILITY, cw, weights.latency_weight, 0.0, f"cost_weight {cw:g}")
     lam = weights.cost_weight
-    learned = table.predictor is not None and lam is None
+    learned = table.predictor is not None and lam is None and tier in table.predictor.tiers
     if lam is None:   # the trained router's λ for this tier, else the documented default
-        lam = table.predictor.tiers.get(tier, 0.25) if learned else 0.25
+        lam = table.predictor.tiers[tier] if learned else PRIOR_COST_WEIGHTS[tier]
     return Objective(scoring.UTILITY, lam, weights.latency_weight, 0.0,
                      f"tier {tier} (cost_weight {lam:g}{' learned' if learned else ''}, "
                      f"latency_weight {weights.latency_weight:g})")

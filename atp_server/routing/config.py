@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .table import Alias
 
 TIERS = ("fast", "balanced", "high")
-BANDITS = ("off", "thompson", "ucb", "linucb")
+BANDITS = ("greedy", "thompson", "ucb", "linucb")
 ALIAS_MODES = ("ordered", "weighted", "routed")
 
 
@@ -28,24 +28,30 @@ class TierWeights:
     latency_weight: float
 
 
-# Why these numbers (used when no trained router is loaded, or for latency always):
+# Why these numbers (the cost weights when no trained router is loaded; latency always):
 #  high: λ 0.05 — pay the dearest price for 5 quality points; latency ignored (μ 0): the caller
 #        asked for the best answer.
 #  balanced: λ 0.25 — the dearest model must be worth a quarter of the scale more than a free one
 #        (roughly the gap between a frontier and a small open model on hard benchmarks); μ 0.05
 #        only breaks near-ties in favour of the faster model.
-#  fast: λ 0.25 as balanced, μ 0.5 — the slowest candidate must buy half of the quality scale.
+#  fast: λ 0.25 as balanced, μ 1 — latency dominates: the slowest candidate would have to buy the
+#        whole quality scale over an instant one.
+PRIOR_COST_WEIGHTS = {"high": 0.05, "balanced": 0.25, "fast": 0.25}
+# cost_weight None: a trained router's λ for the tier (chosen on its validation split to keep the
+# tier's share of the best model's accuracy, predictor.TIER_TARGETS), else PRIOR_COST_WEIGHTS.
 DEFAULT_TIERS = {
-    "high": TierWeights(0.05, 0.0),
-    "balanced": TierWeights(0.25, 0.05),
-    "fast": TierWeights(0.25, 0.5),
+    "high": TierWeights(None, 0.0),
+    "balanced": TierWeights(None, 0.05),
+    "fast": TierWeights(None, 1.0),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
     predictor: str = ""             # router.bin from `atp router train` ("" = config priors only)
-    bandit: str = "thompson"        # off | thompson | ucb | linucb: online learning on top
+    # greedy | thompson | ucb | linucb: how the posterior is explored (every mode learns from
+    # feedback; greedy always takes the posterior-best, the others also try uncertain models)
+    bandit: str = "thompson"
     # The predictor's (or prior's) probability counts as this many observations in the Beta
     # posterior: 20 lets ~20 real outcomes move a model halfway from what was predicted, so a
     # few unlucky answers cannot flip a decision but a real shift is followed within a day's traffic.

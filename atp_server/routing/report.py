@@ -50,6 +50,9 @@ class Scored:
     base: float | None = None   # the quality predicted for this model then (LinUCB residual)
 
 
+_KINDS = frozenset({Started, Answered, Failed, Abandoned, Scored})
+
+
 def _answer(s, r: int, latency_ms: float) -> None:
     s.lat_ewma[r] += EWMA_ALPHA * (latency_ms - s.lat_ewma[r])
     n = int(s.ring_n[r])
@@ -63,11 +66,13 @@ def _answer(s, r: int, latency_ms: float) -> None:
 def report(table, outcome, now: float) -> bool:
     """Apply one outcome; False when it names a model the table does not have (a table swapped
     since the decision: the report is dropped, never applied to another model's row)."""
+    kind = type(outcome)
+    if kind not in _KINDS:
+        raise TypeError(f"not a routing outcome: {outcome!r}")
     r = table.index.get(outcome.model)
     if r is None:
         return False
     s = table.stats
-    kind = type(outcome)
     if kind is Started:
         s.inflight[r] += 1
         return True
@@ -90,6 +95,4 @@ def report(table, outcome, now: float) -> bool:
         s.answers[r] += 1
         s.err_rate[r] += EWMA_ALPHA * (1.0 - s.err_rate[r])
         s.fail[r] += 1.0
-    elif kind is not Abandoned:
-        raise TypeError(f"not a routing outcome: {outcome!r}")
     return True
