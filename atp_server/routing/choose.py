@@ -182,6 +182,7 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
             cp = np.where(known, cp[np.maximum(pcols, 0)], np.nan)   # NaN: the price bound
         else:
             base = table.prior_quality
+            cp = table.no_cost          # NaN everywhere: every model's price bound
         qp = bandit.adjusted(base, features, policy.explore)
         pcols = table.all_rows
     W, order, why, out, P = table.scratch

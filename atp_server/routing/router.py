@@ -141,7 +141,7 @@ class Router:
             tenant = ctx.principal.tenant if ctx.principal is not None else ""
             recent = self._recent
             recent[(tenant, ctx.request.request_id)] = (d.model, d.trace)
-            if len(recent) > RECENT_DECISIONS:
+            while len(recent) > RECENT_DECISIONS:
                 recent.popitem(last=False)
         elif code in UPSTREAM_FAULTS:
             report(table, Failed(d.model, release=first), now)

@@ -85,7 +85,7 @@ class ModelTable:
     __slots__ = ("specs", "ids", "index", "price_in", "price_out", "context", "caps", "cap_bit",
                  "prior_quality", "prior_latency", "max_output", "stats", "health", "predictor",
                  "pred_cols", "aliases", "alias_rows", "alias_weights", "alias_sets", "policy",
-                 "bandit", "objectives", "F", "all_rows", "every", "no_block", "scratch")
+                 "bandit", "objectives", "F", "all_rows", "every", "no_block", "no_cost", "scratch")
 
     @property
     def size(self) -> int:
@@ -137,6 +137,7 @@ def build_table(models, health, *, predictor=None, aliases=(), policy=None,
     t.all_rows = _frozen(np.arange(M))
     t.every = _frozen(np.ones(M, dtype=np.bool_))
     t.no_block = _frozen(np.zeros(M, dtype=np.bool_))
+    t.no_cost = _frozen(np.full(M, np.nan))
     # Reused output buffers of the decision kernel: a decision copies out what it keeps, and the
     # event loop runs one decision at a time (not thread-safe, like the Featurizer's scratch).
     t.scratch = (np.empty((scoring.N_W, M)), np.empty(M, dtype=np.int64),

@@ -117,6 +117,16 @@ def parse_chat(data) -> tuple[ChatRequest, bool, bool]:
     ), stream, opts.get("include_usage") is True
 
 
+def route_headers(d) -> dict:
+    """Why this model: the routing reasons (one header, "; "-separated) and the confidence. Reasons
+    are built from configured model ids and numbers only; anything outside printable ASCII is
+    replaced so a header can never break (aiohttp refuses CR/LF and non-Latin-1 values)."""
+    text = "; ".join(d.reasons)
+    if not text.isascii() or not text.isprintable():
+        text = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    return {"x-atp-route-reasons": text, "x-atp-confidence": f"{d.confidence:.3f}"}
+
+
 def _usage(u) -> dict:
     return {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
             "total_tokens": u.input_tokens + u.output_tokens}
@@ -226,7 +236,8 @@ class HttpTransport:
                              "logprobs": None, "finish_reason": c.finish_reason}],
                 "usage": _usage(c.usage), "atp": _atp(d, c.usage, c.overhead_us)}), headers={
                 "Content-Type": _JSON, "x-atp-overhead-us": str(c.overhead_us),
-                "x-atp-model": d.model, "x-atp-provider": d.provider, "x-request-id": c.request_id})
+                "x-atp-model": d.model, "x-atp-provider": d.provider, "x-request-id": c.request_id,
+                **route_headers(d)})
         except AtpError as exc:
             return error_response(exc, chat.request_id if chat else "")
         except web.HTTPRequestEntityTooLarge:
@@ -261,7 +272,7 @@ class HttpTransport:
                         resp = web.StreamResponse(headers={
                             **_SSE_HEADERS, "x-atp-overhead-us": str((routed_ns - t0) // 1000),
                             "x-atp-model": decision.model, "x-atp-provider": decision.provider,
-                            "x-request-id": chat.request_id})
+                            "x-request-id": chat.request_id, **route_headers(decision)})
                         await resp.prepare(request)     # headers leave with the first write
                         prefix = (b'data: {"id":"chatcmpl-' + chat.request_id.encode()
                                   + b'","object":"chat.completion.chunk","created":'
