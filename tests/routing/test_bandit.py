@@ -167,3 +167,12 @@ def test_draws_reproduce_for_a_seed():
     picks = [[served(r, f"d{i}").model for i in range(300)] for r in (a, b)]
     assert picks[0] == picks[1] and len(set(picks[0])) == 2
     assert np.isfinite(a.regret)
+
+
+def test_debug_log_shows_the_decision(caplog):
+    import logging
+    r = Router(MODELS, policy=RoutingConfig(bandit="greedy"))
+    with caplog.at_level(logging.DEBUG, logger="atp.routing"):
+        served(r, "dbg-1")
+    line = next(m for m in caplog.messages if m.startswith("route dbg-1"))
+    assert "-> x (chain y)" in line and "predicted quality 0.700" in line
