@@ -60,8 +60,10 @@ def run_online_engine(train, test, models, window: int, cost_weight: float, band
     test = test.aligned(models)
     keep = ~np.isnan(test.score).all(axis=1)
     test = test.take(np.flatnonzero(keep))
+    # prior_strength 2: untrained, the 0.5 prior is a guess — Beta(1, 1), the uniform prior
     r = Router(_priced_specs(train, models),
-               policy=RoutingConfig(bandit=bandit, tiers=NO_LATENCY, seed=seed, persist=False))
+               policy=RoutingConfig(bandit=bandit, tiers=NO_LATENCY, seed=seed, persist=False,
+                                    prior_strength=2.0))
     col = {m: j for j, m in enumerate(models)}
     missing = np.isnan(test.score)
     n = len(test)
