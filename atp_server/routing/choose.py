@@ -39,6 +39,7 @@ class Trace(NamedTuple):
     features: object     # LinUCB context vector, or None
     base: object         # quality per table row before the LinUCB correction (its residual's base)
     regret: float        # expected regret of the pick vs the posterior-best (0 when exploiting)
+    challenger: bool = False   # decided by a champion/challenger experiment's challenger table
 
 
 def _meta_float(request: ChatRequest, name: str):

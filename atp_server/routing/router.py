@@ -19,7 +19,7 @@ from .choose import choose as choose_core
 from .config import RoutingConfig
 from .health import UPSTREAM_FAULTS, HealthBoard
 from .report import Abandoned, Answered, Failed, Scored, Started, report
-from .table import TableRef, build_table
+from .table import TableRef, build_table, rebuild
 
 log = logging.getLogger("atp.routing")
 
@@ -89,6 +89,10 @@ class Router:
         self.regret = 0.0                            # Σ expected regret of the picks
         self.feedback_applied = 0
         self._recent: OrderedDict = OrderedDict()
+        self.experiment = None          # champion.Experiment while a challenger runs
+        self.challenger_table = None
+        self.verdicts: list = []        # every ended experiment (champion.Verdict), oldest first
+        self.on_verdict = None          # fn(Verdict): the App logs it and writes it to the audit trail
 
     def _bandit(self, n_models: int):
         if self.policy.bandit != "linucb":
@@ -116,7 +120,12 @@ class Router:
     # ---- the decision ---------------------------------------------------------------------------
 
     def choose(self, request, now: float):
-        d = choose_core(request, self.ref.table, now, self.rng)
+        exp = self.experiment
+        if exp is not None and exp.assign(float(self.rng.rng.random())):
+            d = choose_core(request, self.challenger_table, now, self.rng)
+            d = d._replace(trace=d.trace._replace(challenger=True))
+        else:
+            d = choose_core(request, self.ref.table, now, self.rng)
         self.decisions += 1
         self.regret += d.trace.regret
         if log.isEnabledFor(logging.DEBUG):
@@ -161,7 +170,49 @@ class Router:
             base = float(trace.base[table.index[model]])
         report(table, Scored(model, score, trace.features if trace else None, base), now)
         self.feedback_applied += 1
+        if self.experiment is not None and trace is not None:
+            verdict = self.experiment.observe(trace.challenger, score)
+            if verdict is not None:
+                self._settle(verdict)
         return True
+
+    # ---- champion / challenger -------------------------------------------------------------------
+
+    def challenge(self, name: str, predictor, share: float) -> None:
+        """Start an experiment: a share of decisions made with `predictor` (another router.bin)
+        over the same models and the same learned statistics; feedback decides (champion.py)."""
+        from .champion import Experiment
+        if self.experiment is not None and self.experiment.running:
+            raise ValueError(f"an experiment on {self.experiment.challenger} is running")
+        exp = Experiment(name, share)
+        t = self.ref.table
+        ch = rebuild(t, t.specs, predictor=predictor)
+        ch.stats = t.stats              # one set of statistics: both policies learn the same models
+        self.experiment, self.challenger_table = exp, ch
+        log.warning("routing: challenger %s takes %.0f%% of decisions", name, 100 * share)
+
+    def operator(self, action: str) -> None:
+        """promote | rollback | pin | unpin the running experiment (atp router ...)."""
+        if self.experiment is None:
+            raise ValueError("no champion/challenger experiment")
+        verdict = self.experiment.operator(action)
+        if verdict is not None:
+            self._settle(verdict)
+
+    def _settle(self, verdict) -> None:
+        if verdict.action == "promote":
+            t = self.ref.table
+            self.ref.table = new = rebuild(t, t.specs, predictor=self.challenger_table.predictor)
+            new.stats = t.stats
+            self.predictor = new.predictor
+        self.challenger_table = None
+        self.verdicts.append(verdict)
+        log.warning("routing: challenger %s %s after %d rewards (%.3f vs champion %.3f): %s",
+                    verdict.challenger, {"promote": "promoted", "rollback": "rolled back",
+                                         "keep": "not better: champion kept"}[verdict.action],
+                    verdict.rewards, verdict.challenger_mean, verdict.champion_mean, verdict.reason)
+        if self.on_verdict is not None:
+            self.on_verdict(verdict)
 
     # ---- persistence and metrics ------------------------------------------------------------------
 

@@ -80,3 +80,68 @@ def test_rewards_are_checked_and_fractional_ones_count():
     e.observe(False, 0.5)
     e.observe(True, 0.9)
     assert e.llr_up > 0 > e.llr_down
+
+
+# ---- in the Router: a challenger router.bin takes a share, feedback decides --------------------
+
+def _experiment_router(trained, champion_pred, challenger_pred, share=0.3):
+    from atp_server.routing.config import RoutingConfig
+    from atp_server.routing.router import Router
+    from atp_server.routing.spec import ModelSpec
+    specs = [ModelSpec(m, "p", m) for m in trained.models]
+    r = Router(specs, policy=RoutingConfig(bandit="greedy", seed=1), predictor=champion_pred)
+    r.challenge("challenger.bin", challenger_pred, share)
+    return r
+
+
+def _inverted(pred):
+    """The same router with its quality logits negated: it prefers the worst model."""
+    from atp_server.routing.predictor import Predictor
+    return Predictor(pred.models, pred.cfg, -pred.W, pred.platt, pred.cost_kind, pred.cost_params,
+                     pred.cost_ref, pred.tiers)
+
+
+def _feed(r, data, rounds=20):
+    from atp_server.types import ChatRequest
+    col = {m: j for j, m in enumerate(data.models)}
+    seen = []
+    r.on_verdict = seen.append
+    k = 0
+    for _ in range(rounds):
+        for i, prompt in enumerate(data.prompts):
+            k += 1
+            d = r.choose(ChatRequest([("user", prompt)], request_id=str(k), cost_weight=0.0), 0.0)
+            r._recent[("t", str(k))] = (d.model, d.trace)      # what finished() stores
+            y = data.score[i, col[d.model]]
+            r.feedback("t", str(k), 0.0 if np.isnan(y) else float(y), 0.0)
+            if seen:
+                return seen
+    return seen
+
+
+def test_a_better_router_file_is_promoted(trained, synthetic):
+    bad = _inverted(trained)
+    r = _experiment_router(trained, bad, trained)
+    seen = _feed(r, synthetic[1])
+    assert [v.action for v in seen] == ["promote"] and r.table.predictor is trained
+    assert r.verdicts == seen and not r.experiment.running
+
+
+def test_a_worse_router_file_is_rolled_back(trained, synthetic):
+    r = _experiment_router(trained, trained, _inverted(trained))
+    seen = _feed(r, synthetic[1])
+    assert [v.action for v in seen] == ["rollback"] and r.table.predictor is trained
+    assert r.challenger_table is None
+
+
+def test_operator_actions_through_the_router(trained):
+    r = _experiment_router(trained, trained, _inverted(trained))
+    r.operator("pin")
+    from atp_server.types import ChatRequest
+    assert not any(r.choose(ChatRequest([("user", "x")]), 0.0).trace.challenger for _ in range(50))
+    r.operator("unpin")
+    assert any(r.choose(ChatRequest([("user", "x")]), 0.0).trace.challenger for _ in range(50))
+    r.operator("promote")
+    assert r.verdicts[-1].reason == "operator" and r.table.predictor is not trained
+    with pytest.raises(ValueError):
+        r.operator("rollback")
