@@ -21,7 +21,8 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 from .pricing import PriceBook
 from .routing.health import HealthBoard
-from .routing.router import Router
+from .routing.bandit import FILE as POSTERIORS
+from .routing.router import Router, load_predictor
 from .service import GatewayService
 
 log = logging.getLogger("atp")
@@ -68,10 +69,12 @@ class App:
         self.connection_config = ConnectionConfig(agent="atp-server/0.1", heartbeat_ms=0,
                                                   idle_timeout_ms=300_000)
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
-        self.router = Router(list(config.models), HealthBoard())
+        self.router = Router(list(config.models), HealthBoard(), policy=config.routing,
+                             predictor=load_predictor(config.routing))
         self.admission = Admission(config.server.max_inflight, config.server.max_queue)
         self.accountant = Accountant(PriceBook(config.models, config.pricing))
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
+        self.metrics.track_routing(self.router)
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)
         self.audit = None
@@ -83,7 +86,8 @@ class App:
             self.metrics.track_audit(self.audit)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, dispatch=config.dispatch)
-        self.feedback = FeedbackLog()
+        self.feedback = FeedbackLog(on_score=lambda tenant, rid, score: self.router.feedback(
+            tenant, rid, score, self.pipeline.clock()))
         # The transports' one way in (service.py): they never reach the parts above directly.
         self.service = GatewayService(
             auth=self.auth, pipeline=self.pipeline, router=self.router, feedback=self.feedback,
@@ -108,6 +112,8 @@ class App:
         """Start the enabled transports (a configured port of 0 picks a free port)."""
         s = self.config.server
         self.auth.load_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # before any transport
+        if self.config.routing.persist:
+            self.router.load(state_dir(self.config) / POSTERIORS)
         if self.audit is not None:
             self.audit.start()
         if http:
@@ -135,6 +141,8 @@ class App:
         await asyncio.gather(*(t.stop(grace) for t in self.transports), return_exceptions=True)
         self.transports.clear()
         self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now
+        if self.config.routing.persist:
+            self.router.save(state_dir(self.config) / POSTERIORS)
         for adapter in self.adapters.values():
             await adapter.aclose()
         if self.audit is not None:

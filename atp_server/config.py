@@ -9,6 +9,7 @@ import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from .routing.config import RoutingConfig, parse_routing
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .pricing import Price
@@ -83,6 +84,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     pricing: tuple[Price, ...] = ()   # [[pricing]]: per-deployment prices over the models' list prices
     dispatch: DispatchConfig = DispatchConfig()   # the [routing] keys of dispatch (dispatch.py)
+    routing: RoutingConfig = RoutingConfig()   # [routing] + [aliases] (routing/config.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -452,7 +454,7 @@ def _parse_price(i: int, t: dict, models: set) -> Price:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit", "pricing", "routing"}
+    known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -478,8 +480,18 @@ def parse(data: dict) -> Config:
     dated = [(p.model, p.effective_day) for p in pricing]
     if len(set(dated)) != len(dated):
         _fail("pricing", "two entries for the same model and effective date")
+    # [routing] holds the dispatch keys (dispatch.DispatchConfig) and the engine's (routing/config.py)
+    rt = _table("routing", data.get("routing", {}))
+    dispatch_keys = {f.name for f in fields(DispatchConfig)}
+    try:
+        routing = parse_routing({k: v for k, v in rt.items() if k not in dispatch_keys},
+                                data.get("aliases", []), ids)
+    except ValueError as exc:   # RoutingConfigError: the message starts with the key
+        raise ConfigError(str(exc)) from None
     cfg = Config(server=server, auth=auth, providers=providers, models=models, audit=audit,
-                 pricing=pricing, dispatch=_parse_dispatch(data.get("routing", {})))
+                 pricing=pricing,
+                 dispatch=_parse_dispatch({k: v for k, v in rt.items() if k in dispatch_keys}),
+                 routing=routing)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

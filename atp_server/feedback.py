@@ -1,4 +1,4 @@
-"""Feedback on answers (explicit scores), kept bounded in memory until routing learns from it."""
+"""Feedback on answers (explicit scores), kept bounded in memory; each first rating teaches the router."""
 import time
 from collections import OrderedDict
 
@@ -6,8 +6,10 @@ from collections import OrderedDict
 class FeedbackLog:
     """One score per (tenant, request id); the oldest entries fall out past `capacity`."""
 
-    def __init__(self, capacity: int = 10_000):
+    def __init__(self, capacity: int = 10_000, on_score=None):
         self.capacity = capacity
+        # on_score(tenant, request_id, score): the router learns from each first rating
+        self.on_score = on_score
         self._items: OrderedDict[tuple[str, str], dict] = OrderedDict()
 
     def add(self, tenant: str, request_id: str, score: float, comment: str | None = None,
@@ -20,6 +22,8 @@ class FeedbackLog:
                             "comment": comment, "principal": principal, "ts": time.time()}
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
+        if self.on_score is not None:
+            self.on_score(tenant, request_id, score)
         return True
 
     def __len__(self) -> int:

@@ -151,6 +151,10 @@ class Metrics:
               registry=r).set_function(lambda: 1 if audit.healthy else 0)
         r.register(_AuditCollector(audit))
 
+    def track_routing(self, router) -> None:
+        """Export the router's decisions, expected regret and per-model posteriors."""
+        self.registry.register(router.collector())
+
     def observe(self, transport: str, model: str, outcome: str, seconds: float,
                 overhead_s: float | None) -> None:
         counts, key = self.request_counts, (transport, model, outcome)

@@ -62,6 +62,9 @@ class ChatRequest:
     top_logprobs: int | None = None
     n: int = 1
     user: str | None = None
+    # Objective (routing/choose.py): an explicit trade-off instead of the tier's; at most one.
+    cost_weight: float | None = None
+    min_quality: float | None = None
 
     def validate(self) -> None:
         if not self.messages:
@@ -172,6 +175,8 @@ class RouteDecision(NamedTuple):
     confidence: float
     reasons: tuple[str, ...] = ()
     fallbacks: tuple[str, ...] = ()               # ordered failover chain (model ids), excluding `model`
+    max_attempts: int = 0                         # from an alias; 0 = dispatch's default
+    trace: object = None                          # routing.choose.Trace: what feedback needs later
 
 
 class Usage(NamedTuple):

@@ -1,127 +1,260 @@
-"""Route selection, pure: mask the models a request can use, score what is left, return a chain.
+"""The router the pipeline holds: the live model table, the RNG and the learning loop around choose().
 
-choose(request, now) never touches the network and changes no health state: it only reads the
-HealthBoard (the pipeline reports to it). No route because of the request is NO_ROUTE (a 4xx); no
-route because of health, even in part, is a retryable UNAVAILABLE with retry_after_ms. This is the
-minimal real router (tier-weighted quality/cost/latency); the learned router replaces `_score`.
+A thin shell over the pure core: `choose(request, now)` calls routing.choose.choose on the current
+table with the router's own RNG; the route stage's `after` calls `finished(ctx, now)`, which turns
+how the request ended into report() outcomes; `feedback()` applies an explicit score to the model
+that served that (tenant, request id). It also keeps the routing counters /metrics exports (the
+expected regret of exploration) and saves/loads the posteriors in the state directory.
 """
-from codec.errors import ErrorCode
+import logging
+import math
+import os
+from collections import OrderedDict
 
-from .spec import ModelSpec, estimate_tokens
-from ..types import AtpError, ChatRequest, RouteDecision
-from .health import HealthBoard
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-# tier -> weights for (quality, cost, latency); cost and latency are normalised over the candidates.
-TIER_WEIGHTS = {"fast": (0.2, 0.3, 0.5), "balanced": (0.4, 0.4, 0.2), "high": (0.9, 0.05, 0.05)}
+from . import bandit as bandit_state
+from .choose import choose as choose_core
+from .config import RoutingConfig
+from .health import UPSTREAM_FAULTS, HealthBoard
+from .report import Abandoned, Answered, Failed, Scored, Started, report
+from .table import TableRef, build_table, rebuild
 
-# Entries of the ranking cache. Its key is (pinned configured model or None, tier, normalised
-# capability set): a deployment's traffic uses a handful of these, but the key space grows as
-# 2^capabilities, so it is capped. An entry is one tuple of references (~200 B): 1,024 of them are
-# ~200 KB, and a miss only costs one ranking (microseconds), so evicting is cheap.
-RANKED_CACHE = 1024
-_NO_CAPS = frozenset()
+log = logging.getLogger("atp.routing")
+
+# Decisions remembered for later feedback, keyed by (tenant, request id). Feedback comes seconds to
+# minutes after the answer; 16,384 entries cover a minute at ~270 req/s and cost ~3 MB (an entry
+# is a key, a model id and the decision's small trace). Older requests' feedback is still logged
+# (feedback.py) but no longer teaches the router.
+RECENT_DECISIONS = 16_384
+
+
+def load_predictor(policy: RoutingConfig):
+    """The trained router named by routing.predictor (None when unset), warmed up so the first
+    request does not pay the compiled kernels' load; a bad file names the key and the file."""
+    if not policy.predictor:
+        return None
+    from .predictor import Predictor, RouterFileError
+    path = os.path.expanduser(policy.predictor)
+    try:
+        pred = Predictor.load(path)
+    except (OSError, RouterFileError, ValueError) as exc:
+        raise ValueError(f"routing.predictor: cannot load {path}: {exc}") from None
+    pred.warm()
+    return pred
+
+
+class Draws:
+    """The router's RNG for choose(): standard normals drawn a block of decisions at a time (one
+    Generator call per decision measured ~1–5 µs, a quarter of the decision budget; a row of a
+    pre-drawn block costs ~0.1 µs). The sequence is the Generator's own, so a seed reproduces it."""
+
+    BLOCK = 256     # decisions per draw: 256 × 16 models × 8 B = 32 KB, refilled every 256 requests
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self._block = np.empty((0, 0))
+        self._next = 0
+
+    def standard_normal(self, n: int) -> np.ndarray:
+        block = self._block
+        if self._next >= block.shape[0] or block.shape[1] != n:
+            block = self._block = self.rng.standard_normal((self.BLOCK, n))
+            self._next = 0
+        row = block[self._next]
+        self._next += 1
+        return row
+
+    def choice(self, *args, **kwargs):
+        return self.rng.choice(*args, **kwargs)
 
 
 class Router:
-    def __init__(self, models: list[ModelSpec], health: HealthBoard | None = None):
+    def __init__(self, models, health: HealthBoard | None = None, *,
+                 policy: RoutingConfig = RoutingConfig(), predictor=None, seed: int | None = None):
+        self.health = health or HealthBoard()
+        self.policy = policy
+        self.predictor = predictor
+        models = list(models)
         if not models:
             raise ValueError("the router needs at least one model")
+        seed = policy.seed if seed is None else seed
+        self.rng = Draws(np.random.default_rng(None if seed < 0 else seed))
+        self.ref = TableRef(build_table(models, self.health, predictor=predictor,
+                                        aliases=policy.aliases, policy=policy,
+                                        bandit=self._bandit(len(models))))
+        self.models = {m.id: m for m in models}     # the pipeline's id -> spec lookup
+        self.decisions = 0
+        self.regret = 0.0                            # Σ expected regret of the picks
+        self.feedback_applied = 0
+        self._recent: OrderedDict = OrderedDict()
+        self.experiment = None          # champion.Experiment while a challenger runs
+        self.challenger_table = None
+        self.verdicts: list = []        # every ended experiment (champion.Verdict), oldest first
+        self.on_verdict = None          # fn(Verdict): the App logs it and writes it to the audit trail
+
+    def _bandit(self, n_models: int):
+        if self.policy.bandit != "linucb":
+            return None
+        from .kernels import N_DENSE
+        return bandit_state.LinUCB(n_models, N_DENSE)
+
+    @property
+    def table(self):
+        return self.ref.table
+
+    def set_models(self, models) -> None:
+        """Swap in a table for a changed model set (statistics of kept models carry over)."""
+        models = list(models)
+        old = self.ref.table
+        lin = self._bandit(len(models))
+        new = self.ref.swap(models, bandit=lin)
+        if lin is not None and isinstance(old.bandit, bandit_state.LinUCB):
+            kept = [(new.index[i], old.index[i]) for i in new.ids if i in old.index]
+            if kept:
+                dst, src = zip(*kept)
+                lin.rows(list(src), list(dst), old.bandit)
         self.models = {m.id: m for m in models}
-        self.health = health or HealthBoard()
-        self._min_context = min(m.context_window for m in models)
-        # Capability names some model has: any other name cannot match, so it never enters a key.
-        self._known_caps = frozenset().union(*(m.capabilities for m in models))
-        # (pinned model, tier, capability set) -> (ranked models, reasons): the masks and scores
-        # that depend on nothing but these, reused while every circuit is closed. Keys hold only
-        # configured names (an unknown pinned model raises before it is stored); RANKED_CACHE
-        # bounds the rest.
-        self._ranked: dict[tuple, tuple] = {}
 
-    def expected_cost_micros(self, model: ModelSpec, request: ChatRequest,
-                             prompt_tokens: int | None = None) -> int:
-        if prompt_tokens is None:
-            prompt_tokens = estimate_tokens(request.prompt_chars())
-        return model.cost_micros(prompt_tokens, request.max_tokens or model.max_output_tokens)
+    # ---- the decision ---------------------------------------------------------------------------
 
-    def choose(self, request: ChatRequest, now: float) -> RouteDecision:
-        prompt_tokens = estimate_tokens(request.prompt_chars())
-        simple = (request.max_cost_usd is None and request.latency_slo_ms is None
-                  and prompt_tokens + (request.max_tokens or 0) <= self._min_context
-                  and self.health.all_closed())
-        caps = request.capabilities
-        if caps:
-            # Sorted, deduplicated: a set. Unknown names cannot match any model, so such a request
-            # is ranked (to say why nothing fits) but never cached.
-            caps = frozenset(caps)
-            simple = simple and caps <= self._known_caps
+    def choose(self, request, now: float):
+        exp = self.experiment
+        if exp is not None and exp.assign(float(self.rng.rng.random())):
+            d = choose_core(request, self.challenger_table, now, self.rng)
+            d = d._replace(trace=d.trace._replace(challenger=True))
         else:
-            caps = _NO_CAPS
-        key = (request.model, request.tier, caps)
-        cached = self._ranked.get(key) if simple else None
-        if cached is None:
-            cached = self._rank(request, prompt_tokens, now)
-            if simple:
-                if len(self._ranked) >= RANKED_CACHE:     # drop the oldest entry (insertion order)
-                    del self._ranked[next(iter(self._ranked))]
-                self._ranked[key] = cached
-        ranked, reasons = cached
-        best = ranked[0]
-        return RouteDecision(
-            provider=best.provider, model=best.id,
-            estimated_cost_usd=self.expected_cost_micros(best, request, prompt_tokens) / 1e6,
-            estimated_latency_ms=best.latency_ms,
-            confidence=1.0 if request.model else round(0.5 + 0.5 / len(ranked), 3),
-            reasons=reasons, fallbacks=tuple(m.id for m in ranked[1:]))
+            d = choose_core(request, self.ref.table, now, self.rng)
+        self.decisions += 1
+        self.regret += d.trace.regret
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("route %s -> %s (chain %s): %s", request.request_id or "-", d.model,
+                      ", ".join(d.fallbacks) or "-", "; ".join(d.reasons))
+        return d
 
-    def _rank(self, request: ChatRequest, prompt_tokens: int, now: float):
-        if request.model:
-            model = self.models.get(request.model)
-            if model is None:
-                raise AtpError(ErrorCode.UNKNOWN_MODEL, f"unknown model {request.model!r}; "
-                               f"known: {', '.join(sorted(self.models))}")
-            candidates, reasons = [model], ["pinned by request"]
+    def started(self, decision) -> None:
+        report(self.ref.table, Started(decision.model), 0.0)
+
+    def finished(self, ctx, now: float) -> None:
+        """Report how a dispatched request ended: failed-over attempts, then the last one."""
+        table, d = self.ref.table, ctx.decision
+        first = True
+        for failure in ctx.failures:                 # "model: CODE" per failed attempt
+            report(table, Failed(failure.rpartition(": ")[0], release=first), now)
+            first = False
+        code = ctx.code
+        if code == 0 and ctx.finished:
+            report(table, Answered(d.model, ctx.upstream_ns / 1e6, ctx.request.latency_slo_ms,
+                                   release=first), now)
+            tenant = ctx.principal.tenant if ctx.principal is not None else ""
+            recent = self._recent
+            recent[(tenant, ctx.request.request_id)] = (d.model, d.trace)
+            while len(recent) > RECENT_DECISIONS:
+                recent.popitem(last=False)
+        elif code in UPSTREAM_FAULTS:
+            report(table, Failed(d.model, release=first), now)
         else:
-            candidates, reasons = list(self.models.values()), []
-        why_not: dict[str, str] = {}
-        sick = []                  # excluded by health alone: retrying later can succeed
-        usable = []
-        needed = set(request.capabilities)
-        for m in candidates:
-            if not needed <= m.capabilities:
-                why_not[m.id] = f"lacks {', '.join(sorted(needed - m.capabilities))}"
-            elif prompt_tokens + (request.max_tokens or 0) > m.context_window:
-                why_not[m.id] = f"context {m.context_window} too small"
-            elif (request.max_cost_usd is not None
-                  and self.expected_cost_micros(m, request, prompt_tokens) > request.max_cost_usd * 1e6):
-                why_not[m.id] = "over max_cost_usd"
-            elif (request.latency_slo_ms is not None and not request.model
-                  and m.latency_ms > request.latency_slo_ms):
-                why_not[m.id] = "latency prior over the SLO"
-            elif not self.health.admits(m.id, now):
-                why_not[m.id] = "circuit open"
-                sick.append(m.id)
-            else:
-                usable.append(m)
-        if not usable:
-            detail = "; ".join(f"{k}: {v}" for k, v in sorted(why_not.items()))
-            if sick:   # an upstream outage, not the caller's fault: retryable, with when to retry
-                raise AtpError(ErrorCode.UNAVAILABLE, f"no model available now ({detail})",
-                               retry_after_ms=self.health.retry_after_ms(sick, now))
-            raise AtpError(ErrorCode.NO_ROUTE, f"no model satisfies the request ({detail})")
-        max_cost = max(p.price_in_per_mtok + p.price_out_per_mtok for p in usable) or 1.0
-        max_lat = max(p.latency_ms for p in usable) or 1.0
-        weights = TIER_WEIGHTS[request.tier]
-        ranked = sorted(usable, key=lambda m: self._score(m, weights, max_cost, max_lat),
-                        reverse=True)
-        if not request.model:
-            reasons.append(f"tier {request.tier}: best quality/cost/latency of {len(usable)} candidates")
-        if why_not:
-            reasons.append("excluded " + ", ".join(f"{k} ({v})" for k, v in sorted(why_not.items())))
-        return ranked, tuple(reasons)
+            report(table, Abandoned(d.model, release=first), now)
 
-    @staticmethod
-    def _score(m: ModelSpec, weights, max_cost: float, max_lat: float) -> float:
-        """Tier-weighted quality minus normalised price and latency (normalised over the pool)."""
-        wq, wc, wl = weights
-        cost = (m.price_in_per_mtok + m.price_out_per_mtok) / max_cost
-        return wq * m.quality - wc * cost - wl * (m.latency_ms / max_lat)
+    def feedback(self, tenant: str, request_id: str, score: float, now: float) -> bool:
+        """An explicit score for one answer, under the authenticated tenant that made the request.
+        False when the router no longer remembers that request (or it was rated already)."""
+        entry = self._recent.pop((tenant, request_id), None)
+        if entry is None:
+            return False
+        model, trace = entry
+        base = None
+        table = self.ref.table
+        if trace is not None and trace.base is not None and model in table.index:
+            base = float(trace.base[table.index[model]])
+        report(table, Scored(model, score, trace.features if trace else None, base), now)
+        self.feedback_applied += 1
+        if self.experiment is not None and trace is not None:
+            verdict = self.experiment.observe(trace.challenger, score)
+            if verdict is not None:
+                self._settle(verdict)
+        return True
+
+    # ---- champion / challenger -------------------------------------------------------------------
+
+    def challenge(self, name: str, predictor, share: float) -> None:
+        """Start an experiment: a share of decisions made with `predictor` (another router.bin)
+        over the same models and the same learned statistics; feedback decides (champion.py)."""
+        from .champion import Experiment
+        if self.experiment is not None and self.experiment.running:
+            raise ValueError(f"an experiment on {self.experiment.challenger} is running")
+        exp = Experiment(name, share)
+        t = self.ref.table
+        ch = rebuild(t, t.specs, predictor=predictor)
+        ch.stats = t.stats              # one set of statistics: both policies learn the same models
+        self.experiment, self.challenger_table = exp, ch
+        log.warning("routing: challenger %s takes %.0f%% of decisions", name, 100 * share)
+
+    def operator(self, action: str) -> None:
+        """promote | rollback | pin | unpin the running experiment (atp router ...)."""
+        if self.experiment is None:
+            raise ValueError("no champion/challenger experiment")
+        verdict = self.experiment.operator(action)
+        if verdict is not None:
+            self._settle(verdict)
+
+    def _settle(self, verdict) -> None:
+        if verdict.action == "promote":
+            t = self.ref.table
+            self.ref.table = new = rebuild(t, t.specs, predictor=self.challenger_table.predictor)
+            new.stats = t.stats
+            self.predictor = new.predictor
+        self.challenger_table = None
+        self.verdicts.append(verdict)
+        log.warning("routing: challenger %s %s after %d rewards (%.3f vs champion %.3f): %s",
+                    verdict.challenger, {"promote": "promoted", "rollback": "rolled back",
+                                         "keep": "not better: champion kept"}[verdict.action],
+                    verdict.rewards, verdict.challenger_mean, verdict.champion_mean, verdict.reason)
+        if self.on_verdict is not None:
+            self.on_verdict(verdict)
+
+    # ---- persistence and metrics ------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        bandit_state.save(self.ref.table, path)
+
+    def load(self, path) -> int:
+        n = bandit_state.load(self.ref.table, path)
+        if n:
+            log.info("routing: restored posteriors of %d models from %s", n, path)
+        return n
+
+    def collector(self):
+        return _RoutingCollector(self)
+
+
+class _RoutingCollector:
+    """Routing counters and per-model posteriors for /metrics (labels: configured model ids)."""
+
+    def __init__(self, router: Router):
+        self.router = router
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        r = self.router
+        yield CounterMetricFamily("atp_routing_decisions", "Routing decisions made", value=r.decisions)
+        yield CounterMetricFamily(
+            "atp_routing_regret", "Sum over decisions of the expected utility given up by exploring "
+            "(posterior-best minus picked, in quality units)", value=r.regret)
+        yield CounterMetricFamily("atp_routing_feedback", "Explicit scores the router learnt from",
+                                  value=r.feedback_applied)
+        t = r.ref.table
+        s = t.stats
+        q = GaugeMetricFamily("atp_routing_quality_posterior", "Posterior mean quality (online "
+                              "part, over the prior)", labels=["model"])
+        lat = GaugeMetricFamily("atp_routing_latency_ewma_ms", "Latency EWMA", labels=["model"])
+        n0 = t.policy.prior_strength
+        for i, mid in enumerate(t.ids):
+            a = n0 * t.prior_quality[i] + s.succ[i]
+            q.add_metric([mid], float(a / (n0 + s.succ[i] + s.fail[i])))
+            lat.add_metric([mid], float(s.lat_ewma[i]) if math.isfinite(s.lat_ewma[i]) else 0.0)
+        yield q
+        yield lat

@@ -39,6 +39,16 @@ def error_response(exc: AtpError, request_id: str = "", status: int = 0, close: 
     return web.Response(status=status, body=error_body(exc), headers=headers)
 
 
+def route_headers(d) -> dict:
+    """Why this model: the routing reasons (one header, "; "-separated) and the confidence. Reasons
+    are built from configured model ids and numbers only; anything outside printable ASCII is
+    replaced so a header can never break (aiohttp refuses CR/LF and non-Latin-1 values)."""
+    text = "; ".join(d.reasons)
+    if not text.isascii() or not text.isprintable():
+        text = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    return {"x-atp-route-reasons": text, "x-atp-confidence": f"{d.confidence:.3f}"}
+
+
 class HttpTransport:
     def __init__(self, service):
         self.service = service
@@ -175,7 +185,8 @@ class HttpTransport:
                 "Content-Type": _JSON, "x-atp-overhead-us": str(c.overhead_us),
                 "x-atp-model": d.model, "x-atp-provider": d.provider, "x-request-id": c.request_id,
                 "x-atp-cost-usd": f"{c.usage.cost_usd:.6f}",
-                "x-atp-usage-estimated": "true" if c.usage.estimated else "false"})
+                "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
+                **route_headers(d)})
         except AtpError as exc:
             return error_response(exc, chat.request_id if chat else "")
         except web.HTTPRequestEntityTooLarge:
@@ -210,7 +221,7 @@ class HttpTransport:
                         resp = web.StreamResponse(headers={
                             **_SSE_HEADERS, "x-atp-overhead-us": str((routed_ns - t0) // 1000),
                             "x-atp-model": decision.model, "x-atp-provider": decision.provider,
-                            "x-request-id": chat.request_id})
+                            "x-request-id": chat.request_id, **route_headers(decision)})
                         await resp.prepare(request)     # headers leave with the first write
                         enc = dialect.ChunkEncoder(chat.request_id, decision.model, legacy)
                         out = enc.head()

@@ -1,7 +1,8 @@
 """`python -m bench routing`: train the learned router on TRAIN, route every TEST prompt, report.
 
-Every TEST prompt goes through the router's own predict() and the same `select` policy the
-server uses (`select_batch`, tested identical, only for the 75-point sweeps). "best" is the single
+Every TEST prompt goes through the server's own choose() (bench/routing/engine.py) for the tiers
+and the top-level point; the 75-point sweeps use `select_batch` on the same predictions (tested to
+pick what choose() picks). "best" is the single
 model with the highest TEST accuracy; the oracle takes, per query, the best score at the lowest
 cost. Nothing is tuned on TEST: the tier defaults come from a validation split of TRAIN.
 In the JSON, a cost_weight null is λ = +inf (always the cheapest predicted model); JSON has no inf.
@@ -18,7 +19,7 @@ from atp_server.routing.features import FeatureConfig
 from atp_server.routing.predictor import (LAMBDA_GRID, TIERS, OnlineRouter, Predictor,
                                           load_outcomes, select, select_batch, train)
 
-from . import latency, metrics
+from . import engine, latency, metrics
 
 HELP = "learned router: accuracy, cost, cost-quality curve and AIQ on routing-outcome files"
 MIN_QUALITY_GRID = np.linspace(0.0, 1.0, 41)   # threshold-rule sweep, steps of 0.025
@@ -102,14 +103,12 @@ def evaluate(pred: Predictor, test, cost_weight: float | None = None) -> dict:
         s, cc = _realised(test, picks)
         return metrics.point(s, cc, best, oracle_acc)
 
-    # the policy itself, one prompt at a time, for the tiers and the top-level point
-    def per_prompt(**kw):
-        return np.array([select(q[i], c[i], cost_ref=ref, **kw).best for i in range(len(test))])
+    # the server's own choose(), one prompt at a time, for the tiers and the top-level point
     tiers = {}
     for t in TIERS:
-        tiers[t] = {"cost_weight": pred.tiers[t], **pt(per_prompt(cost_weight=pred.tiers[t]))}
+        tiers[t] = {"cost_weight": pred.tiers[t], **pt(engine.route_all(pred, test, tier=t))}
     lam = pred.tiers["balanced"] if cost_weight is None else cost_weight
-    top = pt(per_prompt(cost_weight=lam))
+    top = pt(engine.route_all(pred, test, cost_weight=lam))
 
     curve = [{"cost_weight": _lam(l), **{k: v for k, v in
               pt(select_batch(q, c, cost_weight=l, cost_ref=ref)).items()
@@ -226,9 +225,22 @@ def _table(res: dict) -> str:
             lines.append(f"{w['queries'][0]:>6}-{w['queries'][1]:<6} {w['accuracy']:10.4f} "
                          f"{w['usd_per_1k']:8.4f} {w['offline_accuracy']:11.4f} "
                          f"{w['offline_usd_per_1k']:8.4f}")
+    for b, o in res.get("online_engine", {}).items():
+        lines.append("")
+        lines.append(f"server Router from scratch ({b}, λ={o['cost_weight']:.3g}): accuracy "
+                     f"{o['accuracy']:.4f}, USD/1k {o['usd_per_1k']:.4f}, Σ expected regret "
+                     f"{o['regret_sum']:.1f}")
+        lines.append("  windows (accuracy, USD/1k): " + ", ".join(
+            f"{w['queries'][0]}-{w['queries'][1]}: {w['accuracy']:.3f} {w['usd_per_1k']:.3f}"
+            for w in o["windows"]))
     if "latency" in res:
         lat = res["latency"]
         lines.append("")
+        for impl, row in lat.get("choose", {}).items():
+            lines.append(f"µs per choose() (16 models, Thompson), {impl}: with trained router "
+                         f"{row['with_predictor']['median_us']} median / "
+                         f"{row['with_predictor']['p99_us']} p99; priors only "
+                         f"{row['priors_only']['median_us']} / {row['priors_only']['p99_us']}")
         for impl in ("numba", "numpy"):
             if impl in lat:
                 m = lat[impl]
@@ -252,8 +264,15 @@ def main(args) -> int:
     if args.online:
         lam = pred.tiers["balanced"] if args.cost_weight is None else args.cost_weight
         res["online"] = run_online(pred, test, args.window, lam, args.seed)
+        res["online_engine"] = {
+            b: engine.run_online_engine(train_data, test, pred.models, args.window, lam, b, args.seed)
+            for b in ("thompson", "linucb")}
     if args.latency:
-        res["latency"] = latency.run(test.prompts, pred.cfg, 16, np.random.default_rng(args.seed))
+        rng = np.random.default_rng(args.seed)
+        res["latency"] = latency.run(test.prompts, pred.cfg, 16, rng)
+        preds = {k.name: latency.random_predictor(16, pred.cfg, rng, k)
+                 for k in (kernels.NUMBA, kernels.NUMPY) if k is not None}
+        res["latency"]["choose"] = engine.decision_latency(preds, test.prompts[:2000])
     if args.json:
         json.dump(_jsonable(res), sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
