@@ -57,7 +57,9 @@ class App:
                                                   idle_timeout_ms=300_000)
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
         self.router = Router(list(config.models), HealthBoard())
-        self.admission = Admission(config.server.max_inflight, config.server.max_queue)
+        self.admission = Admission(config.server.max_inflight, config.server.max_queue,
+                                   scheduling=config.scheduling,
+                                   high_watermark=config.server.congestion_watermark)
         self.accountant = Accountant()
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
         self.metrics.inflight.set_function(lambda: self.admission.inflight)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .audit import DEFAULT_MAX_BUFFER
+from .scheduling import SchedulingConfig, parse_scheduling
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,7 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    scheduling: SchedulingConfig = SchedulingConfig()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -421,7 +423,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "scheduling"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -442,7 +444,11 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    scheduling = parse_scheduling(data.get("scheduling", {}), set(names), _fail)
+    if scheduling.low_watermark >= server.congestion_watermark:
+        _fail("scheduling.low_watermark", f"must be below server.congestion_watermark "
+                                          f"({server.congestion_watermark}), got {scheduling.low_watermark}")
+    cfg = Config(server, auth, providers, models, audit, scheduling)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

@@ -151,7 +151,7 @@ class FrameSession(FrameDriver):
     def flush(self) -> None:
         self._ended = 0
         if not self.finished:   # the CONGESTION flag rides on the frames about to leave
-            self.conn.congested = self.service.pressure() >= self.service.congestion_watermark
+            self.conn.congested = self.service.congested()
         super().flush()
 
     def close(self, code: int = ErrorCode.NO_ERROR, message: str = "") -> None:
