@@ -4,6 +4,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .config import Config, audit_file, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .routing.aimd import ProviderWindows, provider_bounds
 from .routing.health import HealthBoard
 from .routing.router import Router
 from .service import GatewayService
@@ -60,6 +62,12 @@ class App:
         self.admission = Admission(config.server.max_inflight, config.server.max_queue,
                                    scheduling=config.scheduling,
                                    high_watermark=config.server.congestion_watermark)
+        self.windows = ProviderWindows(provider_bounds(config), clock=time.monotonic,
+                                       increase=config.scheduling.aimd_increase,
+                                       decrease=config.scheduling.aimd_decrease)
+        # Fewer slots than max_inflight while the providers' AIMD windows are smaller: the excess
+        # waits in the fair queue instead of failing at dispatch.
+        self.admission.capacity = lambda: min(config.server.max_inflight, self.windows.total)
         self.accountant = Accountant()
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
@@ -72,7 +80,7 @@ class App:
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
-                                 self.audit, self.metrics)
+                                 self.audit, self.metrics, windows=self.windows)
         self.feedback = FeedbackLog()
         # The transports' one way in (service.py): they never reach the parts above directly.
         self.service = GatewayService(

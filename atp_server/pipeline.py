@@ -14,6 +14,7 @@ from codec.errors import ErrorCode
 from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
+from .routing.aimd import ProviderWindows
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
@@ -122,8 +123,9 @@ class _Call:
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
-                 clock=time.monotonic):
+                 clock=time.monotonic, windows=None):
         self.router = router
+        self.windows = windows or ProviderWindows({}, clock=clock)   # AIMD gate (routing/aimd.py)
         self.adapters = adapters
         self.admission = admission
         self.accountant = accountant
@@ -216,7 +218,8 @@ class Pipeline:
                 emitted = tokens = 0
                 finish = None
                 try:
-                    with _Call(health, model_id, clock):
+                    with self.windows.slot(model.provider, request.latency_slo_ms), \
+                            _Call(health, model_id, clock):
                         async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
                             it = up.__aiter__()
                             while True:
@@ -257,7 +260,8 @@ class Pipeline:
                 adapter = self.adapters[model.provider]
                 u0 = time.perf_counter_ns()
                 try:
-                    with _Call(health, model_id, clock):
+                    with self.windows.slot(model.provider, request.latency_slo_ms), \
+                            _Call(health, model_id, clock):
                         if hasattr(adapter, "complete"):
                             text, finish = await adapter.complete(model, request)
                             tokens = finish.output_tokens or 0
