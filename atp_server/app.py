@@ -68,6 +68,7 @@ class App:
         # Fewer slots than max_inflight while the providers' AIMD windows are smaller: the excess
         # waits in the fair queue instead of failing at dispatch.
         self.admission.capacity = lambda: min(config.server.max_inflight, self.windows.total)
+        self.windows.overcommitted = lambda: self.admission.inflight > self.windows.total
         self.accountant = Accountant()
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
         self.metrics.inflight.set_function(lambda: self.admission.inflight)

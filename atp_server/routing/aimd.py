@@ -17,8 +17,10 @@ uses is decided by measurement (`python -m bench sched`, bench/RESULTS.md): one 
 too little work to pay numba's call overhead, so the gate uses the Python one (`UPDATE`).
 
 The gate (`ProviderWindows.slot`) is the thin shell: entering takes a slot of the chosen
-provider's window or raises OVERLOADED (retryable) so the pipeline fails over down the chain;
-leaving releases it and reports how the call ended.
+provider's window or raises OVERLOADED (retryable) so the pipeline fails over down the chain (to
+another provider with room: admission's capacity is the windows' sum, so a full window with
+admission under capacity means routing concentrated on this provider); leaving releases the slot
+and reports how the call ended.
 """
 import numpy as np
 
@@ -115,6 +117,10 @@ class ProviderWindows:
         self.update = update or UPDATE
         self.total = int(sum(int(w) for w in s.window))
         self.refused = 0                      # slots refused because a window was full
+        # () -> whether admission holds more slots than the windows now total: a window that just
+        # shrank does not recall calls admission already let through (TCP does not recall segments
+        # in flight either); they pass, new ones wait in admission's queue. App wires it.
+        self.overcommitted = lambda: False
 
     def window(self, provider: str) -> int:
         return int(self.state.window[self.index[provider]])
@@ -129,7 +135,7 @@ class ProviderWindows:
 
     def _enter(self, i: int) -> None:
         s = self.state
-        if s.inflight[i] >= int(s.window[i]):
+        if s.inflight[i] >= int(s.window[i]) and not self.overcommitted():
             self.refused += 1
             raise AtpError(ErrorCode.OVERLOADED,
                            f"provider {self.names[i]}: its concurrency window ({int(s.window[i])}) is full",

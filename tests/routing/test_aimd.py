@@ -165,3 +165,23 @@ provider = "sim"
                                          "tuned": (2, 6, 3, 900.0)}
     w = ProviderWindows(aimd.provider_bounds(cfg), clock=Clock())
     assert (w.window("sim"), w.window("up"), w.window("tuned")) == (100, 16, 3)
+
+
+def test_calls_admitted_before_a_window_shrank_still_pass_the_gate():
+    clock = Clock()
+    w = ProviderWindows({"p": (1, 4, 4, 0.0)}, clock=clock)
+    admitted = [0]
+    w.overcommitted = lambda: admitted[0] > w.total
+    slots = [w.slot("p") for _ in range(4)]
+    for s in slots:
+        s.__enter__()
+    slots[0].__exit__(AtpError, AtpError(ErrorCode.RATE_LIMITED, "429"), None)   # one call got a 429
+    assert w.window("p") == 2 and w.inflight("p") == 3
+    admitted[0] = 4                 # admission let four through while the window was 4
+    with w.slot("p"):               # the fourth was granted before the shrink: it passes
+        assert w.inflight("p") == 4
+    admitted[0] = 2                 # admission is back within the windows: the gate is strict
+    with pytest.raises(AtpError) as info:
+        with w.slot("p"):
+            pass
+    assert info.value.code == ErrorCode.OVERLOADED
