@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "load": "bench.load.cli",     # open/closed-loop load on gRPC, Session, QUIC, HTTP (+ bare grpc echo)
     "routing": "bench.routing.cli",
     "stages": "bench.stages.cli",   # µs per pipeline stage (before + after), in process  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
+    "sched": "bench.sched.cli",     # µs per AIMD update and fair-queue selection, numba vs twin
 }
 
 

@@ -31,7 +31,7 @@ def test_numba_twin_is_available_unless_forced_off():
 
 
 def _state(window=4.0, floor=1.0, ceiling=8.0, slo_s=0.0):
-    s = WindowState(1)
+    s = WindowState(1, arrays=True)
     s.window[0], s.floor[0], s.ceiling[0], s.slo_s[0] = window, floor, ceiling, slo_s
     return s
 
@@ -76,7 +76,7 @@ def test_both_twins_give_bit_identical_states_on_a_random_signal_trace():
     compiled = aimd.UPDATE_NUMBA or aimd.UPDATE_PYTHON
     states = []
     for update in (aimd.UPDATE_PYTHON, compiled):
-        s = WindowState(4)
+        s = WindowState(4, arrays=True)
         s.window[:], s.floor[:], s.ceiling[:] = [4, 1, 32, 2], [1, 1, 2, 2], [8, 4, 64, 2]
         s.slo_s[:] = [0.0, 0.3, 0.5, 0.0]
         r = np.random.default_rng(5)
