@@ -56,7 +56,8 @@ class App:
         self.keyring = self.auth.keyring
         self.limits = Limits()
         self.connection_config = ConnectionConfig(agent="atp-server/0.1", heartbeat_ms=0,
-                                                  idle_timeout_ms=300_000)
+                                                  idle_timeout_ms=300_000,
+                                                  auto_replenish=False)   # session.credits does it
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
         self.router = Router(list(config.models), HealthBoard())
         self.admission = Admission(config.server.max_inflight, config.server.max_queue,
