@@ -71,7 +71,8 @@ def _push_pop(select, n_flows, iterations, repeats):
 
     def run(n):
         for _ in range(n):
-            q.push(q.pop(), 0)
+            fid = q.pop()       # items are their flow ids: the served flow queues again
+            q.push(fid, fid)
     return _median_us(run, iterations, repeats)
 
 
@@ -95,7 +96,7 @@ def measure(args) -> dict:
            "gate_uses": "numba" if aimd.UPDATE is aimd.UPDATE_NUMBA else "python"}
     if aimd.UPDATE_NUMBA is not None:
         out["aimd_update_us"]["numba"] = _aimd(aimd.UPDATE_NUMBA, it, rep)
-    selects = {"numpy": fairq.SELECT_NUMPY}
+    selects = {"python": fairq.SELECT_PYTHON}
     if fairq.SELECT_NUMBA is not None:
         selects["numba"] = fairq.SELECT_NUMBA
     for n in (int(x) for x in args.flows.split(",")):

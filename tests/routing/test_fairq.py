@@ -5,10 +5,10 @@ import pytest
 from atp_server.routing import fairq
 from atp_server.routing.fairq import FairQueue, QueueFull
 
-SELECTS = [s for s in (fairq.SELECT_NUMPY, fairq.SELECT_NUMBA) if s is not None]
+SELECTS = [s for s in (fairq.SELECT_PYTHON, fairq.SELECT_NUMBA) if s is not None]
 
 
-@pytest.fixture(params=SELECTS, ids=lambda s: "numba" if s is fairq.SELECT_NUMBA else "numpy")
+@pytest.fixture(params=SELECTS, ids=lambda s: "numba" if s is fairq.SELECT_NUMBA else "python")
 def select(request):
     return request.param
 
@@ -28,13 +28,13 @@ def test_select_picks_the_smallest_tag_and_breaks_ties_by_lowest_flow(select):
 
 
 def test_both_twins_decide_identically_on_random_inputs():
-    compiled = fairq.SELECT_NUMBA or fairq.SELECT_NUMPY   # ATP_NUMBA=0: the reference alone
+    compiled = fairq.SELECT_NUMBA or fairq.SELECT_PYTHON   # ATP_NUMBA=0: the reference alone
     rng = np.random.default_rng(7)
     for _ in range(2000):
         n = int(rng.integers(0, 40))
         finish = rng.integers(0, 6, size=40).astype(np.float64) / 4   # many exact ties
         flows = rng.permutation(64)[:40].astype(np.int64)
-        assert fairq.SELECT_NUMPY(finish, flows, n) == compiled(finish, flows, n)
+        assert fairq.SELECT_PYTHON(finish, flows, n) == compiled(finish, flows, n)
 
 
 def _trace(select, seed):
