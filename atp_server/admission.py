@@ -133,3 +133,42 @@ class Admission:
             waiter.timer.cancel()
         if not waiter.future.done():
             waiter.future.set_exception(error)
+
+
+class SchedulingCollector:
+    """Prometheus families for admission and the AIMD windows, built at scrape time from plain
+    counters (labels: configured provider names and tier names only)."""
+
+    def __init__(self, admission: Admission, windows):
+        self.admission, self.windows = admission, windows
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        a, w = self.admission, self.windows
+        window = GaugeMetricFamily("atp_provider_window", "AIMD concurrency window per provider",
+                                   labels=["provider"])
+        inflight = GaugeMetricFamily("atp_provider_inflight", "Calls in flight per provider",
+                                     labels=["provider"])
+        for name in w.names:
+            window.add_metric([name], w.window(name))
+            inflight.add_metric([name], w.inflight(name))
+        yield window
+        yield inflight
+        yield CounterMetricFamily("atp_provider_window_refusals", "Dispatches refused by a full "
+                                  "window (failed over down the chain)", value=w.refused)
+        yield CounterMetricFamily("atp_admission_shed", "Queued requests shed (OVERLOADED) for a "
+                                  "tenant under its fair share", value=a.shed)
+        yield CounterMetricFamily("atp_admission_expired", "Queued requests past their deadline "
+                                  "(TIMEOUT)", value=a.expired)
+        by_tier = dict.fromkeys(a.scheduling.tiers, 0)
+        q = a.queue
+        for key, fid in list(q._keys.items()):
+            by_tier[a.scheduling.tier_of(key)] += q.depth(fid)
+        tiers = GaugeMetricFamily("atp_queued_by_tier", "Requests waiting, by QoS tier",
+                                  labels=["tier"])
+        for tier, n in by_tier.items():
+            tiers.add_metric([tier], n)
+        yield tiers

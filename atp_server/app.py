@@ -12,7 +12,7 @@ from codec import ConnectionConfig, Limits
 
 from .accounting import Accountant
 from .adapters.simulated import SimulatedAdapter
-from .admission import Admission
+from .admission import Admission, SchedulingCollector
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
 from .config import Config, audit_file, provider_settings, state_dir
@@ -74,6 +74,7 @@ class App:
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)
+        self.metrics.registry.register(SchedulingCollector(self.admission, self.windows))
         self.audit = None
         if config.audit.enabled:
             path = Path(os.path.expanduser(audit_path)) if audit_path else audit_file(config)

@@ -90,7 +90,7 @@ def test_tiers_share_a_saturated_provider_by_weight_and_aimd_finds_its_capacity(
 def test_a_burst_past_the_queue_is_refused_retryably_and_memory_stays_bounded(tmp_path):
     async def main():
         app = _app(tmp_path, "max_inflight = 4\nmax_queue = 16")
-        provider = SaturatingProvider(capacity=4, base_s=0.02)
+        provider = SaturatingProvider(capacity=4, base_s=0.2)   # nothing finishes before the scrape
         app.adapters["sim"] = provider
         principal = Principal("bronze-co", "b", "api_key")
         tasks = [asyncio.create_task(app.pipeline.complete(ChatRequest([("user", "x")], stream=False),
@@ -98,11 +98,17 @@ def test_a_burst_past_the_queue_is_refused_retryably_and_memory_stays_bounded(tm
         for _ in range(5):
             await asyncio.sleep(0)
         peak = (app.admission.inflight, app.admission.queued)
+        during = app.service.render_metrics().decode()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         state = (app.admission.inflight, app.admission.queued, app.windows.inflight("sim"))
         await app.stop(0)
-        return peak, results, state
-    (inflight, queued), results, state = asyncio.run(main())
+        return peak, results, state, during
+    (inflight, queued), results, state, metrics = asyncio.run(main())
+    # The scrape taken at the same instant as `queued`: what waited, by tier; calls per provider.
+    assert f'atp_queued_by_tier{{tier="bronze"}} {float(queued)}' in metrics and queued > 0
+    assert 'atp_queued_by_tier{tier="gold"} 0.0' in metrics
+    assert 'atp_provider_inflight{provider="sim"} 4.0' in metrics
+    assert 'atp_provider_window{provider="sim"}' in metrics
     assert inflight <= 4 and queued <= 16
     refused = [r for r in results if isinstance(r, AtpError)]
     ok = [r for r in results if not isinstance(r, BaseException)]
