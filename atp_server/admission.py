@@ -71,12 +71,10 @@ class Admission:
         if self.gate is not None:
             self.gate()
         q = self.queue
-        fid = q.flow(tenant, self.scheduling.weight_of(tenant))
         if self.inflight < self.capacity() and not q.queued:
-            self.inflight += 1
-            if fid is not None:
-                q.tag(fid)
+            self.inflight += 1      # nobody waits: no fair order to keep (fairq.push explains)
             return
+        fid = q.flow(tenant, self.scheduling.weight_of(tenant))
         waiter = _Waiter(asyncio.get_running_loop().create_future())
         try:
             if fid is None:
@@ -107,7 +105,8 @@ class Admission:
 
     def release(self) -> None:
         self.inflight -= 1
-        self._grant()
+        if self.queue.queued:
+            self._grant()
 
     def _grant(self) -> None:
         """Hand free slots to the queue's next waiters in fair order."""

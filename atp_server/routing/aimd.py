@@ -98,6 +98,7 @@ class WindowState:
         self.rtt_s = col(RTT_INITIAL_S)
         self.last_cut = col(-np.inf)
         self.inflight = np.zeros(n, dtype=np.int64) if arrays else [0] * n
+        self.whole = [1] * n                # int(window), kept by the gate: no int() per call
 
 
 class ProviderWindows:
@@ -120,9 +121,11 @@ class ProviderWindows:
             s.window[i] = min(max(initial or ceiling, floor), ceiling)
             s.slo_s[i] = slo_ms / 1000
             s.window[i] = float(s.window[i])
+            s.whole[i] = int(s.window[i])
         self.increase, self.decrease = increase, decrease
         self.clock = clock
-        self.total = int(sum(int(w) for w in s.window))
+        self.total = sum(s.whole)
+        self._columns = (s.window, s.floor, s.ceiling, s.slo_s, s.rtt_s, s.last_cut)
         self.refused = 0                      # slots refused because a window was full
         # () -> whether admission holds more slots than the windows now total: a window that just
         # shrank does not recall calls admission already let through (TCP does not recall segments
@@ -130,7 +133,7 @@ class ProviderWindows:
         self.overcommitted = lambda: False
 
     def window(self, provider: str) -> int:
-        return int(self.state.window[self.index[provider]])
+        return self.state.whole[self.index[provider]]
 
     def inflight(self, provider: str) -> int:
         return int(self.state.inflight[self.index[provider]])
@@ -142,10 +145,10 @@ class ProviderWindows:
 
     def _enter(self, i: int) -> None:
         s = self.state
-        if s.inflight[i] >= int(s.window[i]) and not self.overcommitted():
+        if s.inflight[i] >= s.whole[i] and not self.overcommitted():
             self.refused += 1
             raise AtpError(ErrorCode.OVERLOADED,
-                           f"provider {self.names[i]}: its concurrency window ({int(s.window[i])}) is full",
+                           f"provider {self.names[i]}: its concurrency window ({s.whole[i]}) is full",
                            retry_after_ms=max(1, int(s.rtt_s[i] * 1000)))
         s.inflight[i] += 1
 
@@ -153,13 +156,14 @@ class ProviderWindows:
         s = self.state
         s.inflight[i] -= 1
         now = self.clock()
-        before = int(s.window[i])
-        sig = signal_of(exc)
+        sig = SUCCESS if exc is None else signal_of(exc)
         if sig == SUCCESS and slo_ms and s.slo_s[i] == 0.0 and now - started > slo_ms / 1000:
             sig = CONGESTION    # the request's own SLO, where the provider has none configured
-        self.update(s.window, s.floor, s.ceiling, s.slo_s, s.rtt_s, s.last_cut, i, sig,
-                    now - started, now, self.increase, self.decrease)
-        self.total += int(s.window[i]) - before
+        w = self.update(*self._columns, i, sig, now - started, now, self.increase, self.decrease)
+        whole = s.whole[i]
+        if not whole <= w < whole + 1:     # the integer window moved (rare: float compares only)
+            s.whole[i] = int(w)
+            self.total += s.whole[i] - whole
 
 
 class _Slot:

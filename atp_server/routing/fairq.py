@@ -70,6 +70,7 @@ class FairQueue:
         self.max_queued, self.max_flows = max_queued, max_flows
         self.select = select or SELECT_NUMBA or SELECT_PYTHON
         self.virtual = 0.0                     # V: finish tag of the item served last
+        self._max_finish = 0.0                 # the largest finish tag ever given
         self.queued = 0
         self._keys: dict[str, int] = {}        # flow key -> flow id
         self._key_of: list[str] = []           # flow id -> key
@@ -123,6 +124,11 @@ class FairQueue:
         """Queue `item` on flow `fid`; returns an item evicted to make room (or None).
         Raises QueueFull when the arrival's own flow is the one to shed."""
         evicted = None
+        if not self.queued:
+            # A new backlog starts: every flow starts level (SCFQ's busy period). Service given
+            # while nobody waited is neither debt nor credit, and stale tags from an earlier
+            # backlog do not push a flow back; the admission fast path needs no tagging for it.
+            self.virtual = max(self.virtual, self._max_finish)
         if self.queued >= self.max_queued:
             victim = self._most_over_share()
             w = self._weight[fid]
@@ -133,6 +139,8 @@ class FairQueue:
         start = max(self.virtual, self._last_finish[fid])
         finish = start + cost / self._weight[fid]
         self._last_finish[fid] = finish
+        if finish > self._max_finish:
+            self._max_finish = finish
         entry = [finish, item]
         items = self._items[fid]
         items.append(entry)
@@ -141,14 +149,11 @@ class FairQueue:
             self._activate(fid, finish)
         return evicted
 
-    def tag(self, fid: int, cost: float = 1.0) -> None:
-        """Account an item served at once (nothing was waiting): its flow's tags advance as if it
-        had been queued and popped, so immediate service is not free credit later."""
-        start = max(self.virtual, self._last_finish[fid])
-        self._last_finish[fid] = self.virtual = start + cost / self._weight[fid]
 
     def pop(self):
         """The next item by weighted fair order, or None when nothing is queued."""
+        if not self._n_active:
+            return None
         k = self.select(self._act_finish, self._act_flow, self._n_active)
         if k < 0:
             return None

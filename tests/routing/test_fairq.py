@@ -116,18 +116,28 @@ def test_remove_takes_an_item_out_and_the_rest_still_comes_out_in_order(select):
     assert sorted(out) == ["a1", "a2", "b0", "b1", "b2"] and q.pop() is None and q.queued == 0
 
 
-def test_using_idle_capacity_is_neither_debt_nor_banked_credit(select):
-    """A flow served at once while nobody waited owes nothing for it, and a flow that was idle
-    meanwhile gets no catch-up burst: once both wait they alternate (equal weights)."""
-    q = FairQueue(10, 4, select=select)
+def test_a_new_backlog_starts_every_flow_level(select):
+    """Tags left over from an earlier backlog (here: requests cancelled out of the middle of a
+    flow) must not push that flow back once the queue has emptied: both then alternate."""
+    q = FairQueue(20, 4, select=select)
     a, b = q.flow("a", 1.0), q.flow("b", 1.0)
-    for _ in range(5):
-        q.tag(a)                                  # a was served five times with nobody waiting
-    assert q.virtual == 5.0                       # virtual time moved with it
+    items = [f"old{i}" for i in range(6)]
+    for item in items:
+        q.push(a, item)
+    for item in items[:-1]:
+        q.remove(a, item)                         # cancelled while queued
+    assert q.pop() == "old5" and q.queued == 0    # a's tags ran ahead to 6
     for i in range(3):
         q.push(b, f"b{i}")
         q.push(a, f"a{i}")
     assert [q.pop() for _ in range(6)] == ["a0", "b0", "a1", "b1", "a2", "b2"]
+
+
+def test_a_zero_length_queue_refuses_everything(select):
+    q = FairQueue(0, 1, select=select)
+    with pytest.raises(QueueFull):
+        q.push(q.flow("a", 1.0), "x")
+    assert q.queued == 0
 
 
 def test_flow_records_are_bounded_and_idle_ones_are_reused(select):

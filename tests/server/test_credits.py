@@ -55,8 +55,8 @@ def test_request_credit_shrinks_with_the_providers_windows_and_grows_back(tmp_pa
         await asyncio.gather(*(wire.client.complete(build_request(f"q{i}")) for i in range(80)))
         shrunk = (wire.client.conn.window.requests, app.admission.capacity())
         tokens = wire.client.conn.window.tokens
-        app.windows.state.window[0] = 40.0    # the provider recovered (as successes make it)
-        app.windows.total = 40
+        s = app.windows.state                 # the provider recovered (as successes make it)
+        s.window[0], s.whole[0], app.windows.total = 40.0, 40, 40
         await wire.client.complete(build_request("recovered"))
         grown = wire.client.conn.window.requests
         wire.client.close()
