@@ -20,6 +20,12 @@ def _app(tmp_path):
     return App(cfg)
 
 
+async def _hang_up(wire, app):
+    wire.client.close()
+    await wire.closed.wait()
+    await app.stop(0)
+
+
 def _shrink(app, provider="sim"):
     """One 429 from the provider: its AIMD window halves."""
     with pytest.raises(AtpError):
@@ -34,9 +40,7 @@ def test_with_room_to_spare_every_closed_stream_gives_its_whole_reservation_back
         await asyncio.gather(*(wire.client.complete(build_request(f"q{i}", max_tokens=50))
                                for i in range(20)))
         credit = wire.client.conn.window.available
-        wire.client.close()
-        await wire.closed.wait()
-        await app.stop(0)
+        await _hang_up(wire, app)
         return credit
     assert run(main()) == INITIAL
 
@@ -59,9 +63,7 @@ def test_request_credit_shrinks_with_the_providers_windows_and_grows_back(tmp_pa
         s.window[0], s.whole[0], app.windows.total = 40.0, 40, 40
         await wire.client.complete(build_request("recovered"))
         grown = wire.client.conn.window.requests
-        wire.client.close()
-        await wire.closed.wait()
-        await app.stop(0)
+        await _hang_up(wire, app)
         return before, shrunk, tokens, grown
     before, (shrunk, capacity), tokens, grown = run(main())
     assert before == 64
@@ -79,9 +81,7 @@ def test_a_refused_request_returns_its_credit_too(tmp_path):
             await wire.client.complete(build_request("refused while draining"))
         credit = wire.client.conn.window.available
         app.draining = False
-        wire.client.close()
-        await wire.closed.wait()
-        await app.stop(0)
+        await _hang_up(wire, app)
         return credit
     assert run(main()) == INITIAL
 
