@@ -4,6 +4,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from codec import ConnectionConfig, Limits
 
 from .accounting import Accountant
 from .adapters.simulated import SimulatedAdapter
-from .admission import Admission
+from .admission import Admission, SchedulingCollector
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
 from .embedding import Embedder
@@ -20,6 +21,7 @@ from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .pricing import PriceBook
+from .routing.aimd import ProviderWindows, provider_bounds
 from .routing.health import HealthBoard
 from .routing.bandit import FILE as POSTERIORS
 from .routing.router import Router, load_predictor
@@ -67,16 +69,27 @@ class App:
         self.keyring = self.auth.keyring
         self.limits = Limits()
         self.connection_config = ConnectionConfig(agent="atp-server/0.1", heartbeat_ms=0,
-                                                  idle_timeout_ms=300_000)
+                                                  idle_timeout_ms=300_000,
+                                                  auto_replenish=False)   # session.credits does it
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
         self.router = Router(list(config.models), HealthBoard(), policy=config.routing,
                              predictor=load_predictor(config.routing))
-        self.admission = Admission(config.server.max_inflight, config.server.max_queue)
+        self.admission = Admission(config.server.max_inflight, config.server.max_queue,
+                                   scheduling=config.scheduling,
+                                   high_watermark=config.server.congestion_watermark)
+        self.windows = ProviderWindows(provider_bounds(config), clock=time.monotonic,
+                                       increase=config.scheduling.aimd_increase,
+                                       decrease=config.scheduling.aimd_decrease)
+        # Fewer slots than max_inflight while the providers' AIMD windows are smaller: the excess
+        # waits in the fair queue instead of failing at dispatch.
+        self.admission.capacity = lambda: min(config.server.max_inflight, self.windows.total)
+        self.windows.overcommitted = lambda: self.admission.inflight > self.windows.total
         self.accountant = Accountant(PriceBook(config.models, config.pricing))
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
         self.metrics.track_routing(self.router)
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)
+        self.metrics.registry.register(SchedulingCollector(self.admission, self.windows))
         self.audit = None
         if config.audit.enabled:
             path = Path(os.path.expanduser(audit_path)) if audit_path else audit_file(config)
@@ -85,7 +98,8 @@ class App:
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
-                                 self.audit, self.metrics, dispatch=config.dispatch)
+                                 self.audit, self.metrics, dispatch=config.dispatch,
+                                 windows=self.windows)
         self.feedback = FeedbackLog(on_score=lambda tenant, rid, score: self.router.feedback(
             tenant, rid, score, self.pipeline.clock()))
         # The transports' one way in (service.py): they never reach the parts above directly.

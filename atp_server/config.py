@@ -15,6 +15,7 @@ from .adapters.settings import CHECKS, SETTINGS
 from .pricing import Price
 from .audit import DEFAULT_MAX_BUFFER
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
+from .scheduling import SchedulingConfig, parse_scheduling
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,7 @@ class Config:
     pricing: tuple[Price, ...] = ()   # [[pricing]]: per-deployment prices over the models' list prices
     dispatch: DispatchConfig = DispatchConfig()   # the [routing] keys of dispatch (dispatch.py)
     routing: RoutingConfig = RoutingConfig()   # [routing] + [aliases] (routing/config.py)
+    scheduling: SchedulingConfig = SchedulingConfig()   # [scheduling] (scheduling.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -454,7 +456,8 @@ def _parse_price(i: int, t: dict, models: set) -> Price:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases"}
+    known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
+             "scheduling"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -488,10 +491,14 @@ def parse(data: dict) -> Config:
                                 data.get("aliases", []), ids)
     except ValueError as exc:   # RoutingConfigError: the message starts with the key
         raise ConfigError(str(exc)) from None
+    scheduling = parse_scheduling(data.get("scheduling", {}), set(names), _fail)
+    if scheduling.low_watermark >= server.congestion_watermark:
+        _fail("scheduling.low_watermark", f"must be below server.congestion_watermark "
+                                          f"({server.congestion_watermark}), got {scheduling.low_watermark}")
     cfg = Config(server=server, auth=auth, providers=providers, models=models, audit=audit,
                  pricing=pricing,
                  dispatch=_parse_dispatch({k: v for k, v in rt.items() if k in dispatch_keys}),
-                 routing=routing)
+                 routing=routing, scheduling=scheduling)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

@@ -16,6 +16,7 @@ from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
 from .dispatch import Caps, DispatchConfig, Plan, first_item
+from .routing.aimd import ProviderWindows
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
@@ -125,12 +126,13 @@ class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
                  clock=time.monotonic, dispatch: DispatchConfig = DispatchConfig(), sleep=asyncio.sleep,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, windows=None):
         self.router = router
         self.dispatch = dispatch     # retries, failover budget, hedging ([routing] keys)
         self.sleep = sleep           # backoff and hedge timers: injectable, so tests never sleep
         self.rng = rng or random.Random()   # full-jitter draws; a seeded one in tests
         self.caps = Caps(adapters)   # per-provider max_concurrency, taken per attempt
+        self.windows = windows or ProviderWindows({}, clock=clock)   # AIMD gate (routing/aimd.py)
         self.adapters = adapters
         self.admission = admission
         self.accountant = accountant
@@ -216,7 +218,8 @@ class Pipeline:
         model = self.router.models[model_id]
         capped = self.caps.take(model.provider)
         try:
-            with _Call(self.router.health, model_id, self.clock):
+            with self.windows.slot(model.provider, request.latency_slo_ms), \
+                    _Call(self.router.health, model_id, self.clock):
                 async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
                     async for item in up:
                         yield item
@@ -233,7 +236,8 @@ class Pipeline:
         adapter = self.adapters[model.provider]
         capped = self.caps.take(model.provider)
         try:
-            with _Call(self.router.health, model_id, self.clock):
+            with self.windows.slot(model.provider, request.latency_slo_ms), \
+                    _Call(self.router.health, model_id, self.clock):
                 if hasattr(adapter, "complete"):
                     text, finish = await adapter.complete(model, request)
                     yield text, finish, finish.output_tokens or 0

@@ -48,7 +48,9 @@ class GatewayService:
         self.limits = limits
         self.connection_config = connection_config
         self.session_principal = auth.session_principal
-        self.pressure = admission.pressure          # () -> 0..1, drives the CONGESTION flag
+        self.pressure = admission.pressure          # () -> 0..1 fill of slots + queue
+        self.congested = admission.congested        # () -> bool: the CONGESTION flag (watermarks)
+        self.credit_target = admission.capacity     # () -> slots now: sizes sessions' request credit
         self.congestion_watermark = congestion_watermark
         self.render_metrics = metrics.render        # () -> Prometheus text
         self._metrics = metrics

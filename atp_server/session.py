@@ -13,6 +13,7 @@ from codec import events as ev
 from codec.aio import FrameDriver, now_ms
 from codec.errors import ErrorCode
 
+from .credits import CreditPacer
 from .types import AtpError, ChatRequest, Delta, Done
 
 log = logging.getLogger("atp.session")
@@ -58,6 +59,8 @@ class FrameSession(FrameDriver):
         self.principal = None
         self.tasks: dict[int, asyncio.Task] = {}
         self._ended = 0                 # streams ended since the last flush
+        # Returns closed streams' credit, the request credit sized by dispatch capacity (credits.py).
+        self.credits = CreditPacer(self.conn, service.credit_target, self.conn.config.initial_window[0])
         service.session_opened(transport)
         self._timer.arm()
 
@@ -75,14 +78,17 @@ class FrameSession(FrameDriver):
             kind = type(event)
             if kind is ev.RequestReceived:
                 sid = event.stream_id
+                self.credits.opened(sid, event.request)
                 if service.draining:
                     conn.send_error(sid, ErrorCode.UNAVAILABLE, "server draining: retry elsewhere",
                                     retry_after_ms=1000)
+                    self.credits.closed(sid)
                     continue
                 try:
                     request = request_from_payload(event.request)
                 except (TypeError, ValueError, KeyError) as exc:
                     conn.send_error(sid, ErrorCode.INVALID_REQUEST, f"bad request: {exc}")
+                    self.credits.closed(sid)
                     continue
                 self.tasks[sid] = self._loop.create_task(self._run(sid, request, self.fed_ns))
             elif kind is ev.StreamCancelled:
@@ -132,6 +138,7 @@ class FrameSession(FrameDriver):
                 conn.send_error(sid, ErrorCode.INTERNAL, "internal error", now_ms=now_ms())
         finally:
             self.tasks.pop(sid, None)
+            self.credits.closed(sid)
             self.schedule_flush()
 
     def _send_end(self, sid, request, usage, decision, finish_reason, overhead_us) -> None:
@@ -153,7 +160,8 @@ class FrameSession(FrameDriver):
     def flush(self) -> None:
         self._ended = 0
         if not self.finished:   # the CONGESTION flag rides on the frames about to leave
-            self.conn.congested = self.service.pressure() >= self.service.congestion_watermark
+            self.conn.congested = self.service.congested()
+            self.credits.top_up()
         super().flush()
 
     def close(self, code: int = ErrorCode.NO_ERROR, message: str = "") -> None:

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "routing": "bench.routing.cli",
     "adapters": "bench.adapters.openai_sse",   # µs per streamed OpenAI SSE chunk: parse, translate, re-emit
     "stages": "bench.stages.cli",   # µs per pipeline stage (before + after), in process  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
+    "sched": "bench.sched.cli",     # µs per AIMD update and fair-queue selection, numba vs twin
 }
 
 

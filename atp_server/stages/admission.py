@@ -1,4 +1,4 @@
-"""Take a dispatch slot before routing (waiting in the bounded queue if need be); give it back after."""
+"""Take a dispatch slot before routing (waiting in the tenant's fair-queue flow if need be); give it back after."""
 from ..admission import Admission
 from .base import RequestContext, Stage
 
@@ -14,7 +14,9 @@ class AdmissionStage(Stage):
         self.admission = admission
 
     def before(self, ctx: RequestContext):
-        return self.admission.acquire()
+        # The authenticated tenant picks the flow and tier (a client-sent tenant field would let
+        # anyone claim gold); the request's own latency SLO can only shorten its queue deadline.
+        return self.admission.acquire(ctx.principal.tenant, ctx.request.latency_slo_ms)
 
     def after(self, ctx: RequestContext, outcome: str) -> None:
         self.admission.release()

@@ -101,8 +101,8 @@ class ServerHarness:
         app.pipeline.observers.append(spy)
         acquire = app.admission.acquire
 
-        async def acquire_and_tell():     # wakes wait_inflight() (no polling across threads)
-            await acquire()
+        async def acquire_and_tell(*args):   # wakes wait_inflight() (no polling across threads)
+            await acquire(*args)
             with self._cond:
                 self._cond.notify_all()
         app.admission.acquire = acquire_and_tell

@@ -85,8 +85,8 @@ def on_admitted(app) -> asyncio.Event:
     event = asyncio.Event()
     acquire = app.admission.acquire
 
-    async def wrapped():
-        await acquire()
+    async def wrapped(*args):      # (tenant, slo_ms) from the admission stage
+        await acquire(*args)
         event.set()
     app.admission.acquire = wrapped
     return event
