@@ -1,0 +1,149 @@
+"""The shared-state interfaces (counters/token buckets, budgets, nonces) every store implements.
+
+Two implementations exist: memory.py (one process, the embedded default) and redis.py (shared by
+worker processes and hosts, atomic Lua scripts). Callers see only these interfaces, so the
+limits stage and the tests are the same for both (tests/state/ runs one contract against each).
+
+Conventions, kept by both implementations:
+
+- A check over several items (one request hits a tenant, a key and a model rule) is all or
+  nothing: either every item is taken/reserved, or none is and a `Denial` names the first item
+  that did not fit. So a refusal never leaves a partial charge behind.
+- What runs in a stage's `after` (refund, release, settle) is not awaited: `after` is
+  synchronous and must not wait on a network. The memory store applies it at once; the Redis
+  store sends it in the background, and `drain()` waits for what is still being sent.
+- `now` is wall-clock seconds (time.time()), passed in: buckets refill with it, and worker
+  processes on several hosts share no monotonic clock.
+- Money is integer USD micros (as in accounting.py), so sums are exact in Redis too.
+"""
+from dataclasses import dataclass
+
+from codec.errors import ErrorCode
+
+from ..types import AtpError
+
+FAIL_OPEN, FAIL_CLOSED = "open", "closed"
+FAIL_MODES = (FAIL_OPEN, FAIL_CLOSED)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Take `cost` from a token bucket of `capacity` refilling at `rate_per_s` (full when new)."""
+
+    key: str
+    capacity: int
+    rate_per_s: float
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    """One slot of at most `limit` held at once under `key` (concurrent requests)."""
+
+    key: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Reserve `amount` micros against `limit` under `key`; the key lives `ttl_s` (its period)."""
+
+    key: str
+    amount: int
+    limit: int
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Item `index` of the request did not fit; waiting `retry_after_ms` may let it fit."""
+
+    index: int
+    retry_after_ms: int
+
+
+class StoreUnavailable(AtpError):
+    """The shared store did not answer in time and its fail mode is `closed`: refuse, retryable."""
+
+    def __init__(self, store: str, problem: str, retry_after_ms: int):
+        super().__init__(ErrorCode.UNAVAILABLE, f"state store for {store} unavailable ({problem}); "
+                         "retry later", retry_after_ms)
+
+
+class CounterStore:
+    """Token buckets (requests/min, tokens/min) and gauges (concurrent requests)."""
+
+    async def take(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Denial | None, tuple | None]:
+        """Take every bucket's cost, or none. Returns (denial or None, tokens left per bucket
+        after the take — for soft-limit alerts). Levels None: nothing was recorded (the store
+        was unreachable and fails open), so there is nothing to refund."""
+        raise NotImplementedError
+
+    def refund(self, buckets: tuple[Bucket, ...], amounts: tuple[int, ...]) -> None:
+        """Put `amounts` back (a reservation larger than what was used), capped at capacity."""
+        raise NotImplementedError
+
+    async def acquire(self, gauges: tuple[Gauge, ...]) -> tuple[Denial | None, bool]:
+        """Hold one slot of every gauge, or none. Returns (denial or None, whether slots are
+        held: False when the store was unreachable and fails open — release nothing then)."""
+        raise NotImplementedError
+
+    def release(self, gauges: tuple[Gauge, ...]) -> None:
+        raise NotImplementedError
+
+    async def level(self, key: str) -> int:
+        """Slots held under a gauge key (for tests and status)."""
+        raise NotImplementedError
+
+
+class BudgetStore:
+    """Spend against limits: reserve the most a request can cost before it runs, settle after."""
+
+    async def reserve(self, holds: tuple[Hold, ...]) -> tuple[Denial | None, tuple | None]:
+        """Reserve every hold, or none: a hold fits when spent + reserved + amount <= limit.
+        Returns (denial or None, spent + reserved per hold afterwards). None: nothing was
+        reserved (unreachable, fail open), so nothing is settled either."""
+        raise NotImplementedError
+
+    def settle(self, holds: tuple[Hold, ...], actual: int) -> None:
+        """Release each hold's reservation and add `actual` micros to its spend (0 on error or
+        cancel: nothing was charged)."""
+        raise NotImplementedError
+
+    async def usage(self, key: str) -> tuple[int, int]:
+        """(spent, reserved) micros under a key."""
+        raise NotImplementedError
+
+
+class NonceStore:
+    """Nonces seen within a TTL (anti-replay across workers)."""
+
+    async def add(self, nonce: bytes, ttl_s: float, now: float) -> bool:
+        """Remember `nonce` for `ttl_s`; False when it was already there (a replay)."""
+        raise NotImplementedError
+
+
+class Stores:
+    """The three stores one App uses, and a way to wait for background writes and close."""
+
+    def __init__(self, counters: CounterStore, budgets: BudgetStore, nonces: NonceStore,
+                 kind: str, closer=None):
+        self.counters, self.budgets, self.nonces = counters, budgets, nonces
+        self.kind = kind                 # "memory" | "redis": what --workers may rely on
+        self._closer = closer
+
+    @property
+    def shared(self) -> bool:
+        return self.kind != "memory"
+
+    async def drain(self) -> None:
+        """Wait until every background refund/release/settle was sent."""
+        for store in (self.counters, self.budgets):
+            drain = getattr(store, "drain", None)
+            if drain is not None:
+                await drain()
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._closer is not None:
+            await self._closer()
