@@ -12,6 +12,7 @@ from pathlib import Path
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .audit import DEFAULT_MAX_BUFFER
+from .limits_config import LimitRule, StateConfig, parse_limits, parse_state
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,8 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    state: StateConfig = StateConfig()
+    limits: tuple[LimitRule, ...] = ()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -421,7 +424,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "state", "limits"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -442,7 +445,8 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    cfg = Config(server, auth, providers, models, audit, parse_state(data.get("state", {})),
+                 parse_limits(data.get("limits", []), set(ids)))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
@@ -457,6 +461,11 @@ def check_workers(cfg: Config, workers: int, key: str) -> None:
     cache. What else is per worker is documented (README, "Workers"): admission limits, health
     and breakers, accounting and /metrics, feedback.
     """
+    if workers > 1 and cfg.limits and not cfg.state.redis_url:
+        _fail(f"{key} {workers}" if key.startswith("--") else key,
+              f"{workers} worker processes would each count [[limits]] (rate limits, budgets) on "
+              "their own, letting a tenant spend up to N times its budget. Set [state] redis_url "
+              "to share them, or run one worker (--workers 1)")
     if workers <= 1 or not cfg.auth.hmac_keys:
         return
     _fail(f"{key} {workers}" if key.startswith("--") else key,
