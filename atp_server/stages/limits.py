@@ -74,18 +74,21 @@ class _Plan:
     """The limits that apply to one (tenant, key, model): built once, reused per request."""
 
     __slots__ = ("rpm", "rpm_items", "tpm", "tpm_items", "gauges", "gauge_items", "budgets",
-                 "budget_items", "empty")
+                 "budget_items", "empty", "buckets", "rate_items", "rpm_costs", "holds")
 
     def __init__(self):
-        self.rpm, self.rpm_items = [], []          # Buckets of cost 1
-        self.tpm, self.tpm_items = [], []          # (key, capacity, rate); cost per request
+        self.rpm, self.rpm_items = [], []          # Buckets, 1 per request
+        self.tpm, self.tpm_items = [], []          # Buckets, the request's token bound
         self.gauges, self.gauge_items = [], []
         self.budgets, self.budget_items = [], []   # (key prefix, "day"|"month", limit micros)
+        self.holds = (None, (), ())                # (day number, Holds, period ends) of that day
 
     def freeze(self) -> "_Plan":
-        for name in self.__slots__[:-1]:
+        for name in self.__slots__[:8]:
             setattr(self, name, tuple(getattr(self, name)))
         self.empty = not (self.rpm or self.tpm or self.gauges or self.budgets)
+        self.buckets, self.rate_items = self.rpm + self.tpm, self.rpm_items + self.tpm_items
+        self.rpm_costs = (1,) * len(self.rpm)
         return self
 
 
@@ -102,6 +105,10 @@ class LimitsStage(Stage):
         self.counters, self.budgets = stores.counters, stores.budgets
         self.models = models                            # id -> ModelSpec
         self._all_models = tuple(models.values())
+        # (price in, price out, max output) per model, and all of them: read per request
+        self._prices = {m.id: ((m.price_in_per_mtok, m.price_out_per_mtok, m.max_output_tokens),)
+                        for m in self._all_models}
+        self._all_prices = tuple(p for (p,) in self._prices.values())
         self.wall_clock = clock                         # wall, not monotonic: shared, and periods are dates
         self._plans: dict[tuple, _Plan] = {}
         self._held: dict[RequestContext, tuple] = {}    # at most one per in-flight request
@@ -123,10 +130,10 @@ class LimitsStage(Stage):
             tag = f"{r.name}:{subject}"
             item = lambda limit, allowed: _Item(r.name, limit, r.scope, subject, allowed, r.soft)
             if r.requests_per_min:
-                plan.rpm.append(Bucket(f"rpm:{tag}", r.requests_per_min, r.requests_per_min / 60, 1))
+                plan.rpm.append(Bucket(f"rpm:{tag}", r.requests_per_min, r.requests_per_min / 60))
                 plan.rpm_items.append(item("requests_per_min", r.requests_per_min))
             if r.tokens_per_min:
-                plan.tpm.append((f"tpm:{tag}", r.tokens_per_min, r.tokens_per_min / 60))
+                plan.tpm.append(Bucket(f"tpm:{tag}", r.tokens_per_min, r.tokens_per_min / 60))
                 plan.tpm_items.append(item("tokens_per_min", r.tokens_per_min))
             if r.concurrent:
                 plan.gauges.append(Gauge(f"conc:{tag}", r.concurrent))
@@ -147,14 +154,32 @@ class LimitsStage(Stage):
                                   f"{t.tm_year}-{t.tm_mon:02}", month_end))
         return self._period[1]
 
+    def _holds(self, plan: _Plan, now: float) -> tuple:
+        """The plan's budget Holds for today, and when each one's period ends (cached per day)."""
+        day = int(now // _DAY_S)
+        if plan.holds[0] != day:
+            day_id, day_end, month_id, month_end = self._periods(now)
+            holds, ends = [], []
+            for prefix, period, limit in plan.budgets:
+                end = day_end if period == "day" else month_end
+                # the TTL runs from the first reservation: up to a day late at most, harmless
+                holds.append(Hold(prefix + (day_id if period == "day" else month_id), limit,
+                                  int(end - day * _DAY_S) + PERIOD_GRACE_S))
+                ends.append(end)
+            plan.holds = (day, tuple(holds), tuple(ends))
+        return plan.holds[1], plan.holds[2]
+
     def max_cost_micros(self, request) -> int:
         """The most this request can cost on any model it could be routed to (module docstring)."""
         prompt_bound = (sum(_byte_len(c) for _, c in request.messages)
                         + TEMPLATE_TOKENS_PER_MESSAGE * len(request.messages) + TEMPLATE_TOKENS)
-        model = self.models.get(request.model) if request.model else None
         cap = request.max_tokens
-        return max(m.cost_micros(prompt_bound, min(cap or m.max_output_tokens, m.max_output_tokens))
-                   for m in ((model,) if model is not None else self._all_models))
+        most = 0.0
+        for price_in, price_out, max_out in self._prices.get(request.model, self._all_prices):
+            cost = prompt_bound * price_in + (min(cap, max_out) if cap else max_out) * price_out
+            if cost > most:
+                most = cost
+        return round(most)      # as ModelSpec.cost_micros rounds: the bound and the actual agree
 
     # ---- before / after -------------------------------------------------------------------------
 
@@ -173,30 +198,30 @@ class LimitsStage(Stage):
 
     async def _enter(self, ctx: RequestContext, plan: _Plan) -> None:
         request, now = ctx.request, self.wall_clock()
-        tpm, tokens = (), 0
+        buckets, costs, tokens = plan.buckets, plan.rpm_costs, 0
         if plan.tpm:
             model = self.models.get(request.model) if request.model else None
             out = request.max_tokens or max(m.max_output_tokens for m in
                                             ((model,) if model else self._all_models))
             tokens = estimate_tokens(request.prompt_chars()) + out
-            for (key, capacity, rate), item in zip(plan.tpm, plan.tpm_items):
-                if tokens > capacity:
+            for bucket, item in zip(plan.tpm, plan.tpm_items):
+                if tokens > bucket.capacity:
                     raise AtpError(ErrorCode.INVALID_REQUEST, f"limits.{item.rule}: the request may "
-                                   f"use {tokens} tokens, more than tokens_per_min {capacity} allows "
-                                   "at all; lower max_tokens or shorten the prompt")
-            tpm = tuple(Bucket(key, capacity, rate, tokens) for key, capacity, rate in plan.tpm)
-        buckets = plan.rpm + tpm
+                                   f"use {tokens} tokens, more than tokens_per_min "
+                                   f"{bucket.capacity} allows at all; lower max_tokens or shorten "
+                                   "the prompt")
+            costs += (tokens,) * len(plan.tpm)
         taken = False
         if buckets:
-            denial, levels = await self.counters.take(buckets, now)
+            denial, levels = await self.counters.take(buckets, costs, now)
             if denial is not None:
-                item = (plan.rpm_items + plan.tpm_items)[denial.index]
+                item = plan.rate_items[denial.index]
                 self._event(item, "hard", item.allowed, now, 60)
                 raise AtpError(ErrorCode.RATE_LIMITED, f"{item.scope} {item.subject!r}: {item.limit} "
                                f"{item.allowed:g} reached (limits.{item.rule})", denial.retry_after_ms)
             taken = levels is not None
             if taken:
-                self._soft_rates(plan, buckets, levels, now)
+                self._soft_rates(plan, levels, now)
         gauges, holds, cost = (), (), 0
         try:
             if plan.gauges:
@@ -212,11 +237,11 @@ class LimitsStage(Stage):
                 holds, cost = await self._reserve(ctx, plan, now)
         except BaseException:
             if taken:
-                self.counters.refund(buckets, tuple(b.cost for b in buckets))
+                self.counters.refund(buckets, costs)
             if gauges:
                 self.counters.release(gauges)
             raise
-        self._held[ctx] = (tpm if taken else (), tokens, gauges, holds, cost)
+        self._held[ctx] = (plan.tpm if taken else (), tokens, gauges, holds, cost)
 
     async def _reserve(self, ctx: RequestContext, plan: _Plan, now: float) -> tuple:
         request = ctx.request
@@ -224,15 +249,8 @@ class LimitsStage(Stage):
         if request.max_tokens is None and request.model in self.models:
             # Pinned: make the bound binding upstream too (an adapter may send no cap otherwise).
             request.max_tokens = self.models[request.model].max_output_tokens
-        day_id, day_end, month_id, month_end = self._periods(now)
-        holds, ends = [], []
-        for prefix, period, limit in plan.budgets:
-            end = day_end if period == "day" else month_end
-            holds.append(Hold(prefix + (day_id if period == "day" else month_id), cost, limit,
-                              int(end - now) + PERIOD_GRACE_S))
-            ends.append(end)
-        holds = tuple(holds)
-        denial, totals = await self.budgets.reserve(holds)
+        holds, ends = self._holds(plan, now)
+        denial, totals = await self.budgets.reserve(holds, cost)
         if denial is not None:
             item, end = plan.budget_items[denial.index], ends[denial.index]
             self._event(item, "hard", item.allowed, now, end - now)
@@ -265,12 +283,12 @@ class LimitsStage(Stage):
                 self.overshoot_micros += actual - cost
                 log.warning("limits: request %s cost %d micros, %d more than reserved",
                             ctx.request.request_id, actual, actual - cost)
-            self.budgets.settle(holds, actual)
+            self.budgets.settle(holds, cost, actual)
 
     # ---- alerts ---------------------------------------------------------------------------------
 
-    def _soft_rates(self, plan: _Plan, buckets, levels, now: float) -> None:
-        for item, bucket, left in zip(plan.rpm_items + plan.tpm_items, buckets, levels):
+    def _soft_rates(self, plan: _Plan, levels, now: float) -> None:
+        for item, bucket, left in zip(plan.rate_items, plan.buckets, levels):
             used = bucket.capacity - left
             if used > bucket.capacity * item.soft:
                 self._event(item, "soft", used, now, 60)

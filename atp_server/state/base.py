@@ -16,7 +16,7 @@ Conventions, kept by both implementations:
   processes on several hosts share no monotonic clock.
 - Money is integer USD micros (as in accounting.py), so sums are exact in Redis too.
 """
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from codec.errors import ErrorCode
 
@@ -26,36 +26,33 @@ FAIL_OPEN, FAIL_CLOSED = "open", "closed"
 FAIL_MODES = (FAIL_OPEN, FAIL_CLOSED)
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """Take `cost` from a token bucket of `capacity` refilling at `rate_per_s` (full when new)."""
+# Named tuples, not dataclasses: the limits stage builds some per request, and a frozen
+# dataclass costs about three times as much to create.
+
+class Bucket(NamedTuple):
+    """A token bucket of `capacity` refilling at `rate_per_s` (full when new)."""
 
     key: str
     capacity: int
     rate_per_s: float
-    cost: int
 
 
-@dataclass(frozen=True, slots=True)
-class Gauge:
-    """One slot of at most `limit` held at once under `key` (concurrent requests)."""
+class Gauge(NamedTuple):
+    """At most `limit` slots held at once under `key` (concurrent requests)."""
 
     key: str
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """Reserve `amount` micros against `limit` under `key`; the key lives `ttl_s` (its period)."""
+class Hold(NamedTuple):
+    """A budget of `limit` micros under `key`; the key lives `ttl_s` (its period and a grace)."""
 
     key: str
-    amount: int
     limit: int
     ttl_s: int
 
 
-@dataclass(frozen=True, slots=True)
-class Denial:
+class Denial(NamedTuple):
     """Item `index` of the request did not fit; waiting `retry_after_ms` may let it fit."""
 
     index: int
@@ -73,8 +70,9 @@ class StoreUnavailable(AtpError):
 class CounterStore:
     """Token buckets (requests/min, tokens/min) and gauges (concurrent requests)."""
 
-    async def take(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Denial | None, tuple | None]:
-        """Take every bucket's cost, or none. Returns (denial or None, tokens left per bucket
+    async def take(self, buckets: tuple[Bucket, ...], costs: tuple[int, ...],
+                   now: float) -> tuple[Denial | None, tuple | None]:
+        """Take costs[i] from every bucket i, or nothing. Returns (denial or None, tokens left per bucket
         after the take — for soft-limit alerts). Levels None: nothing was recorded (the store
         was unreachable and fails open), so there is nothing to refund."""
         raise NotImplementedError
@@ -99,15 +97,15 @@ class CounterStore:
 class BudgetStore:
     """Spend against limits: reserve the most a request can cost before it runs, settle after."""
 
-    async def reserve(self, holds: tuple[Hold, ...]) -> tuple[Denial | None, tuple | None]:
-        """Reserve every hold, or none: a hold fits when spent + reserved + amount <= limit.
+    async def reserve(self, holds: tuple[Hold, ...], amount: int) -> tuple[Denial | None, tuple | None]:
+        """Reserve `amount` on every hold, or on none: it fits when spent + reserved + amount <= limit.
         Returns (denial or None, spent + reserved per hold afterwards). None: nothing was
         reserved (unreachable, fail open), so nothing is settled either."""
         raise NotImplementedError
 
-    def settle(self, holds: tuple[Hold, ...], actual: int) -> None:
-        """Release each hold's reservation and add `actual` micros to its spend (0 on error or
-        cancel: nothing was charged)."""
+    def settle(self, holds: tuple[Hold, ...], amount: int, actual: int) -> None:
+        """Release the `amount` reserved on each hold and add `actual` micros to its spend (0 on
+        error or cancel: nothing was charged)."""
         raise NotImplementedError
 
     async def usage(self, key: str) -> tuple[int, int]:

@@ -34,13 +34,13 @@ class MemoryCounters(CounterStore):
             state[1] = now
         return state
 
-    async def take(self, buckets, now):
+    async def take(self, buckets, costs, now):
         states = [self._level(b, now) for b in buckets]
-        for i, (b, state) in enumerate(zip(buckets, states)):
-            if state[0] < b.cost:
-                return Denial(i, wait_ms(b.cost - state[0], b.rate_per_s)), None
-        for b, state in zip(buckets, states):
-            state[0] -= b.cost
+        for i, (b, cost, state) in enumerate(zip(buckets, costs, states)):
+            if state[0] < cost:
+                return Denial(i, wait_ms(cost - state[0], b.rate_per_s)), None
+        for cost, state in zip(costs, states):
+            state[0] -= cost
         return None, tuple(int(s[0]) for s in states)
 
     def refund(self, buckets, amounts):
@@ -90,22 +90,22 @@ class MemoryBudgets(BudgetStore):
         for key in [k for k, e in self._entries.items() if e[2] <= now and e[1] == 0]:
             del self._entries[key]
 
-    async def reserve(self, holds):
+    async def reserve(self, holds, amount):
         now = self._clock()
         entries = [self._entry(h, now) for h in holds]
         for i, (h, e) in enumerate(zip(holds, entries)):
-            if e[0] + e[1] + h.amount > h.limit:
+            if e[0] + e[1] + amount > h.limit:
                 return Denial(i, 0), None
-        for h, e in zip(holds, entries):
-            e[1] += h.amount
+        for e in entries:
+            e[1] += amount
         return None, tuple(e[0] + e[1] for e in entries)
 
-    def settle(self, holds, actual):
+    def settle(self, holds, amount, actual):
         for h in holds:
             e = self._entries.get(h.key)
             if e is None:     # cannot happen while reserved: the sweep keeps reserved entries
                 continue
-            e[1] -= h.amount
+            e[1] -= amount
             e[0] += actual
 
     async def usage(self, key):

@@ -194,11 +194,11 @@ class RedisCounters(CounterStore):
         self._release = client.register_script(_RELEASE)
         self.background = _Background(guard)
 
-    async def take(self, buckets, now):
+    async def take(self, buckets, costs, now):
         keys = [self.prefix + b.key for b in buckets]
         args = [repr(now)]
-        for b in buckets:
-            args += (b.capacity, repr(b.rate_per_s), b.cost)
+        for b, cost in zip(buckets, costs):
+            args += (b.capacity, repr(b.rate_per_s), cost)
         out = await self.guard.call(lambda: self._take(keys, args), None)
         if out is None:
             return None, None
@@ -239,11 +239,11 @@ class RedisBudgets(BudgetStore):
         self._settle = client.register_script(_SETTLE)
         self.background = _Background(guard)
 
-    async def reserve(self, holds):
+    async def reserve(self, holds, amount):
         keys = [self.prefix + h.key for h in holds]
         args = []
         for h in holds:
-            args += (h.amount, h.limit, h.ttl_s)
+            args += (amount, h.limit, h.ttl_s)
         out = await self.guard.call(lambda: self._reserve(keys, args), None)
         if out is None:
             return None, None
@@ -251,9 +251,9 @@ class RedisBudgets(BudgetStore):
             return Denial(int(out[0]), 0), None
         return None, tuple(int(x) for x in out[1:])
 
-    def settle(self, holds, actual):
+    def settle(self, holds, amount, actual):
         keys = [self.prefix + h.key for h in holds]
-        args = [h.amount for h in holds] + [actual]
+        args = [amount] * len(holds) + [actual]
         self.background.send(lambda: self._settle(keys, args))
 
     async def usage(self, key):

@@ -16,43 +16,43 @@ def run(make, body):
 
 def test_a_bucket_starts_full_and_denies_beyond_capacity_with_a_wait(make_stores):
     async def body(s):
-        b = Bucket("rpm:t", capacity=3, rate_per_s=1.0, cost=1)
-        results = [await s.counters.take((b,), 1000.0) for _ in range(4)]
+        b = Bucket("rpm:t", capacity=3, rate_per_s=1.0)
+        results = [await s.counters.take((b,), (1,), 1000.0) for _ in range(4)]
         assert [r[0] is None for r in results] == [True, True, True, False]
         assert results[2][1] == (0,)
         denial = results[3][0]
         assert denial.index == 0 and denial.retry_after_ms == 1000   # one token at 1/s
-        denied, _ = await s.counters.take((b,), 1000.5)
+        denied, _ = await s.counters.take((b,), (1,), 1000.5)
         assert denied is not None and denied.retry_after_ms == 500
-        allowed, left = await s.counters.take((b,), 1001.0)      # refilled one token
+        allowed, left = await s.counters.take((b,), (1,), 1001.0)  # refilled one token
         assert allowed is None and left == (0,)
     run(make_stores, body)
 
 
 def test_a_take_over_several_buckets_is_all_or_nothing(make_stores):
     async def body(s):
-        big = Bucket("a", capacity=10, rate_per_s=0.0, cost=4)
-        small = Bucket("b", capacity=5, rate_per_s=0.0, cost=4)
-        assert (await s.counters.take((big, small), 0.0))[0] is None
-        denial, _ = await s.counters.take((big, small), 0.0)
+        big = Bucket("a", capacity=10, rate_per_s=0.0)
+        small = Bucket("b", capacity=5, rate_per_s=0.0)
+        assert (await s.counters.take((big, small), (4, 4), 0.0))[0] is None
+        denial, _ = await s.counters.take((big, small), (4, 4), 0.0)
         assert denial.index == 1 and denial.retry_after_ms == 0      # never refills
         # the denial charged nothing: `big` still has 6
-        ok, left = await s.counters.take((Bucket("a", 10, 0.0, 6),), 0.0)
+        ok, left = await s.counters.take((big,), (6,), 0.0)
         assert ok is None and left == (0,)
     run(make_stores, body)
 
 
 def test_a_refund_puts_tokens_back_up_to_capacity(make_stores):
     async def body(s):
-        b = Bucket("tpm", capacity=100, rate_per_s=0.0, cost=80)
-        await s.counters.take((b,), 0.0)
+        b = Bucket("tpm", capacity=100, rate_per_s=0.0)
+        await s.counters.take((b,), (80,), 0.0)
         s.counters.refund((b,), (30,))
         await s.drain()
-        _, left = await s.counters.take((Bucket("tpm", 100, 0.0, 0),), 0.0)
+        _, left = await s.counters.take((b,), (0,), 0.0)
         assert left == (50,)
         s.counters.refund((b,), (500,))
         await s.drain()
-        _, left = await s.counters.take((Bucket("tpm", 100, 0.0, 0),), 0.0)
+        _, left = await s.counters.take((b,), (0,), 0.0)
         assert left == (100,)
     run(make_stores, body)
 
@@ -78,17 +78,17 @@ def test_gauges_hold_at_most_the_limit_and_release(make_stores):
 
 def test_budgets_reserve_up_to_the_limit_and_settle_actual_spend(make_stores):
     async def body(s):
-        h = Hold("day:t", amount=400, limit=1000, ttl_s=86400)
-        assert await s.budgets.reserve((h,)) == (None, (400,))
-        assert await s.budgets.reserve((h,)) == (None, (800,))
-        denial, _ = await s.budgets.reserve((h,))                  # 1200 > 1000
+        h = Hold("day:t", limit=1000, ttl_s=86400)
+        assert await s.budgets.reserve((h,), 400) == (None, (400,))
+        assert await s.budgets.reserve((h,), 400) == (None, (800,))
+        denial, _ = await s.budgets.reserve((h,), 400)             # 1200 > 1000
         assert denial.index == 0
-        s.budgets.settle((h,), 150)                                  # one finished cheaply
+        s.budgets.settle((h,), 400, 150)                             # one finished cheaply
         await s.drain()
         assert await s.budgets.usage("day:t") == (150, 400)
-        assert (await s.budgets.reserve((h,)))[0] is None            # 150 + 400 + 400 fits
-        s.budgets.settle((h,), 0)                                    # an error: nothing spent
-        s.budgets.settle((h,), 390)
+        assert (await s.budgets.reserve((h,), 400))[0] is None       # 150 + 400 + 400 fits
+        s.budgets.settle((h,), 400, 0)                               # an error: nothing spent
+        s.budgets.settle((h,), 400, 390)
         await s.drain()
         assert await s.budgets.usage("day:t") == (540, 0)
     run(make_stores, body)
@@ -96,9 +96,9 @@ def test_budgets_reserve_up_to_the_limit_and_settle_actual_spend(make_stores):
 
 def test_a_reserve_over_several_budgets_is_all_or_nothing(make_stores):
     async def body(s):
-        day, month = Hold("d", 300, 1000, 86400), Hold("m", 300, 500, 86400 * 31)
-        assert (await s.budgets.reserve((day, month)))[0] is None
-        denial, _ = await s.budgets.reserve((day, month))
+        day, month = Hold("d", 1000, 86400), Hold("m", 500, 86400 * 31)
+        assert (await s.budgets.reserve((day, month), 300))[0] is None
+        denial, _ = await s.budgets.reserve((day, month), 300)
         assert denial.index == 1
         assert await s.budgets.usage("d") == (0, 300)
     run(make_stores, body)
@@ -114,15 +114,15 @@ def test_nonces_are_unique_within_their_ttl(make_stores):
 
 def test_many_coroutines_never_overspend_one_budget(make_stores):
     async def body(s):
-        h = Hold("race", amount=7, limit=1000, ttl_s=60)
+        h = Hold("race", limit=1000, ttl_s=60)
         spent = []
 
         async def one():
-            denial, _ = await s.budgets.reserve((h,))
+            denial, _ = await s.budgets.reserve((h,), 7)
             if denial is None:
                 await asyncio.sleep(0)       # yield, so reservations overlap (not a sync wait)
                 spent.append(5)
-                s.budgets.settle((h,), 5)
+                s.budgets.settle((h,), 7, 5)
 
         await asyncio.gather(*(one() for _ in range(400)))
         await s.drain()

@@ -10,10 +10,10 @@ def test_expired_budget_periods_are_swept_when_a_new_one_appears():
     budgets = MemoryBudgets(clock=lambda: now[0])
 
     async def go():
-        await budgets.reserve((Hold("day1", 1, 10, 100),))
-        budgets.settle((Hold("day1", 1, 10, 100),), 1)
+        await budgets.reserve((Hold("day1", 10, 100),), 1)
+        budgets.settle((Hold("day1", 10, 100),), 1, 1)
         now[0] = 200.0
-        await budgets.reserve((Hold("day2", 1, 10, 100),))
+        await budgets.reserve((Hold("day2", 10, 100),), 1)
         return set(budgets._entries)
     assert asyncio.run(go()) == {"day2"}
 
@@ -23,9 +23,9 @@ def test_a_held_reservation_is_never_swept():
     budgets = MemoryBudgets(clock=lambda: now[0])
 
     async def go():
-        await budgets.reserve((Hold("day1", 1, 10, 100),))
+        await budgets.reserve((Hold("day1", 10, 100),), 1)
         now[0] = 200.0
-        await budgets.reserve((Hold("day2", 1, 10, 100),))
+        await budgets.reserve((Hold("day2", 10, 100),), 1)
         return set(budgets._entries)
     assert asyncio.run(go()) == {"day1", "day2"}
 

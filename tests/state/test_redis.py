@@ -29,25 +29,25 @@ def stores_for(server, fail):
 def test_redis_down_fail_closed_refuses_promptly_and_recovers(own_redis):
     async def go():
         s = stores_for(own_redis, "closed")
-        hold = Hold("d", 10, 1000, 60)
-        assert (await s.budgets.reserve((hold,)))[0] is None
+        hold = Hold("d", 1000, 60)
+        assert (await s.budgets.reserve((hold,), 10))[0] is None
         own_redis.stop()
         t0 = time.monotonic()
         with pytest.raises(StoreUnavailable) as err:
-            await s.budgets.reserve((hold,))
+            await s.budgets.reserve((hold,), 10)
         assert time.monotonic() - t0 < TIMEOUT_S + 0.5        # bounded by the timeout, no hang
         assert err.value.code is ErrorCode.UNAVAILABLE and err.value.retryable
         assert err.value.retry_after_ms > 0
         t0 = time.monotonic()
         with pytest.raises(StoreUnavailable):                 # in back-off: refused at once
-            await s.counters.take((Bucket("b", 5, 1.0, 1),), 0.0)
+            await s.counters.take((Bucket("b", 5, 1.0),), (1,), 0.0)
         with pytest.raises(StoreUnavailable):
-            await s.budgets.reserve((hold,))
+            await s.budgets.reserve((hold,), 10)
         assert time.monotonic() - t0 < 0.05
         own_redis.start()                                     # same port, empty server
         guard = s.budgets.guard
         guard.down_until = 0.0              # the back-off is over (instead of waiting it out)
-        assert (await s.budgets.reserve((hold,))) == (None, (10,))
+        assert (await s.budgets.reserve((hold,), 10)) == (None, (10,))
         assert guard.problem is None
         await s.close()
     asyncio.run(go())
@@ -57,11 +57,11 @@ def test_redis_down_fail_open_lets_requests_through_unrecorded(own_redis):
     async def go():
         s = stores_for(own_redis, "open")
         own_redis.stop()
-        assert await s.budgets.reserve((Hold("d", 10, 5, 60),)) == (None, None)
-        assert await s.counters.take((Bucket("b", 1, 1.0, 1),), 0.0) == (None, None)
+        assert await s.budgets.reserve((Hold("d", 5, 60),), 10) == (None, None)
+        assert await s.counters.take((Bucket("b", 1, 1.0),), (1,), 0.0) == (None, None)
         assert await s.counters.acquire(()) == (None, False)
         assert await s.nonces.add(b"n" * 16, 5.0, 0.0) is True
-        s.budgets.settle((Hold("d", 10, 5, 60),), 3)           # lost, counted, not raised
+        s.budgets.settle((Hold("d", 5, 60),), 10, 3)           # lost, counted, not raised
         await s.drain()
         assert s.budgets.background.lost == 1
         await s.close()
