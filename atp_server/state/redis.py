@@ -34,6 +34,9 @@ BACKOFF_S = 0.5
 # Connections per worker: a Lua check is ~50-100 µs in Redis, so 32 connections carry far more
 # requests per second than one worker process serves (~10k/s); more would only load Redis.
 POOL_SIZE = 32
+# Background writes waiting for Redis: a few seconds of one worker's peak request rate. Only a
+# Redis slower than the traffic fills it; beyond, writes are dropped and counted (`lost`).
+MAX_QUEUED_WRITES = 20_000
 
 _TAKE = """
 local now = tonumber(ARGV[1])
@@ -160,29 +163,46 @@ class _Guard:
 
 
 class _Background:
-    """Writes sent without waiting (from stage `after`), tracked so drain() can wait for them."""
+    """Writes sent without waiting (from stage `after`): queued, and sent by one flusher as a
+    pipeline — one round trip per batch instead of one task and one round trip per write. The
+    queue is bounded; a write beyond it is dropped and counted (on the safe side, see above)."""
 
-    def __init__(self, guard: _Guard):
-        self.guard = guard
-        self.pending: set[asyncio.Task] = set()
+    def __init__(self, client, guard: _Guard):
+        self.r, self.guard = client, guard
+        self.queue: list[tuple] = []
+        self.flusher: asyncio.Task | None = None
         self.lost = 0                   # background writes Redis never received
 
-    def send(self, make) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(make))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-    async def _send(self, make) -> None:
-        marker = object()
-        try:
-            if await self.guard.call(make, marker) is marker:
-                self.lost += 1
-        except StoreUnavailable:
+    def send(self, script, keys, args) -> None:
+        if len(self.queue) >= MAX_QUEUED_WRITES:
             self.lost += 1
+            return
+        self.queue.append((script, keys, args))
+        if self.flusher is None:
+            self.flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self.queue:
+                batch, self.queue = self.queue, []
+                marker = object()
+                try:
+                    if await self.guard.call(lambda: self._send(batch), marker) is marker:
+                        self.lost += len(batch)
+                except StoreUnavailable:
+                    self.lost += len(batch)
+        finally:
+            self.flusher = None
+
+    async def _send(self, batch) -> None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for script, keys, args in batch:
+                await script(keys=keys, args=args, client=pipe)   # queues it in the pipeline
+            await pipe.execute()
 
     async def drain(self) -> None:
-        while self.pending:
-            await asyncio.gather(*list(self.pending))
+        while self.flusher is not None:
+            await asyncio.shield(self.flusher)
 
 
 class RedisCounters(CounterStore):
@@ -192,7 +212,7 @@ class RedisCounters(CounterStore):
         self._refund = client.register_script(_REFUND)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
-        self.background = _Background(guard)
+        self.background = _Background(client, guard)
 
     async def take(self, buckets, costs, now):
         keys = [self.prefix + b.key for b in buckets]
@@ -211,7 +231,7 @@ class RedisCounters(CounterStore):
         args = []
         for b, amount in zip(buckets, amounts):
             args += (b.capacity, amount)
-        self.background.send(lambda: self._refund(keys, args))
+        self.background.send(self._refund, keys, args)
 
     async def acquire(self, gauges):
         keys = [self.prefix + g.key for g in gauges]
@@ -223,7 +243,7 @@ class RedisCounters(CounterStore):
 
     def release(self, gauges):
         keys = [self.prefix + g.key for g in gauges]
-        self.background.send(lambda: self._release(keys, []))
+        self.background.send(self._release, keys, [])
 
     async def level(self, key):
         return int(await self.r.get(self.prefix + key) or 0)
@@ -237,7 +257,7 @@ class RedisBudgets(BudgetStore):
         self.r, self.prefix, self.guard = client, prefix, guard
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
-        self.background = _Background(guard)
+        self.background = _Background(client, guard)
 
     async def reserve(self, holds, amount):
         keys = [self.prefix + h.key for h in holds]
@@ -254,7 +274,7 @@ class RedisBudgets(BudgetStore):
     def settle(self, holds, amount, actual):
         keys = [self.prefix + h.key for h in holds]
         args = [amount] * len(holds) + [actual]
-        self.background.send(lambda: self._settle(keys, args))
+        self.background.send(self._settle, keys, args)
 
     async def usage(self, key):
         spent, reserved = await self.r.hmget(self.prefix + key, "spent", "reserved")

@@ -66,3 +66,23 @@ def test_redis_down_fail_open_lets_requests_through_unrecorded(own_redis):
         assert s.budgets.background.lost == 1
         await s.close()
     asyncio.run(go())
+
+
+def test_background_writes_are_batched_and_bounded(redis_server, monkeypatch):
+    from atp_server.state import redis as redis_state
+    monkeypatch.setattr(redis_state, "MAX_QUEUED_WRITES", 3)
+
+    async def go():
+        s = stores_for(redis_server, "closed")
+        hold = Hold("bounded", 10_000, 60)
+        for _ in range(5):
+            assert (await s.budgets.reserve((hold,), 10))[0] is None
+        for _ in range(5):          # no await between: all five queue at once, two beyond the bound
+            s.budgets.settle((hold,), 10, 4)
+        await s.drain()
+        usage = await s.budgets.usage("bounded")
+        await s.close()
+        return usage, s.budgets.background.lost
+    usage, lost = asyncio.run(go())
+    # the three queued were sent in one batch; the two dropped keep their reservation (safe side)
+    assert usage == (12, 20) and lost == 2
