@@ -210,7 +210,7 @@ def test_many_coroutines_never_overspend_and_spend_equals_the_audit(tmp_path):
 def test_several_processes_on_redis_never_overspend_and_spend_equals_the_audits(tmp_path,
                                                                                  redis_server):
     limits = '[[limits]]\nname = "usd"\nusd_per_day = 2.0\nconcurrent = 40\n'
-    state = f'redis_url = "{redis_server.url}"\nprefix = "hammer:"\ntimeout_ms = 2000\n'
+    state = f'redis_url = "{redis_server.url}"\nprefix = "hammer:"\ntimeout_ms = 10000\n'
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     dirs = [tmp_path / f"w{i}" for i in range(3)]
