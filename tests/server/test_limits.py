@@ -285,3 +285,41 @@ def test_workers_need_a_shared_store_for_limits():
 def test_bad_limits_and_state_config_names_the_key(text, key):
     with pytest.raises(config.ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         config.loads(config.DEFAULT_TOML + text)
+
+
+def test_a_streamed_answer_settles_its_cost_like_a_whole_one(tmp_path):
+    async def main():
+        app = App(limits_config(tmp_path, '[[limits]]\nname = "usd"\nusd_per_month = 1.0\n'))
+        done = None
+        async for item in app.pipeline.stream(request(), PRINCIPAL, "t"):
+            done = item
+        month = app.limit_stage._periods(time.time())[2]
+        usage = await app.stores.budgets.usage(f"usd:usd:default:{month}")
+        await app.stop(0)
+        return done.usage.cost_usd_micros, usage
+    cost, usage = run(main())
+    assert cost > 0 and usage == (cost, 0)
+
+
+def test_a_request_running_across_midnight_settles_on_the_day_it_reserved(tmp_path):
+    async def main():
+        app = App(limits_config(tmp_path, '[[limits]]\nname = "usd"\nusd_per_day = 0.1\n'))
+        stage = app.limit_stage
+        midnight = (time.time() // 86400 + 1) * 86400
+        now = [midnight - 1.0]
+        stage.wall_clock = lambda: now[0]
+        gated = GatedAdapter()
+        app.pipeline.adapters["sim"] = gated
+        task = asyncio.create_task(app.pipeline.complete(request(), PRINCIPAL, "t"))
+        await gated.entered.wait()
+        now[0] = midnight + 1.0
+        gated.gate.set()
+        done = await task
+        before, after = stage._periods(midnight - 1.0)[0], stage._periods(midnight + 1.0)[0]
+        usages = [await app.stores.budgets.usage(f"usd:usd:default:{d}") for d in (before, after)]
+        await app.pipeline.complete(request(), PRINCIPAL, "t")     # the new day's budget is fresh
+        fresh = await app.stores.budgets.usage(f"usd:usd:default:{after}")
+        await app.stop(0)
+        return done.usage.cost_usd_micros, usages, fresh
+    cost, (old_day, new_day), fresh = run(main())
+    assert old_day == (cost, 0) and new_day == (0, 0) and fresh[0] > 0
