@@ -211,59 +211,48 @@ class LimitsStage(Stage):
                                    f"{bucket.capacity} allows at all; lower max_tokens or shorten "
                                    "the prompt")
             costs += (tokens,) * len(plan.tpm)
-        taken = False
-        if buckets:
-            denial, levels = await self.counters.take(buckets, costs, now)
-            if denial is not None:
-                item = plan.rate_items[denial.index]
-                self._event(item, "hard", item.allowed, now, 60)
-                raise AtpError(ErrorCode.RATE_LIMITED, f"{item.scope} {item.subject!r}: {item.limit} "
-                               f"{item.allowed:g} reached (limits.{item.rule})", denial.retry_after_ms)
-            taken = levels is not None
-            if taken:
-                self._soft_rates(plan, levels, now)
-        gauges, holds, cost = (), (), 0
-        try:
-            if plan.gauges:
-                denial, held = await self.counters.acquire(plan.gauges)
-                if denial is not None:
-                    item = plan.gauge_items[denial.index]
-                    self._event(item, "hard", item.allowed, now, 60)
-                    raise AtpError(ErrorCode.RATE_LIMITED, f"{item.scope} {item.subject!r}: "
-                                   f"{item.allowed:g} concurrent requests already running "
-                                   f"(limits.{item.rule})", CONCURRENCY_RETRY_MS)
-                gauges = plan.gauges if held else ()
-            if plan.budgets:
-                holds, cost = await self._reserve(ctx, plan, now)
-        except BaseException:
-            if taken:
-                self.counters.refund(buckets, costs)
-            if gauges:
-                self.counters.release(gauges)
-            raise
-        self._held[ctx] = (plan.tpm if taken else (), tokens, gauges, holds, cost)
+        holds, ends, cost = (), (), 0
+        if plan.budgets:
+            cost = self.max_cost_micros(request)
+            if request.max_tokens is None and request.model in self.models:
+                # Pinned: make the bound binding upstream too (an adapter may send no cap otherwise).
+                request.max_tokens = self.models[request.model].max_output_tokens
+            holds, ends = self._holds(plan, now)
+        got = await self.stores.admit(buckets, costs, now, plan.gauges, holds, cost)
+        if got.refused is not None:
+            self._refuse(plan, got, cost, ends, now)
+        if got.levels is not None:
+            self._soft_rates(plan, got.levels, now)
+        if got.totals is None:    # the store failed open: nothing reserved, nothing to settle
+            holds, cost = (), 0
+        else:
+            for item, total, end in zip(plan.budget_items, got.totals, ends):
+                if total / 1e6 > item.allowed * item.soft:
+                    self._event(item, "soft", total / 1e6, now, end - now)
+        self._held[ctx] = (plan.tpm if got.levels is not None else (), tokens,
+                           plan.gauges if got.held else (), holds, cost)
 
-    async def _reserve(self, ctx: RequestContext, plan: _Plan, now: float) -> tuple:
-        request = ctx.request
-        cost = self.max_cost_micros(request)
-        if request.max_tokens is None and request.model in self.models:
-            # Pinned: make the bound binding upstream too (an adapter may send no cap otherwise).
-            request.max_tokens = self.models[request.model].max_output_tokens
-        holds, ends = self._holds(plan, now)
-        denial, totals = await self.budgets.reserve(holds, cost)
-        if denial is not None:
-            item, end = plan.budget_items[denial.index], ends[denial.index]
-            self._event(item, "hard", item.allowed, now, end - now)
-            raise AtpError(ErrorCode.BUDGET_EXCEEDED, f"{item.scope} {item.subject!r}: "
-                           f"{item.limit} ${item.allowed:g} would be exceeded by this request "
-                           f"(up to ${cost / 1e6:.6f}; limits.{item.rule})",
-                           max(1, int((end - now) * 1000)))
-        if totals is None:        # the store failed open: nothing reserved, nothing to settle
-            return (), 0
-        for item, total, end in zip(plan.budget_items, totals, ends):
-            if total / 1e6 > item.allowed * item.soft:
-                self._event(item, "soft", total / 1e6, now, end - now)
-        return holds, cost
+    def _refuse(self, plan: _Plan, got, cost: int, ends, now: float):
+        """Raise the refusal `admit` reported, counted and (once a window) logged."""
+        index = got.denial.index
+        if got.refused == "rate":
+            item = plan.rate_items[index]
+            self._event(item, "hard", item.allowed, now, 60)
+            raise AtpError(ErrorCode.RATE_LIMITED, f"{item.scope} {item.subject!r}: {item.limit} "
+                           f"{item.allowed:g} reached (limits.{item.rule})",
+                           got.denial.retry_after_ms)
+        if got.refused == "gauge":
+            item = plan.gauge_items[index]
+            self._event(item, "hard", item.allowed, now, 60)
+            raise AtpError(ErrorCode.RATE_LIMITED, f"{item.scope} {item.subject!r}: "
+                           f"{item.allowed:g} concurrent requests already running "
+                           f"(limits.{item.rule})", CONCURRENCY_RETRY_MS)
+        item, end = plan.budget_items[index], ends[index]
+        self._event(item, "hard", item.allowed, now, end - now)
+        raise AtpError(ErrorCode.BUDGET_EXCEEDED, f"{item.scope} {item.subject!r}: "
+                       f"{item.limit} ${item.allowed:g} would be exceeded by this request "
+                       f"(up to ${cost / 1e6:.6f}; limits.{item.rule})",
+                       max(1, int((end - now) * 1000)))
 
     def after(self, ctx: RequestContext, outcome: str) -> None:
         held = self._held.pop(ctx, None)

@@ -9,6 +9,8 @@ Conventions, kept by both implementations:
 - A check over several items (one request hits a tenant, a key and a model rule) is all or
   nothing: either every item is taken/reserved, or none is and a `Denial` names the first item
   that did not fit. So a refusal never leaves a partial charge behind.
+  `Stores.admit` extends that across the stores: buckets, gauges and budgets of one request
+  together (one script, one round trip, on Redis).
 - What runs in a stage's `after` (refund, release, settle) is not awaited: `after` is
   synchronous and must not wait on a network. The memory store applies it at once; the Redis
   store sends it in the background, and `drain()` waits for what is still being sent.
@@ -121,6 +123,19 @@ class NonceStore:
         raise NotImplementedError
 
 
+class Admitted(NamedTuple):
+    """What `Stores.admit` did. `refused` names the kind that said no ("rate", "gauge",
+    "budget") with its `denial`, and then nothing is held. Otherwise `levels` (tokens left per
+    bucket) and `totals` (spent + reserved per hold) are None when nothing was recorded (the
+    store failed open), and `held` says whether gauge slots are held."""
+
+    refused: str | None
+    denial: Denial | None
+    levels: tuple | None
+    held: bool
+    totals: tuple | None
+
+
 class Stores:
     """The three stores one App uses, and a way to wait for background writes and close."""
 
@@ -133,6 +148,39 @@ class Stores:
     @property
     def shared(self) -> bool:
         return self.kind != "memory"
+
+    async def admit(self, buckets, costs, now: float, gauges, holds, amount: int) -> Admitted:
+        """Take the buckets, hold the gauges and reserve the holds — all of it or none.
+
+        Here: the three stores in turn, undoing the earlier ones when a later one refuses or
+        fails. (The Redis stores do it in one script: one round trip, and no moment when another
+        worker sees a partial charge.)"""
+        counters, levels, held, totals = self.counters, None, False, None
+        if buckets:
+            denial, levels = await counters.take(buckets, costs, now)
+            if denial is not None:
+                return Admitted("rate", denial, None, False, None)
+        try:
+            if gauges:
+                denial, held = await counters.acquire(gauges)
+                if denial is not None:
+                    self._undo(buckets, costs, levels, gauges, False)
+                    return Admitted("gauge", denial, None, False, None)
+            if holds:
+                denial, totals = await self.budgets.reserve(holds, amount)
+                if denial is not None:
+                    self._undo(buckets, costs, levels, gauges, held)
+                    return Admitted("budget", denial, None, False, None)
+        except BaseException:
+            self._undo(buckets, costs, levels, gauges, held)
+            raise
+        return Admitted(None, None, levels, held, totals)
+
+    def _undo(self, buckets, costs, levels, gauges, held: bool) -> None:
+        if levels is not None and buckets:
+            self.counters.refund(buckets, costs)
+        if held:
+            self.counters.release(gauges)
 
     async def drain(self) -> None:
         """Wait until every background refund/release/settle was sent."""

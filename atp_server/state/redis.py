@@ -21,7 +21,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .base import FAIL_OPEN, BudgetStore, CounterStore, Denial, NonceStore, Stores, StoreUnavailable
+from .base import (FAIL_OPEN, Admitted, BudgetStore, CounterStore, Denial, NonceStore, Stores,
+                   StoreUnavailable)
 
 log = logging.getLogger("atp.state")
 
@@ -121,6 +122,63 @@ for i = 1, #KEYS do
 end
 return 0
 """
+
+
+# Everything `before` needs in one script: take the buckets, hold the gauges, reserve the holds,
+# all or nothing (the three scripts above, fused: one round trip instead of three).
+# KEYS: buckets, gauges, holds. ARGV: counts, now, gauge TTL, amount, then per bucket (capacity,
+# rate, cost), per gauge (limit), per hold (limit, ttl). Returns {kind, index, wait ms} on a
+# refusal (1 rate, 2 gauge, 3 budget), else {0, 0, 0, tokens left..., spent + reserved...}.
+_ADMIT = """
+local nb, ng, nh = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, gttl, amount = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local a = 7
+local levels, totals = {}, {}
+for i = 1, nb do
+  local cap, rate, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local tokens, ts = tonumber(s[1]), tonumber(s[2])
+  if tokens == nil then tokens, ts = cap, now end
+  if now > ts then tokens, ts = math.min(cap, tokens + (now - ts) * rate), now end
+  if tokens < cost then
+    local wait = 0
+    if rate > 0 then wait = math.max(1, math.ceil((cost - tokens) / rate * 1000)) end
+    return {1, i - 1, wait}
+  end
+  levels[i] = {tokens - cost, ts, cap, rate}
+end
+for i = 1, ng do
+  if (tonumber(redis.call('GET', KEYS[nb + i])) or 0) >= tonumber(ARGV[a]) then return {2, i - 1, 0} end
+  a = a + 1
+end
+for i = 1, nh do
+  local limit, ttl = tonumber(ARGV[a]), ARGV[a + 1]
+  a = a + 2
+  local s = redis.call('HMGET', KEYS[nb + ng + i], 'spent', 'reserved')
+  local total = (tonumber(s[1]) or 0) + (tonumber(s[2]) or 0)
+  if total + amount > limit then return {3, i - 1, 0} end
+  totals[i] = {total + amount, ttl}
+end
+local out = {0, 0, 0}
+for i = 1, nb do
+  local l = levels[i]
+  redis.call('HSET', KEYS[i], 't', tostring(l[1]), 'ts', tostring(l[2]))
+  redis.call('PEXPIRE', KEYS[i], math.ceil(l[3] / math.max(l[4], 1e-9) * 1000) + 1000)
+  out[#out + 1] = math.floor(l[1])
+end
+for i = 1, ng do
+  redis.call('INCR', KEYS[nb + i])
+  redis.call('PEXPIRE', KEYS[nb + i], gttl)
+end
+for i = 1, nh do
+  redis.call('HINCRBY', KEYS[nb + ng + i], 'reserved', amount)
+  redis.call('EXPIRE', KEYS[nb + ng + i], totals[i][2], 'NX')
+  out[#out + 1] = totals[i][1]
+end
+return out
+"""
+_REFUSED = {1: "rate", 2: "gauge", 3: "budget"}
 
 
 class _Guard:
@@ -296,6 +354,36 @@ class RedisNonces(NonceStore):
         return bool(ok)
 
 
+class RedisStores(Stores):
+    """The stores on one client, with `admit` as one script (see _ADMIT)."""
+
+    def __init__(self, client, counters: RedisCounters, budgets: RedisBudgets, nonces: RedisNonces):
+        super().__init__(counters, budgets, nonces, "redis", closer=client.aclose)
+        self._admit = client.register_script(_ADMIT)
+
+    async def admit(self, buckets, costs, now, gauges, holds, amount):
+        c, b = self.counters, self.budgets
+        keys = ([c.prefix + x.key for x in buckets] + [c.prefix + g.key for g in gauges]
+                + [b.prefix + h.key for h in holds])
+        args = [len(buckets), len(gauges), len(holds), repr(now), GAUGE_TTL_MS, amount]
+        for bucket, cost in zip(buckets, costs):
+            args += (bucket.capacity, repr(bucket.rate_per_s), cost)
+        args += [g.limit for g in gauges]
+        for h in holds:
+            args += (h.limit, h.ttl_s)
+        # One call, two fail modes: refusing wins when budgets are at stake and fail closed
+        # (money); otherwise the limits' mode decides.
+        guard = b.guard if holds and not b.guard.fail_open else c.guard
+        out = await guard.call(lambda: self._admit(keys, args), None)
+        if out is None:
+            return Admitted(None, None, None, False, None)
+        if out[0]:
+            return Admitted(_REFUSED[out[0]], Denial(int(out[1]), int(out[2])), None, False, None)
+        n = len(buckets)
+        return Admitted(None, None, tuple(int(x) for x in out[3:3 + n]), bool(gauges),
+                        tuple(int(x) for x in out[3 + n:]))
+
+
 def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:") -> Stores:
     """Stores on one Redis client. `fail` maps "limits" / "budgets" / "nonces" to open|closed.
 
@@ -308,8 +396,7 @@ def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:"
         url, max_connections=POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
     client = aioredis.Redis(connection_pool=pool)
-    stores = Stores(RedisCounters(client, prefix + "c:", _Guard("limits", fail["limits"], timeout_s)),
-                    RedisBudgets(client, prefix + "b:", _Guard("budgets", fail["budgets"], timeout_s)),
-                    RedisNonces(client, prefix + "n:", _Guard("nonces", fail["nonces"], timeout_s)),
-                    "redis", closer=client.aclose)
-    return stores
+    return RedisStores(
+        client, RedisCounters(client, prefix + "c:", _Guard("limits", fail["limits"], timeout_s)),
+        RedisBudgets(client, prefix + "b:", _Guard("budgets", fail["budgets"], timeout_s)),
+        RedisNonces(client, prefix + "n:", _Guard("nonces", fail["nonces"], timeout_s)))

@@ -131,3 +131,24 @@ def test_many_coroutines_never_overspend_one_budget(make_stores):
         # at least every reservation that fits at once went through (settles free room: more)
         assert len(spent) >= 1000 // 7
     run(make_stores, body)
+
+
+def test_admit_is_all_or_nothing_across_buckets_gauges_and_budgets(make_stores):
+    async def body(s):
+        rpm, conc, day = Bucket("rpm", 10, 0.0), Gauge("conc", 1), Hold("day", 100, 60)
+        first = await s.admit((rpm,), (1,), 0.0, (conc,), (day,), 60)
+        assert first.refused is None and first.levels == (9,) and first.held and first.totals == (60,)
+        busy = await s.admit((rpm,), (1,), 0.0, (conc,), (day,), 10)        # the slot is taken
+        assert busy.refused == "gauge" and busy.denial.index == 0 and not busy.held
+        s.counters.release((conc,))
+        await s.drain()
+        broke = await s.admit((rpm,), (1,), 0.0, (conc,), (day,), 60)       # 60 + 60 > 100
+        assert broke.refused == "budget" and broke.levels is None
+        await s.drain()
+        # neither refusal left a charge: 9 tokens, no slot, 60 reserved
+        assert (await s.counters.take((rpm,), (9,), 0.0))[0] is None
+        assert await s.counters.level("conc") == 0
+        assert await s.budgets.usage("day") == (0, 60)
+        limited = await s.admit((rpm,), (1,), 0.0, (), (), 0)
+        assert limited.refused == "rate" and limited.denial.retry_after_ms == 0
+    run(make_stores, body)

@@ -86,3 +86,17 @@ def test_background_writes_are_batched_and_bounded(redis_server, monkeypatch):
     usage, lost = asyncio.run(go())
     # the three queued were sent in one batch; the two dropped keep their reservation (safe side)
     assert usage == (12, 20) and lost == 2
+
+
+def test_admit_down_refuses_when_budgets_fail_closed_and_passes_rate_limits_open(own_redis):
+    async def go():
+        s = redis_stores_for(own_redis.url, timeout_s=TIMEOUT_S,
+                             fail={"limits": "open", "budgets": "closed", "nonces": "closed"})
+        own_redis.stop()
+        rates_only = await s.admit((Bucket("r", 5, 1.0),), (1,), 0.0, (), (), 0)
+        with pytest.raises(StoreUnavailable):
+            await s.admit((Bucket("r", 5, 1.0),), (1,), 0.0, (), (Hold("d", 100, 60),), 5)
+        await s.close()
+        return rates_only
+    got = asyncio.run(go())
+    assert got.refused is None and got.levels is None and got.totals is None and not got.held
