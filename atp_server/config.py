@@ -454,8 +454,9 @@ def parse(data: dict) -> Config:
 def check_workers(cfg: Config, workers: int, key: str) -> None:
     """Refuse N > 1 worker processes when a worker of its own would break a guarantee.
 
-    Worker processes share nothing yet (no shared state store). The one state whose split breaks
-    correctness today is the anti-replay nonce cache, used by everything an HMAC key enables:
+    [[limits]] (rate limits, budgets) hold across workers only in a shared store: refused without
+    [state] redis_url. The other state whose split breaks correctness is the anti-replay nonce
+    cache, not in the shared store yet, used by everything an HMAC key enables:
     frame sessions (gRPC Session, QUIC HELLO) and request signatures (HTTP, typed gRPC). Without
     [[auth.hmac_keys]] no session can open and no signature can verify, so nothing reaches a nonce
     cache. What else is per worker is documented (README, "Workers"): admission limits, health
