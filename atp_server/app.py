@@ -26,6 +26,8 @@ from .routing.health import HealthBoard
 from .routing.bandit import FILE as POSTERIORS
 from .routing.router import Router, load_predictor
 from .service import GatewayService
+from .stages.limits import LimitsCollector, LimitsStage
+from .state import open_stores
 
 log = logging.getLogger("atp")
 
@@ -97,9 +99,14 @@ class App:
             self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
+        self.stores = open_stores(config.state)   # shared state: memory, or Redis when configured
+        self.limit_stage = None
+        if config.limits:
+            self.limit_stage = LimitsStage(config.limits, self.stores, self.router.models)
+            self.metrics.registry.register(LimitsCollector(self.limit_stage))
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, dispatch=config.dispatch,
-                                 windows=self.windows)
+                                 windows=self.windows, limits=self.limit_stage)
         self.feedback = FeedbackLog(on_score=lambda tenant, rid, score: self.router.feedback(
             tenant, rid, score, self.pipeline.clock()))
         # The transports' one way in (service.py): they never reach the parts above directly.
@@ -161,6 +168,7 @@ class App:
             await adapter.aclose()
         if self.audit is not None:
             await self.audit.close()
+        await self.stores.close()
 
     async def serve_forever(self, on_started=None, **start_kwargs) -> None:
         """Run until SIGINT/SIGTERM, then drain. `on_started(ports)` runs once everything listens."""

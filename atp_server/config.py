@@ -16,6 +16,7 @@ from .pricing import Price
 from .audit import DEFAULT_MAX_BUFFER
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
+from .limits_config import LimitRule, StateConfig, parse_limits, parse_state
 
 
 class ConfigError(ValueError):
@@ -87,6 +88,8 @@ class Config:
     dispatch: DispatchConfig = DispatchConfig()   # the [routing] keys of dispatch (dispatch.py)
     routing: RoutingConfig = RoutingConfig()   # [routing] + [aliases] (routing/config.py)
     scheduling: SchedulingConfig = SchedulingConfig()   # [scheduling] (scheduling.py)
+    state: StateConfig = StateConfig()          # [state] (limits_config.py)
+    limits: tuple[LimitRule, ...] = ()          # [[limits]]
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -457,7 +460,7 @@ def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
-             "scheduling"}
+             "scheduling", "state", "limits"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -498,7 +501,9 @@ def parse(data: dict) -> Config:
     cfg = Config(server=server, auth=auth, providers=providers, models=models, audit=audit,
                  pricing=pricing,
                  dispatch=_parse_dispatch({k: v for k, v in rt.items() if k in dispatch_keys}),
-                 routing=routing, scheduling=scheduling)
+                 routing=routing, scheduling=scheduling,
+                 state=parse_state(data.get("state", {})),
+                 limits=parse_limits(data.get("limits", []), set(ids)))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
@@ -514,13 +519,19 @@ def _parse_dispatch(t) -> DispatchConfig:
 def check_workers(cfg: Config, workers: int, key: str) -> None:
     """Refuse N > 1 worker processes when a worker of its own would break a guarantee.
 
-    Worker processes share nothing yet (no shared state store). The one state whose split breaks
-    correctness today is the anti-replay nonce cache, used by everything an HMAC key enables:
+    [[limits]] (rate limits, budgets) hold across workers only in a shared store: refused without
+    [state] redis_url. The other state whose split breaks correctness is the anti-replay nonce
+    cache, not in the shared store yet, used by everything an HMAC key enables:
     frame sessions (gRPC Session, QUIC HELLO) and request signatures (HTTP, typed gRPC). Without
     [[auth.hmac_keys]] no session can open and no signature can verify, so nothing reaches a nonce
     cache. What else is per worker is documented (README, "Workers"): admission limits, health
     and breakers, accounting and /metrics, feedback.
     """
+    if workers > 1 and cfg.limits and not cfg.state.redis_url:
+        _fail(f"{key} {workers}" if key.startswith("--") else key,
+              f"{workers} worker processes would each count [[limits]] (rate limits, budgets) on "
+              "their own, letting a tenant spend up to N times its budget. Set [state] redis_url "
+              "to share them, or run one worker (--workers 1)")
     if workers <= 1 or not cfg.auth.hmac_keys:
         return
     _fail(f"{key} {workers}" if key.startswith("--") else key,

@@ -34,7 +34,7 @@ _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
 
 
 def build_chain(*, router: Router, admission: Admission, accountant: Accountant, policy,
-                clock, observers: list, metrics=None, audit=None) -> StageChain:
+                clock, observers: list, metrics=None, audit=None, limits=None) -> StageChain:
     """The stages in order; what is configured off (no audit log, no metrics) is left out.
 
     The after-only recorders come first so that, running in reverse, they see the final outcome
@@ -46,8 +46,10 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
         stages.append(AuditStage(audit, known))
     if metrics is not None:
         stages.append(MetricsStage(metrics, known))
-    stages += [AccountStage(accountant), ValidateStage(), PolicyStage(policy),
-               AdmissionStage(admission), RouteStage(router, clock)]
+    stages += [AccountStage(accountant), ValidateStage()]
+    if limits is not None:          # DESIGN §1: limits/budget reserve right after authn, before policy
+        stages.append(limits)
+    stages += [PolicyStage(policy), AdmissionStage(admission), RouteStage(router, clock)]
     return StageChain(stages)
 
 
@@ -126,7 +128,7 @@ class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
                  clock=time.monotonic, dispatch: DispatchConfig = DispatchConfig(), sleep=asyncio.sleep,
-                 rng: random.Random | None = None, windows=None):
+                 rng: random.Random | None = None, windows=None, limits=None):
         self.router = router
         self.dispatch = dispatch     # retries, failover budget, hedging ([routing] keys)
         self.sleep = sleep           # backoff and hedge timers: injectable, so tests never sleep
@@ -143,7 +145,7 @@ class Pipeline:
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request
         self.chain = build_chain(router=router, admission=admission, accountant=accountant,
                                  policy=policy, clock=clock, observers=self.observers,
-                                 metrics=metrics, audit=audit)
+                                 metrics=metrics, audit=audit, limits=limits)
         self.clock = clock
 
     @property

@@ -19,6 +19,26 @@ def add_arguments(p) -> None:
     p.add_argument("--iterations", type=int, default=20_000, help="calls per repeat (default 20000)")
     p.add_argument("--repeats", type=int, default=7, help="repeats; the median is reported (default 7)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--redis-url", default="", help="keep limits/budgets in this Redis "
+                   "(default: in memory)")
+
+
+# The limits stage with every kind of limit a tenant can have, plus one per key, set so high
+# that no iteration is refused: what is measured is the bookkeeping, not a refusal.
+BENCH_LIMITS = """
+[[limits]]
+name = "bench-tenant"
+requests_per_min = 1000000000
+tokens_per_min = 1000000000000
+concurrent = 1000000
+usd_per_day = 1000000000.0
+usd_per_month = 1000000000.0
+
+[[limits]]
+name = "bench-key"
+scope = "key"
+requests_per_min = 1000000000
+"""
 
 
 async def _measure(args) -> dict:
@@ -34,7 +54,10 @@ async def _measure(args) -> dict:
         # The embedded default with its simulated provider answering at once: what is left of a
         # request is the gateway's own work.
         cfg = atp_config.loads(atp_config.DEFAULT_TOML.replace("latency_ms = 20\n", "latency_ms = 0\n")
-                               .replace("tokens_per_s = 400\n", "tokens_per_s = 0\n"))
+                               .replace("tokens_per_s = 400\n", "tokens_per_s = 0\n")
+                               + BENCH_LIMITS
+                               + (f'[state]\nredis_url = "{args.redis_url}"\ntimeout_ms = 1000\n'
+                                  if args.redis_url else ""))
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, state_dir=tmp))
         app = App(cfg)
         app.audit.start()

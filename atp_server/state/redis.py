@@ -1,0 +1,402 @@
+"""Redis state stores: what worker processes and hosts share, each check one atomic Lua script.
+
+The only module that talks to Redis (DESIGN §1). Every call is bounded by a timeout; when Redis
+does not answer, the store's configured fail mode decides — `open` lets the request through
+unrecorded, `closed` refuses it with a retryable UNAVAILABLE — and further calls skip Redis for
+a short back-off instead of each waiting out the timeout. The first call after the back-off
+tries again, so service resumes by itself when Redis returns. State changes are logged once.
+
+Refunds, releases and settles run in the background (stage `after` is synchronous). One that
+fails is lost, and errs on the safe side: a lost settle leaves its reservation held until the
+period's key expires (the budget under-spends, never over-spends); a lost release leaves a
+concurrency slot taken until its key's TTL.
+"""
+import asyncio
+import logging
+import math
+import time
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .base import (FAIL_OPEN, Admitted, BudgetStore, CounterStore, Denial, NonceStore, Stores,
+                   StoreUnavailable)
+
+log = logging.getLogger("atp.state")
+
+# A gauge key outlives any one request by far (drain and upstream timeouts are minutes at most);
+# it bounds how long a worker killed while holding slots keeps them.
+GAUGE_TTL_MS = 600_000
+# After a failed call, Redis is skipped for this long: requests meanwhile get the fail mode at
+# once instead of each waiting out the timeout. Short, so recovery is noticed within a second.
+BACKOFF_S = 0.5
+# Connections per worker: a Lua check is ~50-100 µs in Redis, so 32 connections carry far more
+# requests per second than one worker process serves (~10k/s); more would only load Redis.
+POOL_SIZE = 32
+# Background writes waiting for Redis: a few seconds of one worker's peak request rate. Only a
+# Redis slower than the traffic fills it; beyond, writes are dropped and counted (`lost`).
+MAX_QUEUED_WRITES = 20_000
+
+_TAKE = """
+local now = tonumber(ARGV[1])
+local levels = {}
+for i = 1, #KEYS do
+  local cap, rate, cost = tonumber(ARGV[i*3-1]), tonumber(ARGV[i*3]), tonumber(ARGV[i*3+1])
+  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local tokens, ts = tonumber(s[1]), tonumber(s[2])
+  if tokens == nil then tokens, ts = cap, now end
+  if now > ts then tokens, ts = math.min(cap, tokens + (now - ts) * rate), now end
+  if tokens < cost then
+    local wait = 0
+    if rate > 0 then wait = math.max(1, math.ceil((cost - tokens) / rate * 1000)) end
+    return {i - 1, wait}
+  end
+  levels[i] = {tokens, ts}
+end
+local out = {-1, 0}
+for i = 1, #KEYS do
+  local cap, rate, cost = tonumber(ARGV[i*3-1]), tonumber(ARGV[i*3]), tonumber(ARGV[i*3+1])
+  local left = levels[i][1] - cost
+  redis.call('HSET', KEYS[i], 't', tostring(left), 'ts', tostring(levels[i][2]))
+  -- an untouched bucket is full again after cap/rate seconds: then its key may go
+  redis.call('PEXPIRE', KEYS[i], math.ceil(cap / math.max(rate, 1e-9) * 1000) + 1000)
+  out[#out + 1] = math.floor(left)
+end
+return out
+"""
+
+_REFUND = """
+for i = 1, #KEYS do
+  local t = tonumber(redis.call('HGET', KEYS[i], 't'))
+  if t ~= nil then
+    local cap, amount = tonumber(ARGV[i*2-1]), tonumber(ARGV[i*2])
+    redis.call('HSET', KEYS[i], 't', tostring(math.min(cap, t + amount)))
+  end
+end
+return 0
+"""
+
+_ACQUIRE = """
+for i = 1, #KEYS do
+  if (tonumber(redis.call('GET', KEYS[i])) or 0) >= tonumber(ARGV[i + 1]) then return i - 1 end
+end
+for i = 1, #KEYS do
+  redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+return -1
+"""
+
+_RELEASE = """
+for i = 1, #KEYS do
+  if (tonumber(redis.call('GET', KEYS[i])) or 0) > 0 then redis.call('DECR', KEYS[i]) end
+end
+return 0
+"""
+
+_RESERVE = """
+local totals = {}
+for i = 1, #KEYS do
+  local amount, limit = tonumber(ARGV[i*3-2]), tonumber(ARGV[i*3-1])
+  local s = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
+  local total = (tonumber(s[1]) or 0) + (tonumber(s[2]) or 0)
+  if total + amount > limit then return {i - 1} end
+  totals[i] = total + amount
+end
+local out = {-1}
+for i = 1, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[i*3-2])
+  redis.call('EXPIRE', KEYS[i], ARGV[i*3], 'NX')
+  out[#out + 1] = totals[i]
+end
+return out
+"""
+
+_SETTLE = """
+local actual = ARGV[#ARGV]
+for i = 1, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[i]))
+  redis.call('HINCRBY', KEYS[i], 'spent', actual)
+end
+return 0
+"""
+
+
+# Everything `before` needs in one script: take the buckets, hold the gauges, reserve the holds,
+# all or nothing (the three scripts above, fused: one round trip instead of three).
+# KEYS: buckets, gauges, holds. ARGV: counts, now, gauge TTL, amount, then per bucket (capacity,
+# rate, cost), per gauge (limit), per hold (limit, ttl). Returns {kind, index, wait ms} on a
+# refusal (1 rate, 2 gauge, 3 budget), else {0, 0, 0, tokens left..., spent + reserved...}.
+_ADMIT = """
+local nb, ng, nh = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, gttl, amount = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local a = 7
+local levels, totals = {}, {}
+for i = 1, nb do
+  local cap, rate, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local tokens, ts = tonumber(s[1]), tonumber(s[2])
+  if tokens == nil then tokens, ts = cap, now end
+  if now > ts then tokens, ts = math.min(cap, tokens + (now - ts) * rate), now end
+  if tokens < cost then
+    local wait = 0
+    if rate > 0 then wait = math.max(1, math.ceil((cost - tokens) / rate * 1000)) end
+    return {1, i - 1, wait}
+  end
+  levels[i] = {tokens - cost, ts, cap, rate}
+end
+for i = 1, ng do
+  if (tonumber(redis.call('GET', KEYS[nb + i])) or 0) >= tonumber(ARGV[a]) then return {2, i - 1, 0} end
+  a = a + 1
+end
+for i = 1, nh do
+  local limit, ttl = tonumber(ARGV[a]), ARGV[a + 1]
+  a = a + 2
+  local s = redis.call('HMGET', KEYS[nb + ng + i], 'spent', 'reserved')
+  local total = (tonumber(s[1]) or 0) + (tonumber(s[2]) or 0)
+  if total + amount > limit then return {3, i - 1, 0} end
+  totals[i] = {total + amount, ttl}
+end
+local out = {0, 0, 0}
+for i = 1, nb do
+  local l = levels[i]
+  redis.call('HSET', KEYS[i], 't', tostring(l[1]), 'ts', tostring(l[2]))
+  redis.call('PEXPIRE', KEYS[i], math.ceil(l[3] / math.max(l[4], 1e-9) * 1000) + 1000)
+  out[#out + 1] = math.floor(l[1])
+end
+for i = 1, ng do
+  redis.call('INCR', KEYS[nb + i])
+  redis.call('PEXPIRE', KEYS[nb + i], gttl)
+end
+for i = 1, nh do
+  redis.call('HINCRBY', KEYS[nb + ng + i], 'reserved', amount)
+  redis.call('EXPIRE', KEYS[nb + ng + i], totals[i][2], 'NX')
+  out[#out + 1] = totals[i][1]
+end
+return out
+"""
+_REFUSED = {1: "rate", 2: "gauge", 3: "budget"}
+
+
+class _Guard:
+    """Timeout, fail mode and back-off for one store; logs each change of reachability once."""
+
+    def __init__(self, name: str, fail: str, timeout_s: float, clock=time.monotonic):
+        self.name, self.fail_open, self.timeout_s = name, fail == FAIL_OPEN, timeout_s
+        self.clock = clock
+        self.down_until = 0.0
+        self.problem: str | None = None
+        self.failures = 0               # calls that failed or were skipped while down
+
+    async def call(self, make, fallback):
+        """Await make() within the timeout; when Redis fails: fallback if open, else refuse."""
+        if self.problem is not None and self.clock() < self.down_until:
+            return self._fail(fallback)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await make()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return self._fail(fallback)
+        if self.problem is not None:
+            log.warning("state store %s: Redis answers again; back to shared state", self.name)
+            self.problem = None
+        return result
+
+    def _down(self, problem: str) -> None:
+        if self.problem is None:
+            log.error("state store %s: Redis unreachable (%s); failing %s, retrying every %.1fs",
+                      self.name, problem, "open" if self.fail_open else "closed", BACKOFF_S)
+        self.problem = problem
+        self.down_until = self.clock() + BACKOFF_S
+
+    def _fail(self, fallback):
+        self.failures += 1
+        if self.fail_open:
+            return fallback
+        raise StoreUnavailable(self.name, self.problem or "down", math.ceil(BACKOFF_S * 1000))
+
+
+class _Background:
+    """Writes sent without waiting (from stage `after`): queued, and sent by one flusher as a
+    pipeline — one round trip per batch instead of one task and one round trip per write. The
+    queue is bounded; a write beyond it is dropped and counted (on the safe side, see above)."""
+
+    def __init__(self, client, guard: _Guard):
+        self.r, self.guard = client, guard
+        self.queue: list[tuple] = []
+        self.flusher: asyncio.Task | None = None
+        self.lost = 0                   # background writes Redis never received
+
+    def send(self, script, keys, args) -> None:
+        if len(self.queue) >= MAX_QUEUED_WRITES:
+            self.lost += 1
+            return
+        self.queue.append((script, keys, args))
+        if self.flusher is None:
+            self.flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self.queue:
+                batch, self.queue = self.queue, []
+                marker = object()
+                try:
+                    if await self.guard.call(lambda: self._send(batch), marker) is marker:
+                        self.lost += len(batch)
+                except StoreUnavailable:
+                    self.lost += len(batch)
+        finally:
+            self.flusher = None
+
+    async def _send(self, batch) -> None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for script, keys, args in batch:
+                await script(keys=keys, args=args, client=pipe)   # queues it in the pipeline
+            await pipe.execute()
+
+    async def drain(self) -> None:
+        while self.flusher is not None:
+            await asyncio.shield(self.flusher)
+
+
+class RedisCounters(CounterStore):
+    def __init__(self, client, prefix: str, guard: _Guard):
+        self.r, self.prefix, self.guard = client, prefix, guard
+        self._take = client.register_script(_TAKE)
+        self._refund = client.register_script(_REFUND)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self.background = _Background(client, guard)
+
+    async def take(self, buckets, costs, now):
+        keys = [self.prefix + b.key for b in buckets]
+        args = [repr(now)]
+        for b, cost in zip(buckets, costs):
+            args += (b.capacity, repr(b.rate_per_s), cost)
+        out = await self.guard.call(lambda: self._take(keys, args), None)
+        if out is None:
+            return None, None
+        if out[0] >= 0:
+            return Denial(int(out[0]), int(out[1])), None
+        return None, tuple(int(x) for x in out[2:])
+
+    def refund(self, buckets, amounts):
+        keys = [self.prefix + b.key for b in buckets]
+        args = []
+        for b, amount in zip(buckets, amounts):
+            args += (b.capacity, amount)
+        self.background.send(self._refund, keys, args)
+
+    async def acquire(self, gauges):
+        keys = [self.prefix + g.key for g in gauges]
+        out = await self.guard.call(
+            lambda: self._acquire(keys, [GAUGE_TTL_MS] + [g.limit for g in gauges]), None)
+        if out is None:
+            return None, False
+        return (Denial(int(out), 0), False) if out >= 0 else (None, True)
+
+    def release(self, gauges):
+        keys = [self.prefix + g.key for g in gauges]
+        self.background.send(self._release, keys, [])
+
+    async def level(self, key):
+        return int(await self.r.get(self.prefix + key) or 0)
+
+    async def drain(self):
+        await self.background.drain()
+
+
+class RedisBudgets(BudgetStore):
+    def __init__(self, client, prefix: str, guard: _Guard):
+        self.r, self.prefix, self.guard = client, prefix, guard
+        self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+        self.background = _Background(client, guard)
+
+    async def reserve(self, holds, amount):
+        keys = [self.prefix + h.key for h in holds]
+        args = []
+        for h in holds:
+            args += (amount, h.limit, h.ttl_s)
+        out = await self.guard.call(lambda: self._reserve(keys, args), None)
+        if out is None:
+            return None, None
+        if out[0] >= 0:
+            return Denial(int(out[0]), 0), None
+        return None, tuple(int(x) for x in out[1:])
+
+    def settle(self, holds, amount, actual):
+        keys = [self.prefix + h.key for h in holds]
+        args = [amount] * len(holds) + [actual]
+        self.background.send(self._settle, keys, args)
+
+    async def usage(self, key):
+        spent, reserved = await self.r.hmget(self.prefix + key, "spent", "reserved")
+        return int(spent or 0), int(reserved or 0)
+
+    async def drain(self):
+        await self.background.drain()
+
+
+class RedisNonces(NonceStore):
+    def __init__(self, client, prefix: str, guard: _Guard):
+        self.r, self.prefix, self.guard = client, prefix, guard
+
+    async def add(self, nonce, ttl_s, now):
+        # SET NX PX is one atomic command: no script needed. Fail open = treat as new.
+        ok = await self.guard.call(
+            lambda: self.r.set(self.prefix + nonce.hex(), b"1", nx=True,
+                               px=max(1, math.ceil(ttl_s * 1000))), True)
+        return bool(ok)
+
+
+class RedisStores(Stores):
+    """The stores on one client, with `admit` as one script (see _ADMIT)."""
+
+    def __init__(self, client, counters: RedisCounters, budgets: RedisBudgets, nonces: RedisNonces):
+        super().__init__(counters, budgets, nonces, "redis", closer=client.aclose)
+        self._admit = client.register_script(_ADMIT)
+
+    async def admit(self, buckets, costs, now, gauges, holds, amount):
+        c, b = self.counters, self.budgets
+        keys = ([c.prefix + x.key for x in buckets] + [c.prefix + g.key for g in gauges]
+                + [b.prefix + h.key for h in holds])
+        args = [len(buckets), len(gauges), len(holds), repr(now), GAUGE_TTL_MS, amount]
+        for bucket, cost in zip(buckets, costs):
+            args += (bucket.capacity, repr(bucket.rate_per_s), cost)
+        args += [g.limit for g in gauges]
+        for h in holds:
+            args += (h.limit, h.ttl_s)
+        # One call, two fail modes: refusing wins when budgets are at stake and fail closed
+        # (money); otherwise the limits' mode decides.
+        guard = b.guard if holds and not b.guard.fail_open else c.guard
+        out = await guard.call(lambda: self._admit(keys, args), None)
+        if out is None:
+            return Admitted(None, None, None, False, None)
+        if out[0]:
+            return Admitted(_REFUSED[out[0]], Denial(int(out[1]), int(out[2])), None, False, None)
+        n = len(buckets)
+        return Admitted(None, None, tuple(int(x) for x in out[3:3 + n]), bool(gauges),
+                        tuple(int(x) for x in out[3 + n:]))
+
+
+def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:") -> Stores:
+    """Stores on one Redis client. `fail` maps "limits" / "budgets" / "nonces" to open|closed.
+
+    The client's own retries are off: a retry would multiply the time a request can wait on a
+    dead Redis beyond `timeout_s`, and the guard's back-off already retries on later calls.
+    """
+    # A blocking pool: past POOL_SIZE concurrent calls, a call waits for a free connection
+    # (within the same timeout) instead of failing with "too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+    client = aioredis.Redis(connection_pool=pool)
+    return RedisStores(
+        client, RedisCounters(client, prefix + "c:", _Guard("limits", fail["limits"], timeout_s)),
+        RedisBudgets(client, prefix + "b:", _Guard("budgets", fail["budgets"], timeout_s)),
+        RedisNonces(client, prefix + "n:", _Guard("nonces", fail["nonces"], timeout_s)))
