@@ -70,7 +70,8 @@ class App:
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
-                                 self.audit, self.metrics)
+                                 self.audit, self.metrics, redaction=config.redaction,
+                                 guard=config.guard)
         self.feedback = FeedbackLog()
         # The transports' one way in (service.py): they never reach the parts above directly.
         self.service = GatewayService(

@@ -12,6 +12,7 @@ from pathlib import Path
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .audit import DEFAULT_MAX_BUFFER
+from .redaction.settings import GuardConfig, RedactionConfig, parse_guard, parse_redaction
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,8 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    redaction: RedactionConfig = RedactionConfig()
+    guard: GuardConfig = GuardConfig()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -421,7 +424,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "redaction", "guard"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -442,7 +445,9 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    cfg = Config(server, auth, providers, models, audit,
+                 redaction=parse_redaction(data.get("redaction", {}), _fail),
+                 guard=parse_guard(data.get("guard", {}), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

@@ -17,9 +17,12 @@ from .auth import Principal
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
+from .redaction import restoring
 from .stages.admission import AdmissionStage
+from .stages.guard import GuardStage
 from .stages.policy import BasicPolicy, PolicyStage, ValidateStage
 from .stages.record import AccountStage, AuditStage, MetricsStage, ObserverStage
+from .stages.redact import RedactStage
 from .stages.route import RouteStage
 from .types import AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta
 
@@ -31,7 +34,8 @@ _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
 
 
 def build_chain(*, router: Router, admission: Admission, accountant: Accountant, policy,
-                clock, observers: list, metrics=None, audit=None) -> StageChain:
+                clock, observers: list, metrics=None, audit=None, redaction=None,
+                guard=None) -> StageChain:
     """The stages in order; what is configured off (no audit log, no metrics) is left out.
 
     The after-only recorders come first so that, running in reverse, they see the final outcome
@@ -43,8 +47,12 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
         stages.append(AuditStage(audit, known))
     if metrics is not None:
         stages.append(MetricsStage(metrics, known))
-    stages += [AccountStage(accountant), ValidateStage(), PolicyStage(policy),
-               AdmissionStage(admission), RouteStage(router, clock)]
+    stages += [AccountStage(accountant), ValidateStage(), PolicyStage(policy)]
+    if redaction is not None and redaction.enabled:    # DESIGN §1: policy → redact → guard
+        stages.append(RedactStage(redaction, metrics))
+    if guard is not None and guard.enabled:
+        stages.append(GuardStage(guard, metrics))
+    stages += [AdmissionStage(admission), RouteStage(router, clock)]
     return StageChain(stages)
 
 
@@ -122,7 +130,7 @@ class _Call:
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
-                 clock=time.monotonic):
+                 clock=time.monotonic, redaction=None, guard=None):
         self.router = router
         self.adapters = adapters
         self.admission = admission
@@ -134,7 +142,7 @@ class Pipeline:
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request
         self.chain = build_chain(router=router, admission=admission, accountant=accountant,
                                  policy=policy, clock=clock, observers=self.observers,
-                                 metrics=metrics, audit=audit)
+                                 metrics=metrics, audit=audit, redaction=redaction, guard=guard)
         self.clock = clock
 
     @property
@@ -217,7 +225,10 @@ class Pipeline:
                 finish = None
                 try:
                     with _Call(health, model_id, clock):
-                        async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
+                        upstream = self.adapters[model.provider].stream(model, request)
+                        if trace.vault is not None:    # placeholders back into the answer
+                            upstream = restoring(upstream, trace.vault)
+                        async with aclosing(upstream) as up:
                             it = up.__aiter__()
                             while True:
                                 u0 = time.perf_counter_ns()
@@ -269,6 +280,8 @@ class Pipeline:
                 finally:
                     trace.upstream_ns += time.perf_counter_ns() - u0
                 usage = self._succeeded(trace, principal, model, request, finish, tokens)
+                if trace.vault is not None:
+                    text = trace.vault.restore(text)
                 return Completion(request.request_id, text, finish.reason, usage, trace.decision,
                                   trace.overhead_us())
         raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")

@@ -1,0 +1,71 @@
+"""A prompt-injection heuristic: weighted phrase patterns per attack family, combined into one score.
+
+Each family is one compiled pattern (English, German, French, Spanish phrasings). A text's score
+is 1 - Π(1 - w) over the families that match, so one strong signal alone reaches the default
+threshold of 0.5 and weak ones only add up. It is a heuristic for tagging and blocking the obvious
+— measured on tests/redaction/injection.jsonl (README) — not a classifier against a determined
+attacker.
+"""
+import re
+
+_F = re.IGNORECASE | re.DOTALL
+
+_VERB = (r"(?:ignore|disregard|forget|override|bypass|skip|drop|discard|abandon|"
+         r"ignoriere|vergiss|missachte|ignorez?|oublie[zr]?|ignora|olvida)")
+_EARLIER = (r"(?:previous|prior|above|earlier|preceding|original|initial|system|developer|all|any|"
+            r"your|the|vorherigen?|bisherigen?|obigen?|alle[ns]?|pr[ée]c[ée]dentes?|anteriores?|"
+            r"todas?|toutes?|les|las|deine|tus|tes|vos)")
+_RULES = (r"(?:instructions?|prompts?|rules|directions|guidelines|directives|guardrails|"
+          r"restrictions|constraints|safety|programming|context|Anweisungen|Regeln|Vorgaben|"
+          r"r[èe]gles|consignes|instrucciones|reglas|indicaciones)")
+
+# (family, weight, pattern). Weights: 0.6 for explicit overrides and exfiltration requests (each
+# enough on its own), 0.5 for tool abuse, 0.35 for role play and fake role markers, 0.2 for
+# obfuscation hints — values chosen on the labelled set so benign look-alikes stay below 0.5.
+FAMILIES = (
+    ("ignore_instructions", 0.6, re.compile(
+        rf"\b{_VERB}\b(?:\s+\S+){{0,3}}?\s+{_EARLIER}\b(?:\s+\S+){{0,3}}?\s+{_RULES}\b"
+        r"|\bnew (?:system )?instructions?\s*:"
+        r"|\b(?:do not|don't|never) follow (?:the|your|any) (?:previous|prior|system|original) "
+        r"(?:instructions?|rules|prompt)", _F)),
+    ("prompt_exfiltration", 0.6, re.compile(
+        r"\b(?:reveal|show|print|repeat|output|display|leak|dump|tell me|give me|what (?:is|are|was|were)|"
+        r"copy|recite|write out|zeige?|gib|r[ée]v[èe]le|affiche|muestra|revela)\b"
+        r"(?:\s+\S+){0,5}?\s+(?:system|initial|hidden|secret|original|developer|internal|"
+        r"pre-?prompt|System|syst[èe]me|sistema)[\s-]*(?:prompt|instructions?|message|Prompt|"
+        r"Anweisungen|consignes|instrucciones)"
+        r"|\b(?:repeat|print|output) (?:all |everything |the (?:text|words) )?(?:above|before this)"
+        r"|\binstructions you were given\b|\byour (?:initial|original|hidden) (?:prompt|instructions)",
+        _F)),
+    ("tool_abuse", 0.5, re.compile(
+        r"\b(?:call|invoke|use|run|execute|trigger)\b(?:\s+\S+){0,4}?\s+(?:tools?|functions?|shell|"
+        r"terminal|commands?|browser|plugin)\b(?:\s+\S+){0,12}?\s+(?:send|post|upload|forward|"
+        r"exfiltrate|email|transfer|delete|wipe)"
+        r"|\b(?:send|post|upload|forward|exfiltrate|leak|email)\b(?:\s+\S+){0,4}?\s+(?:all|every|the)\s+"
+        r"(?:\S+\s+){0,3}?(?:credentials|passwords|api keys|secrets|tokens|private keys|"
+        r"customer data|files|conversation|chat history)\b(?:\s+\S+){0,3}?\s+to\b"
+        r"|\bcurl\s+\S+\s*\|\s*(?:ba|z)?sh\b|\brm\s+-rf\s+/(?:\s|$)", _F)),
+    ("role_override", 0.35, re.compile(
+        r"\byou are (?:now|no longer)\b|\bfrom now on,? you (?:are|will|must)\b"
+        r"|\b(?:act|behave|respond) as (?:an? )?(?:unfiltered|unrestricted|uncensored|jailbroken|"
+        r"evil|rogue)\b|\bpretend (?:you are|to be|that you)\b|\bdeveloper mode\b|\bDAN\b"
+        r"|\bjailbr(?:eak|oken)\b|\bdu bist (?:jetzt|nun)\b|\btu es maintenant\b|\bahora eres\b"
+        r"|<\|im_start\|>\s*system|\[/?INST\]|^\s*#{2,3}\s*(?:system|instruction)s?\s*:?\s*$"
+        r"|(?:^|\n)\s*(?:system|assistant)\s*:\s", _F | re.MULTILINE)),
+    ("obfuscation", 0.2, re.compile(
+        r"\b(?:decode|base64)\b(?:\s+\S+){0,6}?\s+(?:and|then) (?:follow|execute|run|obey)"
+        r"|[\u200b\u200c\u200d\u2060\ufeff]", _F)),
+)
+
+
+def score(texts) -> tuple[float, tuple[str, ...]]:
+    """(score in [0, 1], the families that matched) over an iterable of message contents."""
+    matched: dict[str, float] = {}
+    for text in texts:
+        for family, weight, pattern in FAMILIES:
+            if family not in matched and pattern.search(text):
+                matched[family] = weight
+    remaining = 1.0
+    for weight in matched.values():
+        remaining *= 1.0 - weight
+    return 1.0 - remaining, tuple(matched)
