@@ -97,27 +97,35 @@ def ipv6_ok(text: str) -> bool:
     return True
 
 
-_VERSION_WORDS = ("version", "ver", "release", "build", "firmware", "sdk", "v")
+# A dotted quad after a version word (at most one word between: "version 1.2.3.4", "release
+# candidate 2.0.1.3", '"version": "1.0.0.1"'), a pin (==, >=), a product token ("Chrome/120.0.0.0")
+# or a "v" is a version number, not an address.
+_VERSION_BEFORE = re.compile(
+    r"(?:(?:\b|_)(?:version|ver|release|tag|build|firmware|sdk|rev|revision|update|upgrade|versión|"
+    r"versao|versão)\b\W*(?:\w+\W+)?|[=<>~!]=\s*|[A-Za-z]/|\bv)\Z", re.IGNORECASE)
 
 
 def ipv4_ok(text: str, before: str) -> bool:
-    """A dotted quad right after a version word ("version 1.2.3.4", "v10.0.0.1") is a version."""
-    word = before.rstrip(" :=").rsplit(None, 1)[-1].lower() if before.strip() else ""
-    return word.rstrip(":=") not in _VERSION_WORDS and not before.endswith(("v", "V"))
+    return not _VERSION_BEFORE.search(before)
 
 
 # Words that make a phone-shaped number something else when they come right before it.
 _NOT_PHONE = re.compile(
-    r"(?:order|invoice|ticket|case|serial|s/n|sn|part|tracking|ref|reference|account|acct|id|"
+    r"\b(?:order|invoice|ticket|case|serial|s/n|sn|part|tracking|ref|reference|account|acct|id|"
     r"sku|lot|batch|build|version|isbn|po|rma|auftrag|rechnung|commande|facture|pedido|n[o°º]\.?)"
     r"(?:\s*(?:number|num|no\.?|nr\.?|n[°º]|#|id|code))?[\s:#.-]*$", re.IGNORECASE)
+
+
+def labelled_otherwise(before: str) -> bool:
+    """Whether the words just before a number say it is an order, ticket, serial… number."""
+    return before.endswith("#") or _NOT_PHONE.search(before[-24:]) is not None
 
 
 def phone_ok(text: str, before: str) -> bool:
     digits = sum(c.isdigit() for c in text)
     if not 7 <= digits <= 15:          # E.164 allows at most 15 digits
         return False
-    return not (before.endswith("#") or _NOT_PHONE.search(before[-16:]))
+    return not labelled_otherwise(before)
 
 
 # ---- patterns ------------------------------------------------------------------------------------
@@ -171,11 +179,12 @@ def find(text: str, kinds: frozenset = frozenset(TYPES)) -> list[Span]:
     if CARD in kinds:
         found += [Span(m.start(), m.end(), CARD) for m in _CARD.finditer(text) if card_ok(m[0])]
     if SSN in kinds:
-        found += [Span(m.start(), m.end(), SSN) for m in _SSN.finditer(text) if ssn_ok(m[0])]
+        found += [Span(m.start(), m.end(), SSN) for m in _SSN.finditer(text)
+                  if ssn_ok(m[0]) and not labelled_otherwise(text[max(0, m.start() - 24):m.start()])]
     if IP in kinds:
         if "." in text:
             found += [Span(m.start(), m.end(), IP) for m in _IPV4.finditer(text)
-                      if ipv4_ok(m[0], text[max(0, m.start() - 12):m.start()])]
+                      if ipv4_ok(m[0], text[max(0, m.start() - 32):m.start()])]
         if "::" in text or text.count(":") >= 7:
             found += [Span(m.start(), m.end(), IP) for m in _IPV6.finditer(text) if ipv6_ok(m[0])]
     if PHONE in kinds:
