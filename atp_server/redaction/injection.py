@@ -10,30 +10,34 @@ import re
 
 _F = re.IGNORECASE | re.DOTALL
 
-_VERB = (r"(?:ignore|disregard|forget|override|bypass|skip|drop|discard|abandon|"
+_VERB = (r"(?:ignore|disregard|forget|override|bypass|skip|discard|abandon|"
          r"ignoriere|vergiss|missachte|ignorez?|oublie[zr]?|ignora|olvida)")
-_EARLIER = (r"(?:previous|prior|above|earlier|preceding|original|initial|system|developer|all|any|"
-            r"your|the|vorherigen?|bisherigen?|obigen?|alle[ns]?|pr[ée]c[ée]dentes?|anteriores?|"
-            r"todas?|toutes?|les|las|deine|tus|tes|vos)")
+# Words that say "the rules you already have" (a bare "the" does not: "skip the boring rules").
+_EARLIER = (r"(?:previous|prior|above|earlier|preceding|original|initial|system|developer|"
+            r"your|vorherigen?|bisherigen?|obigen?|deine|tus|tes|vos)")
+_EARLIER_AFTER = r"(?:pr[ée]c[ée]dentes?|anteriores?|previas?|ci-dessus|vorherigen?)"   # Romance order
 _RULES = (r"(?:instructions?|prompts?|rules|directions|guidelines|directives|guardrails|"
           r"restrictions|constraints|safety|programming|context|Anweisungen|Regeln|Vorgaben|"
           r"r[èe]gles|consignes|instrucciones|reglas|indicaciones)")
 
 # (family, weight, pattern). Weights: 0.6 for explicit overrides and exfiltration requests (each
-# enough on its own), 0.5 for tool abuse, 0.35 for role play and fake role markers, 0.2 for
-# obfuscation hints — values chosen on the labelled set so benign look-alikes stay below 0.5.
+# enough on its own), 0.5 for tool abuse and encoded instructions, 0.35 for role play and fake
+# role markers, 0.2 for zero-width characters — values chosen on the labelled set so benign look-alikes stay below 0.5.
 FAMILIES = (
     ("ignore_instructions", 0.6, re.compile(
         rf"\b{_VERB}\b(?:\s+\S+){{0,3}}?\s+{_EARLIER}\b(?:\s+\S+){{0,3}}?\s+{_RULES}\b"
+        rf"|\b{_VERB}\s+(?:all|any|every)\s+(?:of\s+)?(?:the\s+|your\s+|my\s+)?{_RULES}\b"
+        rf"|\b{_VERB}\b(?:\s+\S+){{0,3}}?\s+{_RULES}\s+{_EARLIER_AFTER}"
+        rf"|\b{_VERB}\s+(?:the|everything|all|anything)(?:\s+(?:said|written))?\s+(?:above|before this)\b"
         r"|\bnew (?:system )?instructions?\s*:"
         r"|\b(?:do not|don't|never) follow (?:the|your|any) (?:previous|prior|system|original) "
         r"(?:instructions?|rules|prompt)", _F)),
     ("prompt_exfiltration", 0.6, re.compile(
         r"\b(?:reveal|show|print|repeat|output|display|leak|dump|tell me|give me|what (?:is|are|was|were)|"
         r"copy|recite|write out|zeige?|gib|r[ée]v[èe]le|affiche|muestra|revela)\b"
-        r"(?:\s+\S+){0,5}?\s+(?:system|initial|hidden|secret|original|developer|internal|"
-        r"pre-?prompt|System|syst[èe]me|sistema)[\s-]*(?:prompt|instructions?|message|Prompt|"
-        r"Anweisungen|consignes|instrucciones)"
+        r"(?:\s+\S+){0,5}?\s+(?:(?:system|hidden|secret|developer|internal|System|syst[èe]me|"
+        r"sistema)[\s-]*(?:prompt|instructions?|message|Prompt|Anweisungen|consignes|instrucciones)"
+        r"|pre-?prompt|prompt (?:syst[èe]me|du syst[èe]me|del sistema))"
         r"|\b(?:repeat|print|output) (?:all |everything |the (?:text|words) )?(?:above|before this)"
         r"|\binstructions you were given\b|\byour (?:initial|original|hidden) (?:prompt|instructions)",
         _F)),
@@ -43,7 +47,7 @@ FAMILIES = (
         r"exfiltrate|email|transfer|delete|wipe)"
         r"|\b(?:send|post|upload|forward|exfiltrate|leak|email)\b(?:\s+\S+){0,4}?\s+(?:all|every|the)\s+"
         r"(?:\S+\s+){0,3}?(?:credentials|passwords|api keys|secrets|tokens|private keys|"
-        r"customer data|files|conversation|chat history)\b(?:\s+\S+){0,3}?\s+to\b"
+        r"customer data|files|conversation|chat history)\b(?:\s+\S+){0,5}?\s+to\b"
         r"|\bcurl\s+\S+\s*\|\s*(?:ba|z)?sh\b|\brm\s+-rf\s+/(?:\s|$)", _F)),
     ("role_override", 0.35, re.compile(
         r"\byou are (?:now|no longer)\b|\bfrom now on,? you (?:are|will|must)\b"
@@ -52,9 +56,10 @@ FAMILIES = (
         r"|\bjailbr(?:eak|oken)\b|\bdu bist (?:jetzt|nun)\b|\btu es maintenant\b|\bahora eres\b"
         r"|<\|im_start\|>\s*system|\[/?INST\]|^\s*#{2,3}\s*(?:system|instruction)s?\s*:?\s*$"
         r"|(?:^|\n)\s*(?:system|assistant)\s*:\s", _F | re.MULTILINE)),
-    ("obfuscation", 0.2, re.compile(
-        r"\b(?:decode|base64)\b(?:\s+\S+){0,6}?\s+(?:and|then) (?:follow|execute|run|obey)"
-        r"|[\u200b\u200c\u200d\u2060\ufeff]", _F)),
+    ("encoded_instructions", 0.5, re.compile(
+        r"\b(?:decode|base64|rot13|reverse)\b(?:\s+\S+){0,6}?\s+(?:and |then |and then )"
+        r"(?:follow|execute|run|obey|do what)", _F)),
+    ("hidden_characters", 0.2, re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")),
 )
 
 
