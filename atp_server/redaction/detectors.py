@@ -387,6 +387,8 @@ def find(text: str, kinds: frozenset = frozenset(TYPES)) -> list[Span]:
     if IP in kinds and ("::" in text or text.count(":") >= 7):
         raw = classes   # ':' and '.' kept, digits classed: use the text's own bytes for hex
         for m in _COLON_RUN.finditer(text.encode("ascii", "replace")):
+            if m[0].count(b":") < 3:       # ipv6_ok's minimum; prose colons stop here
+                continue
             s = m.start()
             while s > 0 and m.start() - s < 4 and raw[s - 1] in b"0Aa" and text[s - 1] in "0123456789abcdefABCDEF":
                 s -= 1

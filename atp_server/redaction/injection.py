@@ -63,13 +63,66 @@ FAMILIES = (
 )
 
 
+# Substrings (lower case) at least one of which every match of the family contains: a family's
+# pattern runs only on a text that has one. Its regex over 2 KB costs 0.5–2 ms (word alternations
+# at every position); the substring tests ~0.3 µs each. The reference (score_reference) runs every
+# pattern; tests check both agree on the labelled sets and the redaction corpus.
+TRIGGERS = {
+    "ignore_instructions": ("ignor", "disregard", "forget", "override", "bypass", "skip", "discard",
+                            "abandon", "vergiss", "missachte", "oubli", "olvida", "new instruction",
+                            "new system instruction", "not follow", "n't follow", "never follow"),
+    "prompt_exfiltration": ("prompt", "instruction", "message", "anweisung", "consigne", "above",
+                            "before this"),
+    "tool_abuse": ("tool", "function", "shell", "terminal", "command", "browser", "plugin",
+                   "credential", "password", "api key", "secret", "token", "private key",
+                   "customer data", "files", "conversation", "chat history", "curl", "-rf"),
+    "role_override": ("you are", "from now on", "act as", "behave as", "respond as", "pretend",
+                      "developer mode", "dan", "jailbr", "du bist", "tu es", "ahora eres",
+                      "<|im_start|>", "inst]", "system", "instruction", "assistant"),
+    "encoded_instructions": ("decode", "base64", "rot13", "reverse"),
+    "hidden_characters": ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"),
+}
+
+
+# A match starts at most this far before its trigger and ends at most this far after it (the
+# patterns allow a few words between their parts); only that window is searched.
+_BEFORE, _AFTER = 160, 240
+
+
+def _found(pattern, triggers, text: str, lower: str) -> bool:
+    if len(lower) != len(text):          # a case mapping changed the length: indices differ
+        return any(t in lower for t in triggers) and pattern.search(text) is not None
+    for trigger in triggers:
+        i = lower.find(trigger)
+        while i >= 0:
+            if pattern.search(text, max(0, i - _BEFORE), i + len(trigger) + _AFTER):
+                return True
+            i = lower.find(trigger, i + 1)
+    return False
+
+
 def score(texts) -> tuple[float, tuple[str, ...]]:
     """(score in [0, 1], the families that matched) over an iterable of message contents."""
+    matched: dict[str, float] = {}
+    for text in texts:
+        lower = text.lower()
+        for family, weight, pattern in FAMILIES:
+            if family not in matched and _found(pattern, TRIGGERS[family], text, lower):
+                matched[family] = weight
+    return _combine(matched)
+
+
+def score_reference(texts) -> tuple[float, tuple[str, ...]]:
+    """Every family's pattern over every text: what `score` must equal."""
     matched: dict[str, float] = {}
     for text in texts:
         for family, weight, pattern in FAMILIES:
             if family not in matched and pattern.search(text):
                 matched[family] = weight
+    return _combine(matched)
+
+
+def _combine(matched: dict) -> tuple[float, tuple[str, ...]]:
     remaining = 1.0
     for weight in matched.values():
         remaining *= 1.0 - weight
