@@ -4,7 +4,8 @@ Prompts, all 2048 characters: `typical` (prose with an e-mail, a phone number, a
 order number, the common shape), `clean` (prose, nothing to find) and `dense` (the first corpus
 examples back to back: ~24 values and as many look-alikes — a worst case). `redact` is what the
 redact stage pays per request (a Vault, every type, the text rewritten); `guard` is the injection
-score. `restore` feeds an answer in 4-character chunks (a token is ~4 characters) through a
+score. `find` / `find_reference` are the
+detectors alone, fast path against its whole-text twin. `restore` feeds an answer in 4-character chunks (a token is ~4 characters) through a
 StreamRestorer: per chunk, for an answer without placeholders and one with a placeholder in every
 ~40 characters. `yardstick` is one literal search over 2 KB: on an idle machine ~0.3 µs, so a
 larger figure says how loaded the machine was during the run.
@@ -50,6 +51,7 @@ def _median_us(fn, iterations: int, repeats: int) -> float:
 
 def measure(iterations: int, repeats: int) -> dict:
     from atp_server.auth import Principal
+    from atp_server.redaction.detectors import find, find_reference
     from atp_server.redaction.injection import score
     from atp_server.redaction.settings import RedactionConfig, RedactionRule
     from atp_server.redaction.vault import StreamRestorer, Vault
@@ -69,6 +71,10 @@ def measure(iterations: int, repeats: int) -> dict:
 
         out[f"redact_{name}_us"] = _median_us(redact, iterations, repeats)
         out[f"guard_{name}_us"] = _median_us(lambda text=text: score([text]), iterations, repeats)
+        # What the windowed fast path buys over every pattern on the whole text (its twin).
+        out[f"find_{name}_us"] = _median_us(lambda text=text: find(text), iterations, repeats)
+        out[f"find_reference_{name}_us"] = _median_us(lambda text=text: find_reference(text),
+                                                      max(1, iterations // 4), repeats)
     vault = Vault()
     vault.redact(_PII, frozenset({"email", "phone", "ip"}))
     plain = (_PROSE * 4)[:400]

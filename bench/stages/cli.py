@@ -34,7 +34,9 @@ async def _measure(args) -> dict:
         # The embedded default with its simulated provider answering at once: what is left of a
         # request is the gateway's own work.
         cfg = atp_config.loads(atp_config.DEFAULT_TOML.replace("latency_ms = 20\n", "latency_ms = 0\n")
-                               .replace("tokens_per_s = 400\n", "tokens_per_s = 0\n"))
+                               .replace("tokens_per_s = 400\n", "tokens_per_s = 0\n")
+                               # redact + guard on, so their stages are in the chain measured
+                               + '\n[redaction]\nmode = "restore"\n[guard]\nmode = "tag"\n')
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, state_dir=tmp))
         app = App(cfg)
         app.audit.start()
