@@ -23,6 +23,20 @@ GUARD_MODES = ("off", "tag", "log", "block")
 ALL_TYPES = frozenset(TYPES)
 
 
+class _PerTenant:
+    """A default rule and per-tenant rules (subclasses are dataclasses with those two fields)."""
+
+    __slots__ = ()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the stage belongs in the chain: some tenant's rule is not off."""
+        return any(r.mode != "off" for r in (self.default, *self.tenants.values()))
+
+    def rule(self, tenant: str):
+        return self.tenants.get(tenant, self.default)
+
+
 @dataclass(frozen=True, slots=True)
 class RedactionRule:
     mode: str = "off"
@@ -30,17 +44,9 @@ class RedactionRule:
 
 
 @dataclass(frozen=True, slots=True)
-class RedactionConfig:
+class RedactionConfig(_PerTenant):
     default: RedactionRule = RedactionRule()
     tenants: dict = field(default_factory=dict)     # tenant -> RedactionRule
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the stage belongs in the chain: some tenant's rule is not off."""
-        return any(r.mode != "off" for r in (self.default, *self.tenants.values()))
-
-    def rule(self, tenant: str) -> RedactionRule:
-        return self.tenants.get(tenant, self.default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +58,9 @@ class GuardRule:
 
 
 @dataclass(frozen=True, slots=True)
-class GuardConfig:
+class GuardConfig(_PerTenant):
     default: GuardRule = GuardRule()
     tenants: dict = field(default_factory=dict)     # tenant -> GuardRule
-
-    @property
-    def enabled(self) -> bool:
-        return any(r.mode != "off" for r in (self.default, *self.tenants.values()))
-
-    def rule(self, tenant: str) -> GuardRule:
-        return self.tenants.get(tenant, self.default)
 
 
 def _mode(key: str, value, modes, fail) -> str:

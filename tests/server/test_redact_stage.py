@@ -13,15 +13,6 @@ from codec.errors import ErrorCode
 
 from .helpers import PRINCIPAL, make_config
 
-MODELS = """
-[[models]]
-id = "cheap"
-provider = "sim"
-price_in_per_mtok = 0.1
-price_out_per_mtok = 0.2
-quality = 0.5
-latency_ms = 100
-"""
 GOVERNANCE = """
 [redaction]
 mode = "restore"
@@ -67,7 +58,8 @@ class EchoProvider(SimulatedAdapter):
 
 
 def make_app(tmp_path, chunk=5):
-    app = App(make_config(tmp_path, models=MODELS + GOVERNANCE))
+    # The sections go where the provider's options would: TOML tables may follow in any order.
+    app = App(make_config(tmp_path, sim_options=GOVERNANCE))
     echo = app.adapters["sim"] = EchoProvider(chunk)
     rows = []
     app.audit.record = lambda *args: rows.append(args)
