@@ -106,7 +106,8 @@ class App:
             self.metrics.registry.register(LimitsCollector(self.limit_stage))
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, dispatch=config.dispatch,
-                                 windows=self.windows, limits=self.limit_stage)
+                                 windows=self.windows, limits=self.limit_stage,
+                                 redaction=config.redaction, guard=config.guard)
         self.feedback = FeedbackLog(on_score=lambda tenant, rid, score: self.router.feedback(
             tenant, rid, score, self.pipeline.clock()))
         # The transports' one way in (service.py): they never reach the parts above directly.

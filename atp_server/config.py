@@ -17,6 +17,7 @@ from .audit import DEFAULT_MAX_BUFFER
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
 from .limits_config import LimitRule, StateConfig, parse_limits, parse_state
+from .redaction.settings import GuardConfig, RedactionConfig, parse_guard, parse_redaction
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,8 @@ class Config:
     scheduling: SchedulingConfig = SchedulingConfig()   # [scheduling] (scheduling.py)
     state: StateConfig = StateConfig()          # [state] (limits_config.py)
     limits: tuple[LimitRule, ...] = ()          # [[limits]]
+    redaction: RedactionConfig = RedactionConfig()   # [redaction] (redaction/settings.py)
+    guard: GuardConfig = GuardConfig()               # [guard]
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -460,7 +463,7 @@ def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
-             "scheduling", "state", "limits"}
+             "scheduling", "state", "limits", "redaction", "guard"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -503,7 +506,9 @@ def parse(data: dict) -> Config:
                  dispatch=_parse_dispatch({k: v for k, v in rt.items() if k in dispatch_keys}),
                  routing=routing, scheduling=scheduling,
                  state=parse_state(data.get("state", {})),
-                 limits=parse_limits(data.get("limits", []), set(ids)))
+                 limits=parse_limits(data.get("limits", []), set(ids)),
+                 redaction=parse_redaction(data.get("redaction", {}), _fail),
+                 guard=parse_guard(data.get("guard", {}), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

@@ -125,6 +125,29 @@ class _AuditCollector:
                                   "door, not kept while the audit buffer was full", value=a.dropped)
 
 
+class _RedactionCollector:
+    """Values redacted by kind and mode, prompt injections flagged by mode (plain ints on Metrics;
+    labels are the fixed type names and configured modes, never client input)."""
+
+    def __init__(self, metrics: "Metrics"):
+        self.m = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        red = CounterMetricFamily("atp_redactions", "Values found in requests by type and the "
+                                  "tenant's mode (redact, restore, block)", labels=["type", "mode"])
+        for (kind, mode), n in self.m.redactions.items():
+            red.add_metric([kind, mode], n)
+        yield red
+        inj = CounterMetricFamily("atp_prompt_injections", "Requests the guard flagged, by the "
+                                  "tenant's mode (tag, log, block)", labels=["mode"])
+        for mode, n in self.m.injections.items():
+            inj.add_metric([mode], n)
+        yield inj
+
+
 class Metrics:
     def __init__(self, accountant=None, models=()):
         r = self.registry = CollectorRegistry()
@@ -134,6 +157,9 @@ class Metrics:
         self.durations: dict[str, _Histogram] = {}
         self.overheads: dict[str, _Histogram] = {}
         r.register(_RequestCollector(self))
+        self.redactions: dict[tuple, int] = {}     # (type, mode) -> values
+        self.injections: dict[str, int] = {}       # mode -> requests
+        r.register(_RedactionCollector(self))
         # Rare events keep prometheus_client's own types.
         self.inflight = Gauge("atp_inflight_requests", "Requests holding a dispatch slot", registry=r)
         self.queued = Gauge("atp_queued_requests", "Requests waiting for a dispatch slot", registry=r)
@@ -154,6 +180,13 @@ class Metrics:
     def track_routing(self, router) -> None:
         """Export the router's decisions, expected regret and per-model posteriors."""
         self.registry.register(router.collector())
+    def count_redactions(self, counts: dict, mode: str) -> None:
+        for kind, n in counts.items():
+            key = (kind, mode)
+            self.redactions[key] = self.redactions.get(key, 0) + n
+
+    def count_injection(self, mode: str) -> None:
+        self.injections[mode] = self.injections.get(mode, 0) + 1
 
     def observe(self, transport: str, model: str, outcome: str, seconds: float,
                 overhead_s: float | None) -> None:

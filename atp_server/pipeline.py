@@ -20,9 +20,12 @@ from .routing.aimd import ProviderWindows
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
+from .redaction import restoring
 from .stages.admission import AdmissionStage
+from .stages.guard import GuardStage
 from .stages.policy import BasicPolicy, PolicyStage, ValidateStage
 from .stages.record import AccountStage, AuditStage, MetricsStage, ObserverStage
+from .stages.redact import RedactStage
 from .stages.route import RouteStage
 from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta,
                     ToolCall, ToolCallDelta)
@@ -34,7 +37,8 @@ _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
 
 
 def build_chain(*, router: Router, admission: Admission, accountant: Accountant, policy,
-                clock, observers: list, metrics=None, audit=None, limits=None) -> StageChain:
+                clock, observers: list, metrics=None, audit=None, limits=None, redaction=None,
+                guard=None) -> StageChain:
     """The stages in order; what is configured off (no audit log, no metrics) is left out.
 
     The after-only recorders come first so that, running in reverse, they see the final outcome
@@ -49,7 +53,12 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
     stages += [AccountStage(accountant), ValidateStage()]
     if limits is not None:          # DESIGN §1: limits/budget reserve right after authn, before policy
         stages.append(limits)
-    stages += [PolicyStage(policy), AdmissionStage(admission), RouteStage(router, clock)]
+    stages.append(PolicyStage(policy))
+    if redaction is not None and redaction.enabled:    # DESIGN §1: policy → redact → guard
+        stages.append(RedactStage(redaction, metrics))
+    if guard is not None and guard.enabled:
+        stages.append(GuardStage(guard, metrics))
+    stages += [AdmissionStage(admission), RouteStage(router, clock)]
     return StageChain(stages)
 
 
@@ -128,7 +137,8 @@ class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
                  clock=time.monotonic, dispatch: DispatchConfig = DispatchConfig(), sleep=asyncio.sleep,
-                 rng: random.Random | None = None, windows=None, limits=None):
+                 rng: random.Random | None = None, windows=None, limits=None, redaction=None,
+                 guard=None):
         self.router = router
         self.dispatch = dispatch     # retries, failover budget, hedging ([routing] keys)
         self.sleep = sleep           # backoff and hedge timers: injectable, so tests never sleep
@@ -145,7 +155,8 @@ class Pipeline:
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request
         self.chain = build_chain(router=router, admission=admission, accountant=accountant,
                                  policy=policy, clock=clock, observers=self.observers,
-                                 metrics=metrics, audit=audit, limits=limits)
+                                 metrics=metrics, audit=audit, limits=limits, redaction=redaction,
+                                 guard=guard)
         self.clock = clock
 
     @property
@@ -214,7 +225,7 @@ class Pipeline:
         finally:
             trace.upstream_ns += time.perf_counter_ns() - u0
 
-    async def _stream_attempt(self, model_id: str, request: ChatRequest):
+    async def _stream_attempt(self, model_id: str, request: ChatRequest, vault=None):
         """One streamed call to one model, reported to its breaker at both ends; items as the
         adapter yields them, Finish last; a stream that stops without Finish is a cut."""
         model = self.router.models[model_id]
@@ -222,7 +233,10 @@ class Pipeline:
         try:
             with self.windows.slot(model.provider, request.latency_slo_ms), \
                     _Call(self.router.health, model_id, self.clock):
-                async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
+                upstream = self.adapters[model.provider].stream(model, request)
+                if vault is not None:    # redaction placeholders back into the answer
+                    upstream = restoring(upstream, vault)
+                async with aclosing(upstream) as up:
                     async for item in up:
                         yield item
                         if type(item) is Finish:
@@ -265,7 +279,7 @@ class Pipeline:
         async with self._admitted(request, principal, transport, started_ns) as trace:
             yield Routed(trace.decision)
             model_id, attempt, item = await self._first(
-                trace, request, lambda m: self._stream_attempt(m, request))
+                trace, request, lambda m: self._stream_attempt(m, request, trace.vault))
             if model_id != trace.decision.model:
                 yield Routed(self._answered_by(trace, model_id))
             model = self.router.models[model_id]
@@ -320,6 +334,8 @@ class Pipeline:
                     pass
             self._answered_by(trace, model_id)
             usage = self._succeeded(trace, principal, self.router.models[model_id], request, finish, tokens)
+            if trace.vault is not None:     # redaction placeholders back into the answer
+                text = trace.vault.restore(text)
             return Completion(request.request_id, text, finish.reason, usage, trace.decision,
                               trace.overhead_us(), finish.tool_calls)
 

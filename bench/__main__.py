@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "load": "bench.load.cli",     # open/closed-loop load on gRPC, Session, QUIC, HTTP (+ bare grpc echo)
     "routing": "bench.routing.cli",
     "adapters": "bench.adapters.openai_sse",   # µs per streamed OpenAI SSE chunk: parse, translate, re-emit
+    "redact": "bench.redact.cli",   # µs to redact / score a 2 KB prompt, to restore a streamed chunk
     "stages": "bench.stages.cli",   # µs per pipeline stage (before + after), in process  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
     "sched": "bench.sched.cli",     # µs per AIMD update and fair-queue selection, numba vs twin
 }

@@ -16,6 +16,17 @@ def label_model(ctx: RequestContext, known) -> str:
     return NO_MODEL
 
 
+def redaction_detail(ctx: RequestContext) -> dict:
+    """What redact/guard found, for the audit row: counts by type (never the values) and the
+    injection score with its signal families; empty when they found nothing."""
+    detail = {}
+    if ctx.redacted:
+        detail["redacted"] = ctx.redacted
+    if ctx.injection is not None:
+        detail["injection"] = {"score": ctx.injection[0], "signals": list(ctx.injection[1])}
+    return detail
+
+
 class AccountStage(Stage):
     """Add a completed answer's tokens and cost to the tenant's and the model's totals."""
 
@@ -53,6 +64,7 @@ class AuditStage(Stage):
         decision, usage, request = ctx.decision, ctx.usage, ctx.request
         self.audit.record(ctx.principal.tenant, ctx.principal.name, ctx.transport,
                           request.request_id, label_model(ctx, self.known), outcome, ctx.code, {
+                              **redaction_detail(ctx),
                               "tier": request.tier,
                               "provider": decision.provider if decision else None,
                               "in": usage.input_tokens if usage else 0,

@@ -57,7 +57,9 @@ async def _measure(args) -> dict:
                                .replace("tokens_per_s = 400\n", "tokens_per_s = 0\n")
                                + BENCH_LIMITS
                                + (f'[state]\nredis_url = "{args.redis_url}"\ntimeout_ms = 1000\n'
-                                  if args.redis_url else ""))
+                                  if args.redis_url else "")
+                               # redact + guard on, so their stages are in the chain measured
+                               + '\n[redaction]\nmode = "restore"\n[guard]\nmode = "tag"\n')
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, state_dir=tmp))
         app = App(cfg)
         app.audit.start()
