@@ -50,7 +50,8 @@ class App:
 
     def __init__(self, config: Config, *, audit_path: str | None = None):
         self.config = config
-        self.auth = Authenticator(config.auth)
+        from .tenants import keys_path
+        self.auth = Authenticator(config.auth, keys_path=keys_path(config), tenants=config.tenants)
         self.keyring = self.auth.keyring
         self.limits = Limits()
         self.connection_config = ConnectionConfig(agent="atp-server/0.1", heartbeat_ms=0,
@@ -59,7 +60,8 @@ class App:
         self.router = Router(list(config.models), HealthBoard())
         self.admission = Admission(config.server.max_inflight, config.server.max_queue)
         self.accountant = Accountant()
-        self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
+        self.metrics = Metrics(self.accountant, models=[m.id for m in config.models],
+                               tenant_spend=bool(config.metrics.scrape_token))
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)
         self.audit = None
@@ -69,15 +71,22 @@ class App:
             self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
+        from .policy import PolicyHolder
+        self.policy = PolicyHolder.from_config(config)   # raises ConfigError for a bad policy file
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
-                                 self.audit, self.metrics)
+                                 self.audit, self.metrics, policy=self.policy)
+        # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
+        from .reload import Reloader
+        self.reloader = Reloader([("keys", self.auth.prepare_reload),
+                                  ("policy", self.policy.prepare_reload)], state_dir(config))
         self.feedback = FeedbackLog()
         # The transports' one way in (service.py): they never reach the parts above directly.
         self.service = GatewayService(
             auth=self.auth, pipeline=self.pipeline, router=self.router, feedback=self.feedback,
             metrics=self.metrics, admission=self.admission, limits=self.limits,
             connection_config=self.connection_config,
-            congestion_watermark=config.server.congestion_watermark)
+            congestion_watermark=config.server.congestion_watermark,
+            scrape_token=config.metrics.scrape_token)
         self.transports: list = []
         self.ports = BoundPorts()
 
@@ -132,6 +141,7 @@ class App:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)   # `atp reload`
         try:
             await self.start(**start_kwargs)
         except BaseException:
@@ -141,6 +151,8 @@ class App:
         # reach, so a full collection walks only per-request garbage (shorter tail pauses).
         gc.collect()
         gc.freeze()
+        from .reload import write_pid
+        write_pid(state_dir(self.config))       # `atp reload` signals this process
         if on_started is not None:
             on_started(self.ports)
         log.info("ATP serving: http=%s grpc=%s quic=%s", self.ports.http, self.ports.grpc, self.ports.quic)

@@ -55,6 +55,8 @@ class AuthConfig:
     require_signature: bool = False   # typed gRPC / HTTP must also carry an HMAC signature
     skew_ms: int = 30_000
     nonce_cache: int = 100_000
+    keys_file: str = ""               # `atp keys` store; "" = <state_dir>/keys.json
+    jwt: object = None                # tenants.JwtConfig from [auth.jwt], or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +75,26 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    scrape_token: str = field(repr=False, default="")   # "" = /metrics open, without per-tenant spend
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    files: tuple[str, ...] = ()    # TOML policy files (atp_server/policy); reloaded by SIGHUP
+    dry_run: bool = False          # decide, log and audit, but never refuse
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tenants: tuple = ()            # tenants.Tenant, from [[tenants]]
+    policy: PolicyConfig = PolicyConfig()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -356,12 +372,24 @@ def _parse_auth(t) -> AuthConfig:
             _fail(f"{key}.id", "must be a unique u32")
         seen.add(kid)
         hmac_keys.append(HmacKeyConfig(kid, _secret(key, v), v.get("tenant", "default")))
-    rest = {x: y for x, y in t.items() if x not in ("api_keys", "hmac_keys")}
-    v = _typed("auth", rest, AuthConfig, skip=("api_keys", "hmac_keys"))
+    rest = {x: y for x, y in t.items() if x not in ("api_keys", "hmac_keys", "jwt")}
+    v = _typed("auth", rest, AuthConfig, skip=("api_keys", "hmac_keys", "jwt"))
+    if "jwt" in t:
+        from .tenants import parse_jwt
+        v["jwt"] = parse_jwt("auth.jwt", _table("auth.jwt", t["jwt"]))
     _check("auth", v, {"skew_ms": (">=", 1), "nonce_cache": (">=", 1)})
     if v.get("require_signature") and not hmac_keys:
         _fail("auth.require_signature", "needs at least one [[auth.hmac_keys]] to verify signatures with")
     return AuthConfig(tuple(api_keys), tuple(hmac_keys), **v)
+
+
+def _parse_metrics(t) -> MetricsConfig:
+    v = _typed("metrics", t, MetricsConfig, extra={"scrape_token_env": str})
+    _check("metrics", v, {"scrape_token_env": ("env_of", "scrape_token")})
+    v.pop("scrape_token_env", None)
+    if "scrape_token" in v and len(v["scrape_token"]) < 16:   # a guessable token guards nothing
+        _fail("metrics.scrape_token", "must be at least 16 characters")
+    return MetricsConfig(**v)
 
 
 def provider_settings(key: str, ptype: str, options: dict):
@@ -421,7 +449,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "metrics", "tenants", "policy"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -442,7 +470,11 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    from .tenants import parse_tenants
+    metrics = _parse_metrics(data.get("metrics", {}))
+    policy = PolicyConfig(**_typed("policy", data.get("policy", {}), PolicyConfig))
+    cfg = Config(server, auth, providers, models, audit, metrics,
+                 parse_tenants(_tables("tenants", data.get("tenants", []))), policy)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

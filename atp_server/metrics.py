@@ -74,13 +74,18 @@ class _RequestCollector:
         if m.accountant is not None:
             tokens = CounterMetricFamily("atp_tokens", "Tokens by model and direction",
                                          labels=["model", "direction"])
-            cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros by tenant",
-                                       labels=["tenant"])
+            by_tenant = list(m.accountant.by_tenant.items())
+            if m.tenant_spend:
+                cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros by tenant",
+                                           labels=["tenant"])
+                for tenant, t in by_tenant:
+                    cost.add_metric([tenant], t.cost_usd_micros)
+            else:   # an open /metrics: one tenant's spend is no business of another's
+                cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros, all tenants",
+                                           value=sum(t.cost_usd_micros for _, t in by_tenant))
             for model, t in list(m.accountant.by_model.items()):
                 tokens.add_metric([model, "in"], t.input_tokens)
                 tokens.add_metric([model, "out"], t.output_tokens)
-            for tenant, t in list(m.accountant.by_tenant.items()):
-                cost.add_metric([tenant], t.cost_usd_micros)
             yield tokens
             yield cost
 
@@ -121,9 +126,11 @@ class _AuditCollector:
 
 
 class Metrics:
-    def __init__(self, accountant=None, models=()):
+    def __init__(self, accountant=None, models=(), tenant_spend: bool = True):
         r = self.registry = CollectorRegistry()
         self.accountant = accountant
+        # Spend per tenant only when /metrics needs a scrape token (App): see the collector.
+        self.tenant_spend = tenant_spend
         self._model_labels = frozenset(models) | FIXED_MODEL_LABELS
         self.request_counts: dict[tuple, int] = {}
         self.durations: dict[str, _Histogram] = {}

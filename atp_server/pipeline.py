@@ -18,12 +18,12 @@ from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
 from .stages.admission import AdmissionStage
-from .stages.policy import BasicPolicy, PolicyStage, ValidateStage
+from .stages.policy import PolicyRouteStage, PolicyStage, ValidateStage
 from .stages.record import AccountStage, AuditStage, MetricsStage, ObserverStage
 from .stages.route import RouteStage
 from .types import AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta
 
-__all__ = ["BasicPolicy", "Pipeline", "build_chain"]
+__all__ = ["Pipeline", "build_chain"]
 
 MAX_ATTEMPTS = 3   # first choice + two failovers down the chain, for errors before the first token
 _DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
@@ -44,7 +44,7 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
     if metrics is not None:
         stages.append(MetricsStage(metrics, known))
     stages += [AccountStage(accountant), ValidateStage(), PolicyStage(policy),
-               AdmissionStage(admission), RouteStage(router, clock)]
+               AdmissionStage(admission), RouteStage(router, clock), PolicyRouteStage(router)]
     return StageChain(stages)
 
 
@@ -121,7 +121,7 @@ class _Call:
 
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
-                 accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
+                 accountant: Accountant, audit=None, metrics=None, policy=None,
                  clock=time.monotonic):
         self.router = router
         self.adapters = adapters
@@ -129,6 +129,9 @@ class Pipeline:
         self.accountant = accountant
         self.audit = audit
         self.metrics = metrics
+        if policy is None:      # no policy files: the size caps and allow-by-default
+            from .policy import PolicyHolder
+            policy = PolicyHolder.of_rules("", router.models.values())
         self.policy = policy
         self._ids = 0
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request

@@ -11,7 +11,7 @@ class RequestContext:
     """
 
     __slots__ = ("request", "principal", "transport", "t0", "upstream_ns", "decision", "usage",
-                 "outcome", "code", "finished", "failures")
+                 "outcome", "code", "finished", "failures", "policy")
 
     def __init__(self, request: ChatRequest, principal, transport: str, started_ns: int | None):
         self.request = request
@@ -24,6 +24,7 @@ class RequestContext:
         self.outcome, self.code = "ok", 0          # wire-code name and number at the end
         self.finished = False                      # the result was produced; a later close is not a cancel
         self.failures: list[str] = []              # "model: CODE" of attempts that failed over
+        self.policy = None                         # policy.Decision, set by the policy stage
 
     def overhead_us(self) -> int:
         """Gateway time so far, excluding the provider's own."""

@@ -28,7 +28,8 @@ _E = ErrorCode
 STATUS = {code: (401, "authentication_error") if 200 <= code <= 205 else
           (400, "invalid_request_error") if 100 <= code < 200 else (500, "server_error")
           for code in ErrorCode}                        # code -> (HTTP status, OpenAI error type)
-STATUS.update({_E.FORBIDDEN: (403, "permission_error"), _E.BUDGET_EXCEEDED: (402, "insufficient_quota"),
+STATUS.update({_E.FORBIDDEN: (403, "permission_error"), _E.POLICY_DENIED: (403, "permission_error"),
+               _E.BUDGET_EXCEEDED: (402, "insufficient_quota"),
                _E.INVALID_REQUEST: (400, "invalid_request_error"), _E.UNKNOWN_MODEL: (404, "not_found_error"),
                _E.NO_ROUTE: (422, "invalid_request_error"), _E.UNAVAILABLE: (503, "service_unavailable"),
                _E.UPSTREAM_ERROR: (502, "upstream_error"), _E.UPSTREAM_CUT: (502, "upstream_error"),
@@ -182,6 +183,9 @@ class HttpTransport:
         return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if not self.service.metrics_allowed(request.headers.get("Authorization")):
+            return error_response(AtpError(ErrorCode.UNAUTHENTICATED, "/metrics needs "
+                                           "'Authorization: Bearer <[metrics] scrape_token>'"))
         return web.Response(body=self.service.render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(self, request: web.Request) -> web.Response:
@@ -207,7 +211,7 @@ class HttpTransport:
             body = await request.read()
             if self._require_signature or self._signature_present(headers):
                 self._check_signature(headers, request.method, request.path, body,
-                                           time.time_ns() // 1_000_000)
+                                      time.time_ns() // 1_000_000, principal)
             try:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
