@@ -151,7 +151,7 @@ def _check_record(where: str, r, tenants: frozenset | None) -> StoredKey:
         raise KeyStoreError(f"{where}: must be an object")
 
     def get(name, types, required=True):
-        if name not in r:
+        if r.get(name) is None:      # JSON null = not set (expires, revoked, models)
             if required:
                 raise KeyStoreError(f"{where}.{name}: is required")
             return None

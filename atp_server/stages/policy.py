@@ -30,6 +30,9 @@ class PolicyStage(Stage):
         self.holder = holder        # .policy is swapped whole by a reload: read it per request
 
     def before(self, ctx: RequestContext) -> None:
+        # Whatever tenant the body named, from here on it is the credentials' (a later stage
+        # keying anything on request.tenant can never reach another tenant's entries).
+        ctx.request.tenant = ctx.principal.tenant
         holder = self.holder
         ctx.policy = decision = holder.decide(ctx.principal, ctx.request, ctx.transport,
                                               getattr(ctx, "pii_types", None))
