@@ -212,3 +212,14 @@ def test_an_open_metrics_endpoint_shows_no_spend_per_tenant(tmp_path):
     finally:
         h.stop()
         h.close()
+
+
+def test_frame_sessions_act_as_the_hmac_keys_tenant_and_get_policy_denied(server):
+    from atp_client import AtpClientError, SessionClient
+    before = server.app.accountant.by_tenant["acme"].requests
+    with SessionClient(server.grpc_target, *ACME_HMAC) as s:
+        with pytest.raises(AtpClientError) as info:
+            s.complete("hi", model="sim-high")                 # outside acme's restriction
+        assert info.value.code == ErrorCode.POLICY_DENIED
+        assert s.complete("hi", tenant="globex", max_tokens=2).output_tokens == 2
+    assert server.app.accountant.by_tenant["acme"].requests == before + 1
