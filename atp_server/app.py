@@ -89,6 +89,7 @@ class App:
             scrape_token=config.metrics.scrape_token)
         self.transports: list = []
         self.ports = BoundPorts()
+        self.pid_owner: int | None = None        # the pid `atp reload` signals, when not ours
 
     @property
     def draining(self) -> bool:
@@ -151,8 +152,9 @@ class App:
         # reach, so a full collection walks only per-request garbage (shorter tail pauses).
         gc.collect()
         gc.freeze()
-        from .reload import write_pid
-        write_pid(state_dir(self.config))       # `atp reload` signals this process
+        if self.pid_owner is None:               # else a parent process wrote its own pid
+            from .reload import write_pid
+            write_pid(state_dir(self.config))   # `atp reload` signals this process
         if on_started is not None:
             on_started(self.ports)
         log.info("ATP serving: http=%s grpc=%s quic=%s", self.ports.http, self.ports.grpc, self.ports.quic)

@@ -24,6 +24,7 @@ class Reloader:
         self.generation = 0           # reloads put in force since start
         self.last_error = ""
         self.status_dir = status_dir
+        self.owner_pid: int | None = None     # the pid in the pid file, when a parent's (workers)
 
     def add(self, name: str, prepare) -> None:
         """Register another reloadable part (limits, budgets...) with the same contract."""
@@ -51,7 +52,8 @@ class Reloader:
         if self.status_dir is None:
             return
         text = json.dumps({"ok": ok, "generation": self.generation, "error": self.last_error,
-                           "pid": os.getpid(), "at": time.time()})
+                           "pid": self.owner_pid or os.getpid(), "worker": os.getpid(),
+                           "at": time.time()})
         path = Path(self.status_dir) / STATUS_FILE
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:

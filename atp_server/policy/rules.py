@@ -38,6 +38,7 @@ class Rule:
     check: object                    # fn(facts) -> bool, the conditions that do not read the model
     check_model: object              # fn(facts, spec) -> bool, or None when no condition reads it
     source: str                      # "file.toml: rules[3]"
+    conditions: tuple = ()           # (name, pred, reads the model): for explanations only
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,15 +149,17 @@ def compile_rule(where: str, t: dict, seen: set) -> Rule:
     when = t.get("when", {})
     if not isinstance(when, dict):
         _fail(f"{where}.when", "must be a table of conditions")
-    plain, on_model = [], []
+    plain, on_model, conditions = [], [], []
     for name, value in when.items():
         pred = _compile_condition(f"{where}.when.{name}", name, value)
         (on_model if name in MODEL_KEYS else plain).append(pred)
+        conditions.append((name, pred, name in MODEL_KEYS))
     reason = t.get("reason", "")
     if not isinstance(reason, str):
         _fail(f"{where}.reason", "must be a string")
     check = _all(plain) or (lambda f: True)
-    return Rule(rid, priority, effect, reason, dict(when), models, check, _all(on_model), where)
+    return Rule(rid, priority, effect, reason, dict(when), models, check, _all(on_model), where,
+                tuple(conditions))
 
 
 def parse_policy(data: dict, where: str, known_models: frozenset) -> tuple[list[Rule], dict, dict]:
