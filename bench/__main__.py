@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "load": "bench.load.cli",     # open/closed-loop load on gRPC, Session, QUIC, HTTP (+ bare grpc echo)
     "routing": "bench.routing.cli",
     "stages": "bench.stages.cli",   # µs per pipeline stage (before + after), in process  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
+    "policy": "bench.policy_eval",   # µs per policy decision, 20 rules: compiled closures vs cedarpy
 }
 
 

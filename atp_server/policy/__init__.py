@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from codec.errors import ErrorCode
 
 from ..types import AtpError
-from .rules import PolicyError, PolicySet, load_policy_files
+from .rules import PolicyError, PolicySet, load_policy_files, make_policy_set
 
 __all__ = ["Decision", "Facts", "PolicyError", "PolicyHolder", "PolicySet"]
 
@@ -34,7 +34,8 @@ class Facts:
                  "capabilities", "transport", "pii", "hour", "weekday", "prompt_chars",
                  "max_tokens", "model_attributes")
 
-    def __init__(self, principal, request, transport: str, pii, wall_s: float, model_attributes):
+    def __init__(self, principal, request, transport: str, pii, wall_s: float, model_attributes,
+                 prompt_chars: int | None = None):
         self.tenant, self.user, self.groups = principal.tenant, principal.user, principal.groups
         self.key = principal.key_id or principal.name
         self.attributes = principal.attributes
@@ -45,10 +46,10 @@ class Facts:
         self.tools = frozenset(tools.split(",")) if tools else frozenset()
         self.capabilities = frozenset(request.capabilities)
         self.transport = transport
-        self.pii = frozenset(pii or ())
+        self.pii = pii if type(pii) is frozenset else frozenset(pii or ())
         t = time.gmtime(wall_s)
         self.hour, self.weekday = t.tm_hour, t.tm_wday
-        self.prompt_chars = request.prompt_chars()
+        self.prompt_chars = request.prompt_chars() if prompt_chars is None else prompt_chars
         self.max_tokens = request.max_tokens
         self.model_attributes = model_attributes
 
@@ -93,10 +94,7 @@ class PolicyHolder:
         from .rules import parse_policy
         specs = {m.id: m for m in models}
         rules, settings, attrs = parse_policy(tomllib.loads(toml_text), "<policy>", frozenset(specs))
-        settings = {**DEFAULTS, **settings}
-        rules.sort(key=lambda r: -r.priority)
-        return cls(PolicySet(tuple(rules), settings["default"], settings["max_prompt_chars"],
-                             settings["max_tokens"], attrs), (), specs, **kw)
+        return cls(make_policy_set(rules, {**DEFAULTS, **settings}, attrs), (), specs, **kw)
 
     def prepare_reload(self):
         policy = load_policy_files(self.files, frozenset(self.models), DEFAULTS)
@@ -128,7 +126,7 @@ class PolicyHolder:
 
     def decide_facts(self, facts: Facts, pinned: str | None, scope: frozenset | None) -> Decision:
         p = self.policy
-        live = [r for r in p.rules if r.check(facts)]
+        live = [r for r in p.candidates(facts.tenant) if r.check(facts)]
         if pinned is not None:
             spec = self.models.get(pinned)
             if scope is not None and pinned not in scope:
@@ -180,7 +178,7 @@ class PolicyHolder:
         if request.max_tokens is not None and request.max_tokens > p.max_tokens:
             raise AtpError(ErrorCode.POLICY_DENIED, f"max_tokens {request.max_tokens} exceeds "
                            f"policy limit {p.max_tokens}")
-        facts = Facts(principal, request, transport, pii, self.wall(), p.model_attributes)
+        facts = Facts(principal, request, transport, pii, self.wall(), p.model_attributes, chars)
         return self.decide_facts(facts, request.model, principal.models)
 
     def enforce(self, decision: Decision, request_id: str) -> None:

@@ -48,6 +48,24 @@ class PolicySet:
     max_prompt_chars: int
     max_tokens: int
     model_attributes: dict           # model id -> {"region": ..., ...} from [models."id"]
+    by_tenant: dict = None           # tenant -> the rules that can match it, in walk order
+    any_tenant: tuple = ()           # the rules without a tenant condition (other tenants)
+
+    def candidates(self, tenant: str) -> tuple:
+        """The rules worth checking for `tenant`: a rule naming other tenants never matches."""
+        return self.by_tenant.get(tenant, self.any_tenant)
+
+
+def make_policy_set(rules: list, settings: dict, attrs: dict) -> PolicySet:
+    rules = sorted(rules, key=lambda r: -r.priority)     # stable: file order among equals
+    def tenants_of(r):      # `when.tenant = "a"` is a list of one, not a string to search
+        t = r.when.get("tenant")
+        return (t,) if isinstance(t, str) else t
+    named = {t for r in rules for t in tenants_of(r) or ()}
+    by_tenant = {t: tuple(r for r in rules if t in (tenants_of(r) or (t,))) for t in named}
+    return PolicySet(tuple(rules), settings["default"], settings["max_prompt_chars"],
+                     settings["max_tokens"], attrs, by_tenant,
+                     tuple(r for r in rules if "tenant" not in r.when))
 
 
 def _fail(where: str, problem: str):
@@ -96,11 +114,25 @@ def _compile_condition(where: str, name: str, value):
     if name == "pii":
         if "*" in items:
             return lambda f: bool(f.pii)
-        return lambda f: not items.isdisjoint(f.pii)
-    field = {"group": "groups", "tool": "tools", "capability": "capabilities"}.get(name)
-    if field is not None:                      # set-valued facts: any overlap
-        return lambda f: not items.isdisjoint(getattr(f, field))
-    return lambda f: getattr(f, name) in items   # tenant, user, key, classification, transport
+        disjoint = items.isdisjoint
+        return lambda f: not disjoint(f.pii)
+    # One closure per fact, each reading its attribute directly (getattr(f, name) costs twice).
+    overlap = items.isdisjoint
+    if name == "group":
+        return lambda f: not overlap(f.groups)
+    if name == "tool":
+        return lambda f: not overlap(f.tools)
+    if name == "capability":
+        return lambda f: not overlap(f.capabilities)
+    if name == "tenant":
+        return lambda f: f.tenant in items
+    if name == "user":
+        return lambda f: f.user in items
+    if name == "key":
+        return lambda f: f.key in items
+    if name == "classification":
+        return lambda f: f.classification in items
+    return lambda f: f.transport in items
 
 
 def _strings(where: str, value) -> list[str]:
@@ -111,17 +143,22 @@ def _strings(where: str, value) -> list[str]:
     return value
 
 
-def _all(preds: list):
-    """One closure for a conjunction, unrolled for the common sizes (each level saves a call)."""
+def _all(preds: list, arity: int = 1):
+    """One closure for a conjunction, unrolled for the common sizes (each level saves a call;
+    fixed arities, not *args, which cost a tuple per call)."""
     if not preds:
         return None
     if len(preds) == 1:
         return preds[0]
     if len(preds) == 2:
         a, b = preds
-        return lambda *x: a(*x) and b(*x)
-    first, rest = preds[0], _all(preds[1:])
-    return lambda *x: first(*x) and rest(*x)
+        return (lambda f: a(f) and b(f)) if arity == 1 else (lambda f, m: a(f, m) and b(f, m))
+    if len(preds) == 3:
+        a, b, c = preds
+        return ((lambda f: a(f) and b(f) and c(f)) if arity == 1
+                else (lambda f, m: a(f, m) and b(f, m) and c(f, m)))
+    first, rest = preds[0], _all(preds[1:], arity)
+    return (lambda f: first(f) and rest(f)) if arity == 1 else (lambda f, m: first(f, m) and rest(f, m))
 
 
 def compile_rule(where: str, t: dict, seen: set) -> Rule:
@@ -158,7 +195,7 @@ def compile_rule(where: str, t: dict, seen: set) -> Rule:
     if not isinstance(reason, str):
         _fail(f"{where}.reason", "must be a string")
     check = _all(plain) or (lambda f: True)
-    return Rule(rid, priority, effect, reason, dict(when), models, check, _all(on_model), where,
+    return Rule(rid, priority, effect, reason, dict(when), models, check, _all(on_model, 2), where,
                 tuple(conditions))
 
 
@@ -217,6 +254,4 @@ def load_policy_files(paths, known_models: frozenset, defaults: dict) -> PolicyS
         rules += file_rules
         settings.update(file_settings)
         attrs.update(file_attrs)
-    rules.sort(key=lambda r: -r.priority)        # stable: file order among equal priorities
-    return PolicySet(tuple(rules), settings["default"], settings["max_prompt_chars"],
-                     settings["max_tokens"], attrs)
+    return make_policy_set(rules, settings, attrs)

@@ -244,3 +244,9 @@ def test_reload_is_atomic_a_bad_file_keeps_the_old_rules(tmp_path):
     path.write_text("")
     assert app.reloader.reload() is True
     assert app.policy.decide(who(), ask(), "t").allowed
+
+
+def test_a_single_tenant_string_is_one_name_not_a_substring(models):
+    h = holder(models, '[[rules]]\nid = "r"\neffect = "deny"\nwhen.tenant = "acme-corp"\n')
+    assert not h.decide(who("acme-corp"), ask(), "http").allowed
+    assert h.decide(who("acme"), ask(), "http").allowed
