@@ -73,6 +73,7 @@ class App:
             self.metrics.track_audit(self.audit)
         from .policy import PolicyHolder
         self.policy = PolicyHolder.from_config(config)   # raises ConfigError for a bad policy file
+        self.metrics.track_policy(self.policy)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, policy=self.policy)
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()

@@ -125,6 +125,21 @@ class _AuditCollector:
                                   "door, not kept while the audit buffer was full", value=a.dropped)
 
 
+class _PolicyCollector:
+    def __init__(self, holder):
+        self.holder = holder
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        fam = CounterMetricFamily("atp_policy_decisions", "Policy decisions by deciding rule and "
+                                  "verdict (allow, deny, dry_run_deny)", labels=["rule", "verdict"])
+        for (rule, verdict), n in list(self.holder.counts.items()):
+            fam.add_metric([rule, verdict], n)
+        yield fam
+
+
 class Metrics:
     def __init__(self, accountant=None, models=(), tenant_spend: bool = True):
         r = self.registry = CollectorRegistry()
@@ -143,6 +158,10 @@ class Metrics:
         self.protocol_errors = _CodeLabelled(Counter(
             "atp_protocol_errors", "Sessions closed by a protocol error", ["transport", "code"],
             registry=r))
+
+    def track_policy(self, holder) -> None:
+        """Export the policy's decisions by deciding rule and verdict (rule ids: configuration)."""
+        self.registry.register(_PolicyCollector(holder))
 
     def track_audit(self, audit) -> None:
         """Export an AuditLog's state: rows waiting, health, write errors, refusals."""

@@ -76,6 +76,9 @@ class PolicyHolder:
         self.dry_run = dry_run
         self.wall = wall
         self.redaction_available = False      # set by a redaction stage that honours Decision.redact
+        # (rule id, "allow" | "deny" | "dry_run_deny") -> count; rule ids come from the policy
+        # files, so the series are bounded by configuration (metrics.track_policy exports them)
+        self.counts: dict[tuple[str, str], int] = {}
 
     @classmethod
     def from_config(cls, config) -> "PolicyHolder":
@@ -183,6 +186,10 @@ class PolicyHolder:
 
     def enforce(self, decision: Decision, request_id: str) -> None:
         """Refuse a denial (POLICY_DENIED); in dry-run only log what would have happened."""
+        verdict = "allow" if decision.allowed else "dry_run_deny" if self.dry_run else "deny"
+        key = (decision.rule, verdict)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
         if decision.allowed:
             return
         if self.dry_run:

@@ -250,3 +250,19 @@ def test_a_single_tenant_string_is_one_name_not_a_substring(models):
     h = holder(models, '[[rules]]\nid = "r"\neffect = "deny"\nwhen.tenant = "acme-corp"\n')
     assert not h.decide(who("acme-corp"), ask(), "http").allowed
     assert h.decide(who("acme"), ask(), "http").allowed
+
+
+def test_decisions_are_audited_and_counted_by_rule(tmp_path):
+    app = app_with_policy(tmp_path, DENY_ACME, dry_run=True)
+    rows = []
+    record = app.audit.record
+    app.audit.record = lambda *a: (rows.append(a), record(*a))
+    run(app, who(), ask())
+    run(app, who("globex"), ask())
+    details = [r[-1] for r in rows]
+    assert details[0]["policy_rule"] == "deny-acme" and details[0]["policy"] == "deny"
+    assert details[0]["policy_dry_run"] is True
+    assert details[1]["policy_rule"] == "default" and details[1]["policy"] == "allow"
+    text = app.metrics.render().decode()
+    assert 'atp_policy_decisions_total{rule="deny-acme",verdict="dry_run_deny"} 1.0' in text
+    assert 'atp_policy_decisions_total{rule="default",verdict="allow"} 1.0' in text
