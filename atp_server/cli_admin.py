@@ -84,7 +84,7 @@ def cmd_policy_test(args) -> int:
     try:
         with open(args.request, "rb") as f:
             doc = json.load(f)
-        result = explain(holder, doc)
+        result = explain(holder, doc, cfg.tenants)
     except (OSError, ValueError) as exc:
         print(f"atp: {args.request}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -98,7 +98,8 @@ def cmd_policy_test(args) -> int:
         if result["require_redaction"]:
             print("  redaction required")
         for t in result["trace"]:
-            mark = "match" if t["matched"] else f"no ({t['failed']})"
+            mark = ("not reached" if not t["reached"] else "match" if t["matched"]
+                    else f"no ({t['failed']})")
             print(f"  [{t['priority']:>4}] {t['rule']:<24} {t['effect']:<17} {mark}")
     return EXIT_OK if result["allowed"] else EXIT_FAILED
 

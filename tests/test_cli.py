@@ -462,7 +462,7 @@ def test_policy_test_shows_the_deciding_rule_and_why(tmp_path, capsys):
     assert result["allowed"] and result["rule"] == "default"
     assert result["trace"] == [{"rule": "no-high-for-staff", "priority": 10, "effect": "deny",
                                 "source": f"{tmp_path / 'policy.toml'}: rules[0]",
-                                "matched": False, "failed": "group"}]
+                                "matched": False, "failed": "group", "reached": True}]
     case.write_text(json.dumps({"principal": {"colour": "red"}}))
     assert cli.main(["policy", "test", str(case), "--config", cfg]) == 2
     assert "principal.colour" in capsys.readouterr().err

@@ -16,8 +16,9 @@ def _expect(where: str, value, types, what: str):
     return value
 
 
-def parse_case(doc) -> tuple[Principal, ChatRequest, str, tuple, float]:
-    """The JSON test case -> (principal, request, transport, pii types, wall time)."""
+def parse_case(doc, tenants=()) -> tuple[Principal, ChatRequest, str, tuple, float]:
+    """The JSON test case -> (principal, request, transport, pii types, wall time); the
+    principal gets its configured tenant's attributes and its user's groups, as a server's would."""
     _expect("(document)", doc, dict, "an object")
     for k in doc:
         if k not in REQUEST_KEYS:
@@ -27,11 +28,16 @@ def parse_case(doc) -> tuple[Principal, ChatRequest, str, tuple, float]:
         if k not in PRINCIPAL_KEYS:
             raise ValueError(f"principal.{k}: unknown key (known: {', '.join(sorted(PRINCIPAL_KEYS))})")
     models = p.get("models")
+    tenant = _expect("principal.tenant", p.get("tenant", "default"), str, "a string")
+    user = _expect("principal.user", p.get("user", ""), str, "a string")
+    configured = next((t for t in tenants if t.name == tenant), None)
+    groups = frozenset(_expect("principal.groups", p.get("groups", []), list, "a list"))
+    attributes = dict(_expect("principal.attributes", p.get("attributes", {}), dict, "an object"))
+    if configured is not None:
+        groups |= configured.users.get(user, frozenset())
+        attributes = {**configured.attributes, **attributes}
     principal = Principal(
-        _expect("principal.tenant", p.get("tenant", "default"), str, "a string"),
-        p.get("key", "test"), "api_key", p.get("user", ""),
-        frozenset(_expect("principal.groups", p.get("groups", []), list, "a list")),
-        dict(_expect("principal.attributes", p.get("attributes", {}), dict, "an object")),
+        tenant, p.get("key", "test"), "api_key", user, groups, attributes,
         None if models is None else frozenset(_expect("principal.models", models, list, "a list")),
         p.get("key", "test"))
     r = _expect("request", doc.get("request", {}), dict, "an object")
@@ -48,15 +54,19 @@ def parse_case(doc) -> tuple[Principal, ChatRequest, str, tuple, float]:
             tuple(doc.get("pii", ())), wall)
 
 
-def explain(holder: PolicyHolder, doc) -> dict:
+def explain(holder: PolicyHolder, doc, tenants=()) -> dict:
     """The decision, plus each rule in walk order with the first condition that failed."""
-    principal, request, transport, pii, wall = parse_case(doc)
+    principal, request, transport, pii, wall = parse_case(doc, tenants)
     holder.wall = lambda: wall
     decision = holder.decide(principal, request, transport, pii)
     facts = Facts(principal, request, transport, pii, wall, holder.policy.model_attributes)
     spec = holder.models.get(request.model) if request.model else None
-    trace = []
+    trace, decided = [], False
     for r in holder.policy.rules:
+        if decided:      # the walk ended at an allow/deny above: this rule was not read
+            trace.append({"rule": r.id, "priority": r.priority, "effect": r.effect,
+                          "source": r.source, "matched": False, "failed": None, "reached": False})
+            continue
         failed = None
         for name, pred, on_model in r.conditions:
             if on_model:
@@ -70,7 +80,11 @@ def explain(holder: PolicyHolder, doc) -> dict:
                 failed = name
                 break
         trace.append({"rule": r.id, "priority": r.priority, "effect": r.effect,
-                      "source": r.source, "matched": failed is None, "failed": failed})
+                      "source": r.source, "matched": failed is None, "failed": failed,
+                      "reached": True})
+        decided = failed is None and spec is not None and (
+            r.effect in ("allow", "deny")
+            or (r.effect == "restrict_models" and spec.id not in r.models))
     return {"allowed": decision.allowed, "rule": decision.rule, "reason": decision.reason,
             "models": None if decision.models is None else sorted(decision.models),
             "require_redaction": decision.redact, "matched": list(decision.matched),
