@@ -470,11 +470,12 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    from .tenants import parse_tenants
+    from .tenants import check_tenant_refs, parse_tenants
     metrics = _parse_metrics(data.get("metrics", {}))
     policy = PolicyConfig(**_typed("policy", data.get("policy", {}), PolicyConfig))
-    cfg = Config(server, auth, providers, models, audit, metrics,
-                 parse_tenants(_tables("tenants", data.get("tenants", []))), policy)
+    tenants = parse_tenants(_tables("tenants", data.get("tenants", [])))
+    check_tenant_refs(auth, tenants)
+    cfg = Config(server, auth, providers, models, audit, metrics, tenants, policy)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

@@ -115,6 +115,18 @@ def parse_tenants(tables: list[dict]) -> tuple[Tenant, ...]:
     return tuple(out)
 
 
+def check_tenant_refs(auth, tenants: tuple[Tenant, ...]) -> None:
+    """With [[tenants]] configured, every configured key names one of them (or "default")."""
+    if not tenants:
+        return
+    names = {t.name for t in tenants} | {"default"}
+    for section, keys in (("auth.api_keys", auth.api_keys), ("auth.hmac_keys", auth.hmac_keys)):
+        for i, k in enumerate(keys):
+            if k.tenant not in names:
+                _err(f"{section}[{i}].tenant", f"{k.tenant!r} is not a [[tenants]] name "
+                     f"(known: {', '.join(sorted(names))})")
+
+
 def parse_jwt(key: str, t: dict) -> JwtConfig:
     known = {f: f for f in JwtConfig.__dataclass_fields__}
     for name in t:

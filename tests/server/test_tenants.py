@@ -45,6 +45,8 @@ users = { alice = ["admins", "ml"], bob = [] }
     ('[auth.jwt]\njwks_file = "f"\nissuer = "i"\naudience = "a"\nalgorithms = ["none"]\n',
      "auth.jwt.algorithms"),
     ('[metrics]\nscrape_token = "short"\n', "metrics.scrape_token"),
+    ('[[tenants]]\nname = "a"\n[[auth.api_keys]]\nname = "k"\nsha256 = "' + "0" * 64
+     + '"\ntenant = "b"\n', "auth.api_keys[0].tenant"),
     ('[policy]\nfiles = ["/nonexistent/policy.toml"]\n', "policy.files"),
 ])
 def test_bad_tenant_jwt_metrics_and_policy_settings_name_the_key(toml, key):
