@@ -144,6 +144,7 @@ class App:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)   # `atp reload`
+        self.reloader.announce()     # the files in force now, and that SIGHUP is handled
         try:
             await self.start(**start_kwargs)
         except BaseException:

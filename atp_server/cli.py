@@ -274,22 +274,18 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
                 os._exit(code)
         children.append(pid)
 
-    def forward(signum, _frame) -> None:
+    def forward(signum, _frame) -> None:     # SIGINT and SIGTERM stop workers; SIGHUP reloads
         for child in children:
             try:
-                os.kill(child, _signal.SIGTERM)
+                os.kill(child, _signal.SIGHUP if signum == _signal.SIGHUP else _signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
     _signal.signal(_signal.SIGTERM, forward)
     _signal.signal(_signal.SIGINT, forward)
 
-    def forward_reload(signum, _frame) -> None:
-        for child in children:
-            try:
-                os.kill(child, _signal.SIGHUP)
-            except ProcessLookupError:
-                pass
+    def forward_reload(signum, _frame) -> None:   # `atp reload`: every worker reloads
+        forward(_signal.SIGHUP, None)
     _signal.signal(_signal.SIGHUP, forward_reload)
     from .reload import write_pid
     write_pid(atp_config.state_dir(cfg))

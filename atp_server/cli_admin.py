@@ -4,7 +4,7 @@ import sys
 import time
 
 from . import config as atp_config
-from .reload import read_status, signal_server
+from .reload import PID_FILE, read_status, signal_server, workers_of
 from .tenants import KeyFile, KeyStoreError, keys_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -116,24 +116,37 @@ def cmd_reload(args) -> int:
         print(f"atp: reload refused, nothing changed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     directory = atp_config.state_dir(cfg)
-    before = read_status(directory) or {}
+    try:
+        pid = int((directory / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    workers = workers_of(pid) if pid else []
+    sources = workers or [None]          # None: the single server's reload.json
+    before = {w: (read_status(directory, w) or {}).get("at") for w in sources}
     try:
         pid = signal_server(directory)
     except (OSError, ValueError) as exc:
         print(f"atp: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        status = read_status(directory)
-        if status and status.get("pid") == pid and status.get("at", 0) != before.get("at"):
-            if status["ok"]:
-                print(f"reloaded (server pid {pid}, generation {status['generation']})")
-                return EXIT_OK
-            print(f"atp: server refused the reload, old rules stay: {status['error']}", file=sys.stderr)
-            return EXIT_FAILED
-        time.sleep(_POLL_S)
-    print(f"atp: server pid {pid} did not answer within {args.timeout}s", file=sys.stderr)
-    return EXIT_FAILED
+    deadline, answers = time.monotonic() + args.timeout, {}
+    while time.monotonic() < deadline and len(answers) < len(sources):
+        for w in sources:
+            status = read_status(directory, w)
+            if status and status.get("pid") == pid and status.get("at") != before[w]:
+                answers[w] = status
+        if len(answers) < len(sources):
+            time.sleep(_POLL_S)
+    if len(answers) < len(sources):
+        print(f"atp: server pid {pid} did not answer within {args.timeout}s "
+              f"({len(answers)} of {len(sources)} workers did)", file=sys.stderr)
+        return EXIT_FAILED
+    refused = [s for s in answers.values() if not s["ok"]]
+    if refused:
+        print(f"atp: server refused the reload, old rules stay: {refused[0]['error']}", file=sys.stderr)
+        return EXIT_FAILED
+    generation = max(s["generation"] for s in answers.values())
+    print(f"reloaded (server pid {pid}, {len(answers)} process(es), generation {generation})")
+    return EXIT_OK
 
 
 def add_parsers(sub, raw_formatter) -> None:

@@ -16,6 +16,8 @@ log = logging.getLogger("atp.reload")
 
 PID_FILE = "atp.pid"                 # in the state dir: the serving process, for `atp reload`
 STATUS_FILE = "reload.json"          # in the state dir: the outcome of the last reload
+# With --workers N each worker also writes reload.<its pid>.json: `atp reload` waits for all.
+WORKER_STATUS = "reload.{pid}.json"
 
 
 class Reloader:
@@ -48,19 +50,26 @@ class Reloader:
         self._status(True)
         return True
 
+    def announce(self) -> None:
+        """Write the status once the reload signal is handled (workers: `atp reload` waits for
+        the ones that announced)."""
+        self._status(True)
+
     def _status(self, ok: bool) -> None:
         if self.status_dir is None:
             return
         text = json.dumps({"ok": ok, "generation": self.generation, "error": self.last_error,
                            "pid": self.owner_pid or os.getpid(), "worker": os.getpid(),
                            "at": time.time()})
-        path = Path(self.status_dir) / STATUS_FILE
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.error("cannot write %s: %s", path, exc)
+        names = [STATUS_FILE] + ([WORKER_STATUS.format(pid=os.getpid())] if self.owner_pid else [])
+        for name in names:
+            path = Path(self.status_dir) / name
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.error("cannot write %s: %s", path, exc)
 
 
 def write_pid(directory: Path) -> None:
@@ -81,8 +90,18 @@ def signal_server(directory: Path) -> int:
     return pid
 
 
-def read_status(directory: Path) -> dict | None:
+def read_status(directory: Path, worker: int | None = None) -> dict | None:
+    name = STATUS_FILE if worker is None else WORKER_STATUS.format(pid=worker)
     try:
-        return json.loads((Path(directory) / STATUS_FILE).read_text(encoding="utf-8"))
+        return json.loads((Path(directory) / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes of an `atp serve --workers N` parent (none for a single server)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]

@@ -531,3 +531,34 @@ def test_reload_without_a_restart_keys_and_policy_atomically(tmp_path):
         log.seek(0)
         print(log.read())
         log.close()
+
+
+def test_reload_reaches_every_worker(tmp_path):
+    http = free_port(socket.SOCK_STREAM)
+    cfg = tenant_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(atp_config.dev_auth_toml(),
+                                           atp_config.dev_auth_toml(hmac=False)))
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
+                             "--http-port", str(http), "--grpc-port", str(free_port(socket.SOCK_STREAM)),
+                             "--no-quic", "--workers", "2"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_ready(http, proc)
+        deadline = time.monotonic() + 30   # both workers handle SIGHUP once they announced
+        while len(list(tmp_path.glob("reload.*.json"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = atp("keys", "create", "--config", str(cfg), "--tenant", "acme", "--name", "w",
+                "--no-reload", "--json")
+        key = json.loads(r.stdout)["key"]
+        r = atp("reload", "--config", str(cfg))
+        assert r.returncode == 0 and "2 process(es)" in r.stdout, r.stdout + r.stderr
+        workers = {json.loads(p.read_text())["worker"] for p in tmp_path.glob("reload.*.json")}
+        assert len(workers) == 2 and proc.pid not in workers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.seek(0)
+        print(log.read())
+        log.close()
+    assert key.startswith("atp_")

@@ -11,16 +11,8 @@ from atp_server.auth import Authenticator
 from atp_server.tenants import KeyStoreError, Tenant, parse_jwt
 from atp_server.types import AtpError
 from codec.errors import ErrorCode
+from tests.test_config import MINIMAL
 
-MINIMAL = """
-[[providers]]
-name = "sim"
-type = "simulated"
-
-[[models]]
-id = "m"
-provider = "sim"
-"""
 
 
 def test_tenants_parse_with_attributes_and_users():
