@@ -47,8 +47,11 @@ class Facts:
         self.capabilities = frozenset(request.capabilities)
         self.transport = transport
         self.pii = pii if type(pii) is frozenset else frozenset(pii or ())
-        t = time.gmtime(wall_s)
-        self.hour, self.weekday = t.tm_hour, t.tm_wday
+        if wall_s is None:            # no rule reads the clock
+            self.hour = self.weekday = -1
+        else:
+            t = time.gmtime(wall_s)
+            self.hour, self.weekday = t.tm_hour, t.tm_wday
         self.prompt_chars = request.prompt_chars() if prompt_chars is None else prompt_chars
         self.max_tokens = request.max_tokens
         self.model_attributes = model_attributes
@@ -79,6 +82,7 @@ class PolicyHolder:
         # (rule id, "allow" | "deny" | "dry_run_deny") -> count; rule ids come from the policy
         # files, so the series are bounded by configuration (metrics.track_policy exports them)
         self.counts: dict[tuple[str, str], int] = {}
+        self._plain_cache: tuple | None = None
 
     @classmethod
     def from_config(cls, config) -> "PolicyHolder":
@@ -181,8 +185,20 @@ class PolicyHolder:
         if request.max_tokens is not None and request.max_tokens > p.max_tokens:
             raise AtpError(ErrorCode.POLICY_DENIED, f"max_tokens {request.max_tokens} exceeds "
                            f"policy limit {p.max_tokens}")
-        facts = Facts(principal, request, transport, pii, self.wall(), p.model_attributes, chars)
+        if principal.models is None and not p.candidates(principal.tenant):
+            return self._plain(p)      # no rule can match this tenant: skip gathering facts
+        facts = Facts(principal, request, transport, pii, self.wall() if p.needs_clock else None,
+                      p.model_attributes, chars)
         return self.decide_facts(facts, request.model, principal.models)
+
+    def _plain(self, p: PolicySet) -> Decision:
+        """The default's decision for a rule set, built once per rule set (reload replaces it)."""
+        cached = self._plain_cache
+        if cached is None or cached[0] is not p:
+            ok = p.default == "allow"
+            cached = self._plain_cache = (p, Decision(ok, "default", f"no rule decided: default "
+                                                      f"{p.default}", None, False, (), self.dry_run))
+        return cached[1]
 
     def enforce(self, decision: Decision, request_id: str) -> None:
         """Refuse a denial (POLICY_DENIED); in dry-run only log what would have happened."""

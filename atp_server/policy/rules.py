@@ -50,6 +50,7 @@ class PolicySet:
     model_attributes: dict           # model id -> {"region": ..., ...} from [models."id"]
     by_tenant: dict = None           # tenant -> the rules that can match it, in walk order
     any_tenant: tuple = ()           # the rules without a tenant condition (other tenants)
+    needs_clock: bool = False        # a rule reads the hour or weekday (else no gmtime per request)
 
     def candidates(self, tenant: str) -> tuple:
         """The rules worth checking for `tenant`: a rule naming other tenants never matches."""
@@ -65,7 +66,8 @@ def make_policy_set(rules: list, settings: dict, attrs: dict) -> PolicySet:
     by_tenant = {t: tuple(r for r in rules if t in (tenants_of(r) or (t,))) for t in named}
     return PolicySet(tuple(rules), settings["default"], settings["max_prompt_chars"],
                      settings["max_tokens"], attrs, by_tenant,
-                     tuple(r for r in rules if "tenant" not in r.when))
+                     tuple(r for r in rules if "tenant" not in r.when),
+                     any("hours_utc" in r.when or "weekdays" in r.when for r in rules))
 
 
 def _fail(where: str, problem: str):
