@@ -1,4 +1,5 @@
 """The `atp` command line: help texts, config errors, and `atp serve` end to end as a subprocess."""
+import contextlib
 import importlib
 import json
 import os
@@ -468,6 +469,24 @@ def test_policy_test_shows_the_deciding_rule_and_why(tmp_path, capsys):
     assert "principal.colour" in capsys.readouterr().err
 
 
+@contextlib.contextmanager
+def serving(tmp_path, cfg, http: int, *flags):
+    """`atp serve --config cfg` in a subprocess, ready on `http`; SIGTERM and its log at the end."""
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
+                             "--http-port", str(http), *flags],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_ready(http, proc)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.seek(0)
+        print(log.read())       # shown by pytest on failure
+        log.close()
+
+
 def wait_status_change(path, before: str, timeout: float = 15) -> dict:
     """The server's reload verdict, once it differs from `before` (another process: no event)."""
     deadline = time.monotonic() + timeout
@@ -482,11 +501,6 @@ def wait_status_change(path, before: str, timeout: float = 15) -> dict:
 def test_reload_without_a_restart_keys_and_policy_atomically(tmp_path):
     http = free_port(socket.SOCK_STREAM)
     cfg = tenant_config(tmp_path)
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
-                             "--http-port", str(http), "--no-grpc", "--no-quic"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
     def chat(key: str, model: str = "sim-high") -> int:
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{http}/v1/chat/completions", data=body,
@@ -497,8 +511,7 @@ def test_reload_without_a_restart_keys_and_policy_atomically(tmp_path):
                 return r.status
         except urllib.error.HTTPError as exc:
             return exc.code
-    try:
-        wait_ready(http, proc)
+    with serving(tmp_path, cfg, http, "--no-grpc", "--no-quic") as proc:
         r = atp("keys", "create", "--config", str(cfg), "--tenant", "acme", "--name", "alice-key",
                 "--user", "alice", "--no-reload", "--json")
         key = json.loads(r.stdout)["key"]
@@ -525,12 +538,6 @@ def test_reload_without_a_restart_keys_and_policy_atomically(tmp_path):
         r = atp("reload", "--config", str(cfg))
         assert r.returncode == 0, r.stderr
         assert chat(key, "sim-fast") == 401                     # revoked, without a restart
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-        log.seek(0)
-        print(log.read())
-        log.close()
 
 
 def test_reload_reaches_every_worker(tmp_path):
@@ -538,13 +545,8 @@ def test_reload_reaches_every_worker(tmp_path):
     cfg = tenant_config(tmp_path)
     cfg.write_text(cfg.read_text().replace(atp_config.dev_auth_toml(),
                                            atp_config.dev_auth_toml(hmac=False)))
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
-                             "--http-port", str(http), "--grpc-port", str(free_port(socket.SOCK_STREAM)),
-                             "--no-quic", "--workers", "2"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        wait_ready(http, proc)
+    grpc = str(free_port(socket.SOCK_STREAM))
+    with serving(tmp_path, cfg, http, "--grpc-port", grpc, "--no-quic", "--workers", "2") as proc:
         deadline = time.monotonic() + 30   # both workers handle SIGHUP once they announced
         while len(list(tmp_path.glob("reload.*.json"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -554,11 +556,4 @@ def test_reload_reaches_every_worker(tmp_path):
         r = atp("reload", "--config", str(cfg))
         assert r.returncode == 0 and "2 process(es)" in r.stdout, r.stdout + r.stderr
         workers = {json.loads(p.read_text())["worker"] for p in tmp_path.glob("reload.*.json")}
-        assert len(workers) == 2 and proc.pid not in workers
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-        log.seek(0)
-        print(log.read())
-        log.close()
-    assert key.startswith("atp_")
+        assert len(workers) == 2 and proc.pid not in workers and key.startswith("atp_")
