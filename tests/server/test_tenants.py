@@ -109,3 +109,41 @@ def test_a_broken_jwks_file_is_refused_by_reload_and_the_old_keys_stay(jwt_auth,
     with pytest.raises(KeyStoreError, match="auth.jwt.jwks_file"):
         auth.prepare_reload()
     assert auth.api_key(f"Bearer {token(signing_key)}").tenant == "acme"
+
+
+def test_a_jwt_authenticates_over_http_end_to_end(tmp_path, signing_key, jwt_auth):
+    import asyncio
+    import dataclasses
+
+    import aiohttp
+
+    from tests.transport.conftest import ServerHarness
+    _, jwks = jwt_auth
+    cfg = config.loads(config.DEFAULT_TOML + f"""
+[[tenants]]
+name = "acme"
+[auth.jwt]
+jwks_file = "{jwks}"
+issuer = "https://idp.example"
+audience = "atp"
+""")
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(
+        cfg.server, http_port=0, grpc_port=0, quic_port=0, state_dir=str(tmp_path)))
+    h = ServerHarness(cfg, str(tmp_path / "audit.sqlite")).start(grpc=False, quic=False)
+
+    async def chat(bearer: str) -> int:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{h.ports.http}/v1/chat/completions",
+                              json={"messages": [{"role": "user", "content": "hi"}],
+                                    "atp": {"tenant": "default"}},
+                              headers={"Authorization": f"Bearer {bearer}"}) as r:
+                await r.read()
+                return r.status
+    try:
+        assert asyncio.run(chat(token(signing_key))) == 200
+        assert asyncio.run(chat(token(signing_key, aud="other"))) == 401
+        assert h.app.accountant.by_tenant["acme"].requests == 1
+        assert "default" not in h.app.accountant.by_tenant
+    finally:
+        h.stop()
+        h.close()
