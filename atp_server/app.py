@@ -67,7 +67,8 @@ class App:
 
     def __init__(self, config: Config, *, audit_path: str | None = None):
         self.config = config
-        self.auth = Authenticator(config.auth)
+        from .tenants import keys_path
+        self.auth = Authenticator(config.auth, keys_path=keys_path(config), tenants=config.tenants)
         self.keyring = self.auth.keyring
         self.limits = Limits()
         self.connection_config = ConnectionConfig(agent="atp-server/0.1", heartbeat_ms=0,
@@ -87,7 +88,8 @@ class App:
         self.admission.capacity = lambda: min(config.server.max_inflight, self.windows.total)
         self.windows.overcommitted = lambda: self.admission.inflight > self.windows.total
         self.accountant = Accountant(PriceBook(config.models, config.pricing))
-        self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
+        self.metrics = Metrics(self.accountant, models=[m.id for m in config.models],
+                               tenant_spend=bool(config.metrics.scrape_token))
         self.metrics.track_routing(self.router)
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)
@@ -104,10 +106,20 @@ class App:
         if config.limits:
             self.limit_stage = LimitsStage(config.limits, self.stores, self.router.models)
             self.metrics.registry.register(LimitsCollector(self.limit_stage))
+        from .policy import PolicyHolder
+        self.policy = PolicyHolder.from_config(config)   # raises ConfigError for a bad policy file
+        # a rule requiring redaction is satisfiable only when the redaction stage is in the chain
+        self.policy.redaction_available = config.redaction.enabled
+        self.metrics.track_policy(self.policy)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
-                                 self.audit, self.metrics, dispatch=config.dispatch,
-                                 windows=self.windows, limits=self.limit_stage,
-                                 redaction=config.redaction, guard=config.guard)
+                                 self.audit, self.metrics, policy=self.policy,
+                                 dispatch=config.dispatch, windows=self.windows,
+                                 limits=self.limit_stage, redaction=config.redaction,
+                                 guard=config.guard)
+        # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
+        from .reload import Reloader
+        self.reloader = Reloader([("keys", self.auth.prepare_reload),
+                                  ("policy", self.policy.prepare_reload)], state_dir(config))
         self.feedback = FeedbackLog(on_score=lambda tenant, rid, score: self.router.feedback(
             tenant, rid, score, self.pipeline.clock()))
         # The transports' one way in (service.py): they never reach the parts above directly.
@@ -115,11 +127,13 @@ class App:
             auth=self.auth, pipeline=self.pipeline, router=self.router, feedback=self.feedback,
             metrics=self.metrics, admission=self.admission, limits=self.limits,
             connection_config=self.connection_config,
-            congestion_watermark=config.server.congestion_watermark)
+            congestion_watermark=config.server.congestion_watermark,
+            scrape_token=config.metrics.scrape_token)
         self.service.embed = Embedder(self.router, self.adapters, self.accountant, self.pipeline.policy,
                                       self.pipeline.clock).embed
         self.transports: list = []
         self.ports = BoundPorts()
+        self.pid_owner: int | None = None        # the pid `atp reload` signals, when not ours
 
     @property
     def draining(self) -> bool:
@@ -177,6 +191,8 @@ class App:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)   # `atp reload`
+        self.reloader.announce()     # the files in force now, and that SIGHUP is handled
         try:
             await self.start(**start_kwargs)
         except BaseException:
@@ -186,6 +202,9 @@ class App:
         # reach, so a full collection walks only per-request garbage (shorter tail pauses).
         gc.collect()
         gc.freeze()
+        if self.pid_owner is None:               # else a parent process wrote its own pid
+            from .reload import write_pid
+            write_pid(state_dir(self.config))   # `atp reload` signals this process
         if on_started is not None:
             on_started(self.ports)
         log.info("ATP serving: http=%s grpc=%s quic=%s", self.ports.http, self.ports.grpc, self.ports.quic)

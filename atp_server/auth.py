@@ -7,12 +7,13 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from codec import Keyring, NonceCache, NonceSnapshot
 from codec.errors import AuthError, ErrorCode
 
+from . import tenants as tenancy
 from .config import AuthConfig
 from .types import AtpError
 
@@ -44,8 +45,13 @@ def wall_ms() -> int:
 @dataclass(frozen=True, slots=True)
 class Principal:
     tenant: str
-    name: str                 # API key name or "hmac:<id>"
-    method: str               # "api_key" | "hmac"
+    name: str                 # API key name, "hmac:<id>" or "jwt:<subject>"
+    method: str               # "api_key" | "hmac" | "jwt"
+    user: str = ""
+    groups: frozenset = frozenset()
+    attributes: dict = field(default_factory=dict, hash=False, compare=False)   # the tenant's (+ JWT)
+    models: frozenset | None = None   # the key's model scope; None = whatever policy allows
+    key_id: str = ""          # the credential's id (store key id, config key name, JWT kid)
 
 
 def signing_input(method: str, path: str, timestamp_ms, nonce_hex: str, body: bytes) -> bytes:
@@ -62,11 +68,20 @@ def sign_request(secret: bytes, method: str, path: str, timestamp_ms: int, nonce
 
 
 class Authenticator:
-    def __init__(self, cfg: AuthConfig):
+    def __init__(self, cfg: AuthConfig, *, keys_path=None, tenants=()):
         self.cfg = cfg
         self._api_keys = {k.sha256: k for k in cfg.api_keys}
-        # Bearer token -> Principal for keys already verified: skips a SHA-256 per request.
-        self._verified: dict[str, Principal] = {}
+        self._tenants = {t.name: t for t in tenants}
+        # Names a credential may carry (metric and accounting labels come from configuration).
+        self.tenant_names = frozenset(self._tenants) | {"default"} if tenants else None
+        self.keys_path = keys_path
+        self._store: dict[str, tenancy.StoredKey] = {}
+        self._jwt = None
+        if keys_path is not None or cfg.jwt is not None:
+            self.prepare_reload()()
+        # Bearer token -> (Principal, valid until) for credentials already verified: skips a
+        # SHA-256 (or a JWT signature check) per request; cleared by every reload (revocation).
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._hmac_tenants = {k.id: k.tenant for k in cfg.hmac_keys}
         self.keyring = Keyring({k.id: k.secret for k in cfg.hmac_keys},
                                current_id=cfg.hmac_keys[0].id if cfg.hmac_keys else None)
@@ -85,17 +100,61 @@ class Authenticator:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AtpError(ErrorCode.UNAUTHENTICATED, "Authorization must be 'Bearer <key>'")
-        principal = self._verified.get(token)
-        if principal is not None:
-            return principal
-        key = self._api_keys.get(hashlib.sha256(token.strip().encode()).hexdigest())
-        if key is None:
-            raise AtpError(ErrorCode.UNAUTHENTICATED, "invalid API key")
-        principal = Principal(key.tenant, key.name, "api_key")
+        hit = self._verified.get(token)
+        if hit is not None:
+            if time.time() < hit[1]:
+                return hit[0]
+            del self._verified[token]
+        principal, until = self._verify_token(token.strip())
         if len(self._verified) >= VERIFIED_CACHE:   # only valid keys get here: few distinct ones
             self._verified.clear()
-        self._verified[token] = principal
+        self._verified[token] = (principal, until)
         return principal
+
+    def _verify_token(self, token: str) -> tuple[Principal, float]:
+        parts = tenancy.split_token(token)
+        if parts is not None:
+            key = self._store.get(parts[0])
+            if key is None or not tenancy.verify_secret(key, parts[1]):
+                raise AtpError(ErrorCode.UNAUTHENTICATED, "invalid API key")
+            now = time.time()
+            if not key.usable(now):
+                raise AtpError(ErrorCode.UNAUTHENTICATED, f"API key {key.id} is {key.state(now)}")
+            return (self._principal(key.tenant, key.name, "api_key", key.user, key.groups, {},
+                                    key.models, key.id),
+                    float("inf") if key.expires is None else key.expires)
+        if self._jwt is not None and token.count(".") == 2:
+            from .jwt_auth import verify_jwt
+            claims = verify_jwt(self._jwt, token, self.tenant_names)
+            return (self._principal(claims["tenant"], f"jwt:{claims['user']}", "jwt",
+                                    claims["user"], claims["groups"], claims["attributes"], None,
+                                    claims["kid"]), claims["exp"])
+        key = self._api_keys.get(hashlib.sha256(token.encode()).hexdigest())
+        if key is None:
+            raise AtpError(ErrorCode.UNAUTHENTICATED, "invalid API key")
+        return self._principal(key.tenant, key.name, "api_key", "", (), {}, None, key.name), float("inf")
+
+    def _principal(self, tenant, name, method, user, groups, claims, models, key_id) -> Principal:
+        """The credential's principal with its tenant's attributes and its user's groups."""
+        t = self._tenants.get(tenant)
+        groups = frozenset(groups) | (t.users.get(user, frozenset()) if t and user else frozenset())
+        attributes = {**(t.attributes if t else {}), **claims}
+        return Principal(tenant, name, method, user, groups, attributes,
+                         None if models is None else frozenset(models), key_id)
+
+    def prepare_reload(self):
+        """Read the keys file (and the JWKS) now; return the function that puts them in force.
+        Raises KeyStoreError / ConfigError naming the entry at fault, changing nothing."""
+        store = {} if self.keys_path is None else tenancy.load_keys(self.keys_path, self.tenant_names)
+        jwt_state = None
+        if self.cfg.jwt is not None:
+            from .jwt_auth import JwtVerifier
+            jwt_state = JwtVerifier.load(self.cfg.jwt)
+
+        def commit() -> None:
+            self._store, self._jwt = store, jwt_state
+            self._verified = {}         # a revoked or rotated key must not live on in the cache
+        return commit
 
     @staticmethod
     def signature_present(headers) -> bool:
@@ -105,10 +164,12 @@ class Authenticator:
         return (get(SIG_KEY_ID) is not None or get(SIG_TIMESTAMP) is not None
                 or get(SIG_NONCE) is not None or get(SIG_SIGNATURE) is not None)
 
-    def check_signature(self, headers, method: str, path: str, body: bytes, now_ms: int) -> None:
+    def check_signature(self, headers, method: str, path: str, body: bytes, now_ms: int,
+                        principal: "Principal | None" = None) -> None:
         """Verify the request signature of PROTOCOL.md §9.4: optional unless
         auth.require_signature, all four headers or none, each in its exact syntax; then key,
-        MAC, timestamp, nonce, in that order. Raises AtpError with the wire code."""
+        MAC, the key's tenant against `principal`'s (the API key's), timestamp, nonce, in that
+        order. Raises AtpError with the wire code."""
         values = [headers.get(h) for h in SIG_HEADERS]
         if values == [None, None, None, None]:
             if self.cfg.require_signature:
@@ -133,6 +194,11 @@ class Authenticator:
         expected = key.sign(signing_input(method, path, timestamp_text, nonce_hex, body))
         if not hmac.compare_digest(expected, bytes.fromhex(signature_hex)):
             raise AtpError(ErrorCode.BAD_SIGNATURE, "request signature does not match")
+        if principal is not None and self._hmac_tenants.get(key_id) != principal.tenant:
+            # A valid signature with another tenant's key must not vouch for this request; the
+            # message names neither tenant (it would tell a caller who owns key ids it probes).
+            raise AtpError(ErrorCode.FORBIDDEN, f"{SIG_KEY_ID} {key_id} is not a key of the API "
+                           "key's tenant: sign with a key bound to the same tenant")
         try:
             self.nonce_cache.check_and_add(bytes.fromhex(nonce_hex), int(timestamp_text), now_ms)
         except AuthError as exc:

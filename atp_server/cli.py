@@ -258,9 +258,11 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
             code = EXIT_REQUEST
             try:
                 _signal.signal(_signal.SIGINT, _signal.SIG_IGN)   # the parent forwards signals
+                _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)   # until the loop handles reload
                 mine = dict(enabled, quic=enabled["quic"] and index == 0)
                 # Built here, not before the fork: an SQLite connection must not cross one.
                 app = _build_app(cfg)
+                app.pid_owner = app.reloader.owner_pid = os.getppid()   # `atp reload` signals
                 code = _serve_one(app, cfg, args, mine, announce=index == 0, reuse_port=True)
             except atp_config.ConfigError as exc:   # rare: cmd_serve checked the audit file
                 print(f"atp: config error: {exc}", file=sys.stderr, flush=True)
@@ -272,15 +274,21 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
                 os._exit(code)
         children.append(pid)
 
-    def forward(signum, _frame) -> None:
+    def forward(signum, _frame) -> None:     # SIGINT and SIGTERM stop workers; SIGHUP reloads
         for child in children:
             try:
-                os.kill(child, _signal.SIGTERM)
+                os.kill(child, _signal.SIGHUP if signum == _signal.SIGHUP else _signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
     _signal.signal(_signal.SIGTERM, forward)
     _signal.signal(_signal.SIGINT, forward)
+
+    def forward_reload(signum, _frame) -> None:   # `atp reload`: every worker reloads
+        forward(_signal.SIGHUP, None)
+    _signal.signal(_signal.SIGHUP, forward_reload)
+    from .reload import write_pid
+    write_pid(atp_config.state_dir(cfg))
     print(f"atp: {workers} workers: {', '.join(map(str, children))}", file=sys.stderr, flush=True)
     worst = EXIT_OK
     remaining = set(children)
@@ -684,6 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cost predictor (default: the better of length and dense on the holdout)")
     t.add_argument("--json", action="store_true", help="print the training report as JSON")
     t.set_defaults(func=cmd_router_train)
+    from .cli_admin import add_parsers
+    add_parsers(sub, _RAW)          # keys, policy, reload
     return p
 
 
@@ -695,6 +705,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atp: {exc}", file=sys.stderr)
         return EXIT_REQUEST
     except UsageError as exc:
+        print(f"atp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:    # ConfigError, KeyStoreError, PolicyError: they name the key
+        if type(exc).__name__ not in ("ConfigError", "KeyStoreError", "PolicyError"):
+            raise
         print(f"atp: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -61,6 +61,8 @@ class AuthConfig:
     require_signature: bool = False   # typed gRPC / HTTP must also carry an HMAC signature
     skew_ms: int = 30_000
     nonce_cache: int = 100_000
+    keys_file: str = ""               # `atp keys` store; "" = <state_dir>/keys.json
+    jwt: object = None                # tenants.JwtConfig from [auth.jwt], or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,17 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    scrape_token: str = field(repr=False, default="")   # "" = /metrics open, without per-tenant spend
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    files: tuple[str, ...] = ()    # TOML policy files (atp_server/policy); reloaded by SIGHUP
+    dry_run: bool = False          # decide, log and audit, but never refuse
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
@@ -93,6 +106,9 @@ class Config:
     limits: tuple[LimitRule, ...] = ()          # [[limits]]
     redaction: RedactionConfig = RedactionConfig()   # [redaction] (redaction/settings.py)
     guard: GuardConfig = GuardConfig()               # [guard]
+    metrics: MetricsConfig = MetricsConfig()
+    tenants: tuple = ()            # tenants.Tenant, from [[tenants]]
+    policy: PolicyConfig = PolicyConfig()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -372,12 +388,24 @@ def _parse_auth(t) -> AuthConfig:
             _fail(f"{key}.id", "must be a unique u32")
         seen.add(kid)
         hmac_keys.append(HmacKeyConfig(kid, _secret(key, v), v.get("tenant", "default")))
-    rest = {x: y for x, y in t.items() if x not in ("api_keys", "hmac_keys")}
-    v = _typed("auth", rest, AuthConfig, skip=("api_keys", "hmac_keys"))
+    rest = {x: y for x, y in t.items() if x not in ("api_keys", "hmac_keys", "jwt")}
+    v = _typed("auth", rest, AuthConfig, skip=("api_keys", "hmac_keys", "jwt"))
+    if "jwt" in t:
+        from .tenants import parse_jwt
+        v["jwt"] = parse_jwt("auth.jwt", _table("auth.jwt", t["jwt"]))
     _check("auth", v, {"skew_ms": (">=", 1), "nonce_cache": (">=", 1)})
     if v.get("require_signature") and not hmac_keys:
         _fail("auth.require_signature", "needs at least one [[auth.hmac_keys]] to verify signatures with")
     return AuthConfig(tuple(api_keys), tuple(hmac_keys), **v)
+
+
+def _parse_metrics(t) -> MetricsConfig:
+    v = _typed("metrics", t, MetricsConfig, extra={"scrape_token_env": str})
+    _check("metrics", v, {"scrape_token_env": ("env_of", "scrape_token")})
+    v.pop("scrape_token_env", None)
+    if "scrape_token" in v and len(v["scrape_token"]) < 16:   # a guessable token guards nothing
+        _fail("metrics.scrape_token", "must be at least 16 characters")
+    return MetricsConfig(**v)
 
 
 def provider_settings(key: str, ptype: str, options: dict):
@@ -463,7 +491,7 @@ def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
-             "scheduling", "state", "limits", "redaction", "guard"}
+             "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -501,6 +529,11 @@ def parse(data: dict) -> Config:
     if scheduling.low_watermark >= server.congestion_watermark:
         _fail("scheduling.low_watermark", f"must be below server.congestion_watermark "
                                           f"({server.congestion_watermark}), got {scheduling.low_watermark}")
+    from .tenants import check_tenant_refs, parse_tenants
+    metrics = _parse_metrics(data.get("metrics", {}))
+    policy = PolicyConfig(**_typed("policy", data.get("policy", {}), PolicyConfig))
+    tenants = parse_tenants(_tables("tenants", data.get("tenants", [])))
+    check_tenant_refs(auth, tenants)
     cfg = Config(server=server, auth=auth, providers=providers, models=models, audit=audit,
                  pricing=pricing,
                  dispatch=_parse_dispatch({k: v for k, v in rt.items() if k in dispatch_keys}),
@@ -508,7 +541,8 @@ def parse(data: dict) -> Config:
                  state=parse_state(data.get("state", {})),
                  limits=parse_limits(data.get("limits", []), set(ids)),
                  redaction=parse_redaction(data.get("redaction", {}), _fail),
-                 guard=parse_guard(data.get("guard", {}), _fail))
+                 guard=parse_guard(data.get("guard", {}), _fail),
+                 metrics=metrics, tenants=tenants, policy=policy)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

@@ -74,18 +74,23 @@ class _RequestCollector:
         if m.accountant is not None:
             tokens = CounterMetricFamily("atp_tokens", "Tokens by model and direction",
                                          labels=["model", "direction"])
-            cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros by tenant",
-                                       labels=["tenant"])
             estimated = CounterMetricFamily("atp_usage_estimated_requests", "Requests whose usage ATP "
                                             "counted itself (the provider reported none, or the stream was cut)",
                                             labels=["model"])
+            by_tenant = list(m.accountant.by_tenant.items())
+            if m.tenant_spend:
+                cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros by tenant",
+                                           labels=["tenant"])
+                for tenant, t in by_tenant:
+                    cost.add_metric([tenant], t.cost_usd_micros)
+            else:   # an open /metrics: one tenant's spend is no business of another's
+                cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros, all tenants",
+                                           value=sum(t.cost_usd_micros for _, t in by_tenant))
             for model, t in list(m.accountant.by_model.items()):
                 tokens.add_metric([model, "in"], t.input_tokens)
                 tokens.add_metric([model, "out"], t.output_tokens)
                 estimated.add_metric([model], t.estimated)
             yield estimated
-            for tenant, t in list(m.accountant.by_tenant.items()):
-                cost.add_metric([tenant], t.cost_usd_micros)
             yield tokens
             yield cost
 
@@ -148,10 +153,27 @@ class _RedactionCollector:
         yield inj
 
 
+class _PolicyCollector:
+    def __init__(self, holder):
+        self.holder = holder
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        fam = CounterMetricFamily("atp_policy_decisions", "Policy decisions by deciding rule and "
+                                  "verdict (allow, deny, dry_run_deny)", labels=["rule", "verdict"])
+        for (rule, verdict), n in list(self.holder.counts.items()):
+            fam.add_metric([rule, verdict], n)
+        yield fam
+
+
 class Metrics:
-    def __init__(self, accountant=None, models=()):
+    def __init__(self, accountant=None, models=(), tenant_spend: bool = True):
         r = self.registry = CollectorRegistry()
         self.accountant = accountant
+        # Spend per tenant only when /metrics needs a scrape token (App): see the collector.
+        self.tenant_spend = tenant_spend
         self._model_labels = frozenset(models) | FIXED_MODEL_LABELS
         self.request_counts: dict[tuple, int] = {}
         self.durations: dict[str, _Histogram] = {}
@@ -167,6 +189,10 @@ class Metrics:
         self.protocol_errors = _CodeLabelled(Counter(
             "atp_protocol_errors", "Sessions closed by a protocol error", ["transport", "code"],
             registry=r))
+
+    def track_policy(self, holder) -> None:
+        """Export the policy's decisions by deciding rule and verdict (rule ids: configuration)."""
+        self.registry.register(_PolicyCollector(holder))
 
     def track_audit(self, audit) -> None:
         """Export an AuditLog's state: rows waiting, health, write errors, refusals."""

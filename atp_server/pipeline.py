@@ -23,14 +23,14 @@ from .stages import RequestContext, StageChain
 from .redaction import restoring
 from .stages.admission import AdmissionStage
 from .stages.guard import GuardStage
-from .stages.policy import BasicPolicy, PolicyStage, ValidateStage
+from .stages.policy import PolicyRouteStage, PolicyStage, ValidateStage
 from .stages.record import AccountStage, AuditStage, MetricsStage, ObserverStage
 from .stages.redact import RedactStage
 from .stages.route import RouteStage
 from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta,
                     ToolCall, ToolCallDelta)
 
-__all__ = ["BasicPolicy", "Pipeline", "build_chain"]
+__all__ = ["Pipeline", "build_chain"]
 
 _DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
 _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
@@ -58,7 +58,7 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
         stages.append(RedactStage(redaction, metrics))
     if guard is not None and guard.enabled:
         stages.append(GuardStage(guard, metrics))
-    stages += [AdmissionStage(admission), RouteStage(router, clock)]
+    stages += [AdmissionStage(admission), RouteStage(router, clock), PolicyRouteStage(router)]
     return StageChain(stages)
 
 
@@ -135,7 +135,7 @@ class _Call:
 
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
-                 accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
+                 accountant: Accountant, audit=None, metrics=None, policy=None,
                  clock=time.monotonic, dispatch: DispatchConfig = DispatchConfig(), sleep=asyncio.sleep,
                  rng: random.Random | None = None, windows=None, limits=None, redaction=None,
                  guard=None):
@@ -150,6 +150,9 @@ class Pipeline:
         self.accountant = accountant
         self.audit = audit
         self.metrics = metrics
+        if policy is None:      # no policy files: the size caps and allow-by-default
+            from .policy import PolicyHolder
+            policy = PolicyHolder.of_rules("", router.models.values())
         self.policy = policy
         self._ids = 0
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request

@@ -5,6 +5,7 @@ parts (router, policy, health board, feedback log, admission): what a front door
 gateway is exactly what is here. The pipeline's and the authenticator's methods are bound once,
 at construction, so calling `service.complete` costs what calling `pipeline.complete` cost.
 """
+import hmac
 from dataclasses import dataclass
 
 from codec.errors import ErrorCode
@@ -31,7 +32,7 @@ class GatewayService:
     """
 
     def __init__(self, *, auth, pipeline, router, feedback, metrics, admission, limits,
-                 connection_config, congestion_watermark: float):
+                 connection_config, congestion_watermark: float, scrape_token: str = ""):
         # requests
         self.authenticate = auth.api_key            # (authorization header) -> Principal
         self.check_signature = auth.check_signature  # (headers, method, path, body, now_ms)
@@ -53,21 +54,27 @@ class GatewayService:
         self.credit_target = admission.capacity     # () -> slots now: sizes sessions' request credit
         self.congestion_watermark = congestion_watermark
         self.render_metrics = metrics.render        # () -> Prometheus text
+        self._scrape = ("Bearer " + scrape_token).encode() if scrape_token else None
         self._metrics = metrics
         self._router = router
         self._policy = pipeline.policy
         self._clock = pipeline.clock
         self._feedback = feedback
 
+    def metrics_allowed(self, authorization: str | None) -> bool:
+        """Whether a scrape may read /metrics: always without [metrics] scrape_token, else only
+        with `Authorization: Bearer <token>` (compared in constant time)."""
+        if self._scrape is None:
+            return True
+        return authorization is not None and hmac.compare_digest(authorization.encode(), self._scrape)
+
     # ---- models and feedback --------------------------------------------------------------------
 
     def models(self, principal: Principal) -> list[ModelListing]:
-        """The models `principal` may use (its tenant's allowlist, when the policy has one)."""
-        allowed = getattr(self._policy, "allowed_models", None)
-        only = None if allowed is None else allowed.get(principal.tenant, frozenset())
+        """The models `principal` may use: its key's scope and what the policy allows it."""
         now, health = self._clock(), self._router.health
         return [ModelListing(spec, not health.is_open(spec.id, now))
-                for spec in self._router.models.values() if only is None or spec.id in only]
+                for spec in self._policy.visible_models(principal, self._router.models.values())]
 
     def feedback(self, principal: Principal, request_id: str, score: float,
                  comment: str | None = None) -> bool:

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "redact": "bench.redact.cli",   # µs to redact / score a 2 KB prompt, to restore a streamed chunk
     "stages": "bench.stages.cli",   # µs per pipeline stage (before + after), in process  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
     "sched": "bench.sched.cli",     # µs per AIMD update and fair-queue selection, numba vs twin
+    "policy": "bench.policy_eval",   # µs per policy decision, 20 rules: compiled closures vs cedarpy
 }
 
 

@@ -73,6 +73,9 @@ class Connection:
         self.closed = False
         self.close_code: int | None = None
         self.congested = False                  # server: set to flag outgoing frames
+        # Server: answer with the key the peer's HELLO was signed with, not the ring's current
+        # one — each key belongs to one tenant, and a tenant holds only its own secrets.
+        self._sign_key = self._sign_id = None
         self.peer_congested = False
 
     # ---- opening ---------------------------------------------------------------------------------
@@ -168,6 +171,8 @@ class Connection:
         self.established = True
         p = frame.payload
         if self.is_server:
+            self._sign_key = self.keyring.verifier(frame.key_id, self._now)   # verified it already
+            self._sign_id = frame.key_id
             self._send(FrameType.HELLO, 0, {
                 "win": list(self.config.initial_window), "agent": self.config.agent,
                 "hb_ms": self.config.heartbeat_ms, "idle_ms": self.config.idle_timeout_ms,
@@ -297,7 +302,12 @@ class Connection:
         """Queue a frame. Payloads built here are in deterministic key order without floats
         (ordered=True, the cheap encoder); anything a caller supplied uses the canonical one."""
         flags = self._flags | (CONGESTION if self.congested else 0)
-        self._outbox.append(seal(self.keyring.signer, self.keyring.current_id, ftype, flags,
+        key = self._sign_key
+        if key is None:
+            key, key_id = self.keyring.signer, self.keyring.current_id
+        else:
+            key_id = self._sign_id
+        self._outbox.append(seal(key, key_id, ftype, flags,
                                  stream_id, self._send_seq, self._now,
                                  self._guard.session_nonce or _ZERO_NONCE, payload, ordered))
         self._send_seq += 1

@@ -22,6 +22,7 @@ class ErrorCode(IntEnum):
     SEQUENCE_REPLAY = 204
     UNAUTHENTICATED = 205
     FORBIDDEN = 206
+    POLICY_DENIED = 207
     # 3xx admission / flow control: back off and retry (all but BUDGET_EXCEEDED).
     WINDOW_EXCEEDED = 300
     OVERLOADED = 301

@@ -1,4 +1,5 @@
 """The `atp` command line: help texts, config errors, and `atp serve` end to end as a subprocess."""
+import contextlib
 import importlib
 import json
 import os
@@ -393,3 +394,166 @@ def test_worker_that_cannot_build_says_why(tmp_path):
             "--grpc-port", ports[1], "--no-quic", timeout=30)
     assert r.returncode == 2, r.stderr
     assert "atp: config error: audit.path: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ---- atp keys | policy test | reload -------------------------------------------------------------
+
+TENANT_TOML = """
+[[tenants]]
+name = "acme"
+users = { alice = ["staff"] }
+
+[policy]
+files = ["{policy}"]
+"""
+
+POLICY_TOML = """
+[[rules]]
+id = "no-high-for-staff"
+priority = 10
+effect = "deny"
+reason = "staff use the cheaper models"
+when.group = ["staff"]
+when.model = ["sim-high"]
+"""
+
+
+def tenant_config(tmp_path, policy: str = POLICY_TOML):
+    (tmp_path / "policy.toml").write_text(policy)
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(atp_config.DEFAULT_TOML.replace(
+        '[server]\n', f'[server]\nstate_dir = "{tmp_path}"\n', 1)
+        + TENANT_TOML.replace("{policy}", str(tmp_path / "policy.toml")))
+    return cfg
+
+
+def test_keys_create_list_rotate_revoke(tmp_path, capsys):
+    cfg = str(tenant_config(tmp_path))
+    assert cli.main(["keys", "create", "--config", cfg, "--tenant", "acme", "--name", "ci",
+                     "--model", "sim-fast", "--expires-days", "30", "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["key"].startswith("atp_") and made["tenant"] == "acme" and made["models"] == ["sim-fast"]
+    assert "no running server" in made["reload"]
+    assert made["key"] not in (tmp_path / "keys.json").read_text()
+    assert cli.main(["keys", "rotate", "--config", cfg, "ci", "--grace", "60", "--json"]) == 0
+    rotated = json.loads(capsys.readouterr().out)
+    assert rotated["id"] != made["id"] and rotated["key"] != made["key"]
+    assert cli.main(["keys", "revoke", "--config", cfg, made["id"]]) == 0
+    assert "key itself" not in capsys.readouterr().out          # nothing secret to show
+    assert cli.main(["keys", "list", "--config", cfg, "--json"]) == 0
+    states = {r["id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert states == {made["id"]: "revoked", rotated["id"]: "active"}
+    assert cli.main(["keys", "create", "--config", cfg, "--tenant", "nope", "--name", "x"]) == 2
+    assert "tenant: 'nope'" in capsys.readouterr().err
+
+
+def test_policy_test_shows_the_deciding_rule_and_why(tmp_path, capsys):
+    cfg = str(tenant_config(tmp_path))
+    case = tmp_path / "request.json"
+    case.write_text(json.dumps({"principal": {"tenant": "acme", "groups": ["staff"]},
+                                "request": {"model": "sim-high", "prompt": "hi"}}))
+    assert cli.main(["policy", "test", str(case), "--config", cfg]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("DENY by no-high-for-staff: staff use the cheaper models")
+    assert "no-high-for-staff" in out and "match" in out
+    case.write_text(json.dumps({"principal": {"tenant": "acme", "groups": ["ops"]},
+                                "request": {"model": "sim-high"}}))
+    assert cli.main(["policy", "test", str(case), "--config", cfg, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["allowed"] and result["rule"] == "default"
+    assert result["trace"] == [{"rule": "no-high-for-staff", "priority": 10, "effect": "deny",
+                                "source": f"{tmp_path / 'policy.toml'}: rules[0]",
+                                "matched": False, "failed": "group", "reached": True}]
+    case.write_text(json.dumps({"principal": {"colour": "red"}}))
+    assert cli.main(["policy", "test", str(case), "--config", cfg]) == 2
+    assert "principal.colour" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def serving(tmp_path, cfg, http: int, *flags):
+    """`atp serve --config cfg` in a subprocess, ready on `http`; SIGTERM and its log at the end."""
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
+                             "--http-port", str(http), *flags],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_ready(http, proc)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.seek(0)
+        print(log.read())       # shown by pytest on failure
+        log.close()
+
+
+def wait_status_change(path, before: str, timeout: float = 15) -> dict:
+    """The server's reload verdict, once it differs from `before` (another process: no event)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text()
+        if text != before:
+            return json.loads(text)
+        time.sleep(0.05)
+    raise AssertionError("the server wrote no reload verdict")
+
+
+def test_reload_without_a_restart_keys_and_policy_atomically(tmp_path):
+    http = free_port(socket.SOCK_STREAM)
+    cfg = tenant_config(tmp_path)
+    def chat(key: str, model: str = "sim-high") -> int:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{http}/v1/chat/completions", data=body,
+                                     headers={"Authorization": f"Bearer {key}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+    with serving(tmp_path, cfg, http, "--no-grpc", "--no-quic") as proc:
+        r = atp("keys", "create", "--config", str(cfg), "--tenant", "acme", "--name", "alice-key",
+                "--user", "alice", "--no-reload", "--json")
+        key = json.loads(r.stdout)["key"]
+        assert chat(key, "sim-fast") == 401                     # not in force before a reload
+        r = atp("reload", "--config", str(cfg))
+        assert r.returncode == 0 and "reloaded" in r.stdout, r.stderr
+        assert chat(key, "sim-fast") == 200
+        assert chat(key, "sim-high") == 403                     # alice is staff: policy denies
+        # a broken policy file: `atp reload` names the key and signals nothing ...
+        (tmp_path / "policy.toml").write_text('[[rules]]\nid = "x"\neffect = "maybe"\n')
+        before = (tmp_path / "reload.json").read_text()
+        r = atp("reload", "--config", str(cfg))
+        assert r.returncode == 1 and "rules[0].effect" in r.stderr
+        assert (tmp_path / "reload.json").read_text() == before
+        # ... and a server sent SIGHUP anyway refuses it, keeping the old rules and keys
+        proc.send_signal(signal.SIGHUP)
+        status = wait_status_change(tmp_path / "reload.json", before)
+        assert status["ok"] is False and "rules[0].effect" in status["error"]
+        assert status["pid"] == proc.pid
+        assert chat(key, "sim-high") == 403 and chat(key, "sim-fast") == 200
+        (tmp_path / "policy.toml").write_text(POLICY_TOML.replace('"staff"', '"nobody"'))
+        r = atp("keys", "revoke", "--config", str(cfg), "alice-key", "--no-reload")
+        assert r.returncode == 0
+        r = atp("reload", "--config", str(cfg))
+        assert r.returncode == 0, r.stderr
+        assert chat(key, "sim-fast") == 401                     # revoked, without a restart
+
+
+def test_reload_reaches_every_worker(tmp_path):
+    http = free_port(socket.SOCK_STREAM)
+    cfg = tenant_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(atp_config.dev_auth_toml(),
+                                           atp_config.dev_auth_toml(hmac=False)))
+    grpc = str(free_port(socket.SOCK_STREAM))
+    with serving(tmp_path, cfg, http, "--grpc-port", grpc, "--no-quic", "--workers", "2") as proc:
+        deadline = time.monotonic() + 30   # both workers handle SIGHUP once they announced
+        while len(list(tmp_path.glob("reload.*.json"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = atp("keys", "create", "--config", str(cfg), "--tenant", "acme", "--name", "w",
+                "--no-reload", "--json")
+        key = json.loads(r.stdout)["key"]
+        r = atp("reload", "--config", str(cfg))
+        assert r.returncode == 0 and "2 process(es)" in r.stdout, r.stdout + r.stderr
+        workers = {json.loads(p.read_text())["worker"] for p in tmp_path.glob("reload.*.json")}
+        assert len(workers) == 2 and proc.pid not in workers and key.startswith("atp_")

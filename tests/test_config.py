@@ -70,7 +70,7 @@ def test_example_config_names_missing_environment(monkeypatch):
     (MINIMAL + "quality = 2.0\n", "models[0].quality"),
     (MINIMAL + "capabilities = \"chat\"\n", "models[0].capabilities"),
     ("[audit]\nenabled = \"yes\"\n" + MINIMAL, "audit.enabled"),
-    ("[metrics]\n" + MINIMAL, "metrics"),
+    ("[bogus]\n" + MINIMAL, "bogus"),
     ("[[providers]]\nname = \"sim\"\ntype = \"simulated\"\n", "models"),
 ])
 def test_invalid_config_names_the_key(toml, key, monkeypatch):

@@ -31,7 +31,7 @@ _E = ErrorCode
 # wire code -> (HTTP status, Anthropic error type); the SDK retries 429, 529 and 5xx by itself.
 STATUS = {code: (401, "authentication_error") if 200 <= code <= 205 else
           (400, "invalid_request_error") if 100 <= code < 200 else (500, "api_error") for code in ErrorCode}
-STATUS.update({_E.FORBIDDEN: (403, "permission_error"), _E.BUDGET_EXCEEDED: (402, "billing_error"),
+STATUS.update({_E.FORBIDDEN: (403, "permission_error"), _E.POLICY_DENIED: (403, "permission_error"), _E.BUDGET_EXCEEDED: (402, "billing_error"),
                _E.INVALID_REQUEST: (400, "invalid_request_error"), _E.UNKNOWN_MODEL: (404, "not_found_error"),
                _E.NO_ROUTE: (400, "invalid_request_error"), _E.RATE_LIMITED: (429, "rate_limit_error"),
                _E.OVERLOADED: (529, "overloaded_error"), _E.WINDOW_EXCEEDED: (429, "rate_limit_error"),

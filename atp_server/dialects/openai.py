@@ -22,7 +22,7 @@ _E = ErrorCode
 STATUS = {code: (401, "authentication_error") if 200 <= code <= 205 else
           (400, "invalid_request_error") if 100 <= code < 200 else (500, "server_error")
           for code in ErrorCode}                        # code -> (HTTP status, OpenAI error type)
-STATUS.update({_E.FORBIDDEN: (403, "permission_error"), _E.BUDGET_EXCEEDED: (402, "insufficient_quota"),
+STATUS.update({_E.FORBIDDEN: (403, "permission_error"), _E.POLICY_DENIED: (403, "permission_error"), _E.BUDGET_EXCEEDED: (402, "insufficient_quota"),
                _E.INVALID_REQUEST: (400, "invalid_request_error"), _E.UNKNOWN_MODEL: (404, "not_found_error"),
                _E.NO_ROUTE: (422, "invalid_request_error"), _E.UNAVAILABLE: (503, "service_unavailable"),
                _E.UPSTREAM_ERROR: (502, "upstream_error"), _E.UPSTREAM_CUT: (502, "upstream_error"),

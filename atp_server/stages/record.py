@@ -71,7 +71,20 @@ class AuditStage(Stage):
                               "out": usage.output_tokens if usage else 0,
                               "cost_micros": usage.cost_usd_micros if usage else 0,
                               "estimated": usage.estimated if usage else False,
-                              "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000})
+                              "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000,
+                              **policy_detail(ctx.policy)})
+
+
+def policy_detail(decision) -> dict:
+    """Which policy rule decided, for the audit record (dry-run: what it would have done)."""
+    if decision is None:
+        return {}
+    out = {"policy_rule": decision.rule, "policy": "allow" if decision.allowed else "deny"}
+    if decision.dry_run:
+        out["policy_dry_run"] = True
+    if decision.redact:
+        out["policy_redact"] = True
+    return out
 
 
 class ObserverStage(Stage):

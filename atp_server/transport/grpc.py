@@ -25,7 +25,7 @@ SERVICE = "atp.v1.Atp"
 TIERS = {pb.QUALITY_TIER_UNSPECIFIED: "balanced", pb.QUALITY_TIER_FAST: "fast",
          pb.QUALITY_TIER_BALANCED: "balanced", pb.QUALITY_TIER_HIGH: "high"}
 _S = grpc.StatusCode
-_STATUS = {206: _S.PERMISSION_DENIED, 400: _S.INVALID_ARGUMENT, 401: _S.NOT_FOUND,
+_STATUS = {206: _S.PERMISSION_DENIED, 207: _S.PERMISSION_DENIED, 400: _S.INVALID_ARGUMENT, 401: _S.NOT_FOUND,
            402: _S.FAILED_PRECONDITION, 304: _S.DEADLINE_EXCEEDED, 502: _S.DEADLINE_EXCEEDED,
            505: _S.CANCELLED, **{c: _S.RESOURCE_EXHAUSTED for c in (300, 301, 302, 303, 305)},
            **{c: _S.UNAVAILABLE for c in (501, 503, 504)}}   # other 2xx: UNAUTHENTICATED
@@ -203,7 +203,7 @@ class GrpcTransport:
         md = {k: v for k, v in context.invocation_metadata() if not k.endswith("-bin")}
         principal = self.service.authenticate(md.get("authorization"))
         self.service.check_signature(md, "POST", f"/{SERVICE}/{method}", raw,
-                                     int(time.time() * 1000))
+                                     int(time.time() * 1000), principal)
         return principal
 
     async def _abort(self, context, exc: AtpError, t0: int):

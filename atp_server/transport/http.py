@@ -102,6 +102,9 @@ class HttpTransport:
         return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if not self.service.metrics_allowed(request.headers.get("Authorization")):
+            return error_response(AtpError(ErrorCode.UNAUTHENTICATED, "/metrics needs "
+                                           "'Authorization: Bearer <[metrics] scrape_token>'"))
         return web.Response(body=self.service.render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(self, request: web.Request) -> web.Response:
@@ -146,7 +149,8 @@ class HttpTransport:
             raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
         body = await request.read()
         if self._require_signature or self._signature_present(headers):
-            self._check_signature(headers, request.method, request.path, body, time.time_ns() // 1_000_000)
+            self._check_signature(headers, request.method, request.path, body, time.time_ns() // 1_000_000,
+                                  principal)   # the signing key must belong to the API key's tenant
         try:
             return principal, orjson.loads(body)
         except orjson.JSONDecodeError as exc:

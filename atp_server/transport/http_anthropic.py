@@ -58,7 +58,8 @@ async def messages(t, request: web.Request) -> web.StreamResponse:
             return error_response(dialect.bad("request body too large"), status=413)
         body = await request.read()
         if t._require_signature or t._signature_present(headers):
-            t._check_signature(headers, request.method, request.path, body, time.time_ns() // 1_000_000)
+            t._check_signature(headers, request.method, request.path, body, time.time_ns() // 1_000_000,
+                               principal)   # the signing key must belong to the API key's tenant
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -234,3 +234,16 @@ def test_the_worked_example_in_the_spec_verifies():
     headers = {k: field[k] for k in (SIG_KEY_ID, SIG_TIMESTAMP, SIG_NONCE, SIG_SIGNATURE)}
     auth.check_signature(headers, field["method"], field["path"], body,
                          int(field["x-atp-timestamp"]))
+
+
+def test_a_signature_key_of_another_tenant_is_forbidden_and_burns_no_nonce():
+    auth = Authenticator(AuthConfig(
+        api_keys=(ApiKey("k", hashlib.sha256(b"sk-good").hexdigest(), "acme"),),
+        hmac_keys=(HmacKeyConfig(7, SECRET, "globex"),)))
+    acme = auth.api_key("Bearer sk-good")
+    with pytest.raises(AtpError) as info:
+        auth.check_signature(signed(), "POST", "/v1/chat/completions", b"{}", 1_000_000, acme)
+    assert info.value.code == ErrorCode.FORBIDDEN and "globex" not in info.value.message
+    # the refused request did not consume its nonce: a signature check without a principal
+    # (frame sessions bind the tenant by key id instead) still accepts it once
+    auth.check_signature(signed(), "POST", "/v1/chat/completions", b"{}", 1_000_000)

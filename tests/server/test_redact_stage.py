@@ -77,7 +77,8 @@ def run(coro):
 def test_the_stages_sit_between_policy_and_admission(tmp_path):
     app, _, _ = make_app(tmp_path)
     names = app.pipeline.chain.names
-    assert names[names.index("policy"):] == ("policy", "redact", "guard", "admission", "route")
+    assert names[names.index("policy"):] == ("policy", "redact", "guard", "admission", "route",
+                                             "policy-models")
 
 
 def test_the_provider_never_sees_the_pii_and_the_answer_is_restored(tmp_path):

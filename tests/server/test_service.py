@@ -5,7 +5,7 @@ import pytest
 
 from atp_server.app import App
 from atp_server.auth import Principal
-from atp_server.pipeline import BasicPolicy
+from atp_server.policy import PolicyHolder
 from atp_server.routing.health import Outcome, finished
 from atp_server.types import AtpError
 from codec.errors import ErrorCode
@@ -28,8 +28,17 @@ def test_models_lists_every_model_with_health(app):
 
 
 def test_models_follow_the_principals_tenant_allowlist(app):
-    app.pipeline.policy = BasicPolicy(allowed_models={"acme": frozenset({"smart"})})
-    app.service._policy = app.pipeline.policy     # the service reads the policy it was built with
+    app.policy.policy = PolicyHolder.of_rules("""
+[[rules]]
+id = "acme-smart-only"
+effect = "restrict_models"
+models = ["smart"]
+when.tenant = ["acme"]
+[[rules]]
+id = "others-none"
+effect = "deny"
+when.tenant = ["other"]
+""", app.router.models.values()).policy
     assert [r.spec.id for r in app.service.models(Principal("acme", "k", "api_key"))] == ["smart"]
     assert app.service.models(Principal("other", "k", "api_key")) == []
 

@@ -20,9 +20,9 @@ def run(coro):
 def test_the_chain_order_is_explicit(tmp_path):
     app = App(make_config(tmp_path))
     assert app.pipeline.chain.names == ("observers", "audit", "metrics", "account", "validate",
-                                        "policy", "admission", "route")
+                                        "policy", "admission", "route", "policy-models")
     selection = app.pipeline.chain.selection_befores
-    assert len(selection) == 3      # validate, policy, route: what the Route RPC runs
+    assert len(selection) == 4      # validate, policy, route, policy-models: what Route runs
 
 
 def test_a_stage_configured_off_is_not_in_the_chain(tmp_path):
@@ -138,9 +138,9 @@ def test_a_policy_refusal_releases_no_admission_slot(tmp_path):
         await app.stop(0)
         return app, err.value
     app, err = run(main())
-    assert err.code == ErrorCode.FORBIDDEN
+    assert err.code == ErrorCode.POLICY_DENIED
     assert app.admission.inflight == 0       # would be -1 had the admission after run
-    assert app.metrics.request_counts[("test", "-", "FORBIDDEN")] == 1
+    assert app.metrics.request_counts[("test", "-", "POLICY_DENIED")] == 1
 
 
 def test_the_account_stage_adds_a_completed_answer_once(tmp_path):
