@@ -19,6 +19,7 @@ from .config import Config, audit_file, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .pricing import PriceBook
 from .routing.health import HealthBoard
 from .routing.router import Router
 from .service import GatewayService
@@ -42,7 +43,8 @@ def build_adapter(name: str, ptype: str, options: dict):
     return OpenAICompatAdapter(name, s.base_url, s.api_key, timeout_s=s.timeout_s,
                                connect_timeout_s=s.connect_timeout_s, max_connections=s.max_connections,
                                extra_headers=dict(s.extra_headers), capabilities=frozenset(s.capabilities),
-                               stream_usage=s.stream_usage, max_tokens_field=s.max_tokens_field)
+                               stream_usage=s.stream_usage, max_tokens_field=s.max_tokens_field,
+                               json_schema_format=s.json_schema_format)
 
 
 @dataclass
@@ -66,7 +68,7 @@ class App:
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
         self.router = Router(list(config.models), HealthBoard())
         self.admission = Admission(config.server.max_inflight, config.server.max_queue)
-        self.accountant = Accountant()
+        self.accountant = Accountant(PriceBook(config.models, config.pricing))
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
+from .pricing import Price
 from .audit import DEFAULT_MAX_BUFFER
 
 
@@ -79,6 +80,7 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    pricing: tuple[Price, ...] = ()   # [[pricing]]: per-deployment prices over the models' list prices
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -420,10 +422,35 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
     return ModelSpec(**v)
 
 
+_PRICE_CHECKS = {"input_per_mtok": (">=", 0), "output_per_mtok": (">=", 0), "request_fee": (">=", 0),
+                 "usd_per_unit": (">", 0)}
+
+
+def _parse_price(i: int, t: dict, models: set) -> Price:
+    key = f"pricing[{i}]"
+    t = dict(_table(key, t))
+    if hasattr(t.get("effective"), "isoformat"):      # a TOML date literal: 2026-01-01
+        t["effective"] = t["effective"].isoformat()
+    v = _typed(key, t, Price)
+    if v.get("model") not in models:
+        _fail(f"{key}.model", f"no model with id {v.get('model')!r}" if "model" in v else "is required")
+    _check(key, v, _PRICE_CHECKS)
+    currency = v.get("currency", "USD")
+    if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+        _fail(f"{key}.currency", f"must be an ISO 4217 code such as USD or EUR, got {currency!r}")
+    if currency != "USD" and "usd_per_unit" not in v:
+        _fail(f"{key}.usd_per_unit", f"is required when currency is {currency} (USD per 1 {currency})")
+    try:
+        Price(**v).effective_day
+    except ValueError:
+        _fail(f"{key}.effective", f"must be a date YYYY-MM-DD, got {v['effective']!r}")
+    return Price(**v)
+
+
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "pricing"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -444,7 +471,12 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    pricing = tuple(_parse_price(i, p, set(ids))
+                    for i, p in enumerate(_tables("pricing", data.get("pricing", []))))
+    dated = [(p.model, p.effective_day) for p in pricing]
+    if len(set(dated)) != len(dated):
+        _fail("pricing", "two entries for the same model and effective date")
+    cfg = Config(server, auth, providers, models, audit, pricing)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

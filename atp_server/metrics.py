@@ -76,9 +76,14 @@ class _RequestCollector:
                                          labels=["model", "direction"])
             cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros by tenant",
                                        labels=["tenant"])
+            estimated = CounterMetricFamily("atp_usage_estimated_requests", "Requests whose usage ATP "
+                                            "counted itself (the provider reported none, or the stream was cut)",
+                                            labels=["model"])
             for model, t in list(m.accountant.by_model.items()):
                 tokens.add_metric([model, "in"], t.input_tokens)
                 tokens.add_metric([model, "out"], t.output_tokens)
+                estimated.add_metric([model], t.estimated)
+            yield estimated
             for tenant, t in list(m.accountant.by_tenant.items()):
                 cost.add_metric([tenant], t.cost_usd_micros)
             yield tokens

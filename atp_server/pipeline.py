@@ -243,8 +243,14 @@ class Pipeline:
                             raise AtpError(ErrorCode.UPSTREAM_CUT,
                                            f"{model_id} ended the stream without finishing")
                 except AtpError as exc:
+                    if emitted:     # a cut stream is billed for what it delivered, marked estimated
+                        trace.usage = self.accountant.delivered(model, request, tokens)
                     yield Routed(self._attempt_failed(trace, chain, attempt, exc, emitted))
                     continue
+                except BaseException:
+                    if emitted:     # the client left mid-answer: what it was sent is billed too
+                        trace.usage = self.accountant.delivered(model, request, tokens)
+                    raise
                 usage = self._succeeded(trace, principal, model, request, finish, tokens)
                 yield Done(finish.reason, usage, trace.decision, trace.overhead_us())
                 return

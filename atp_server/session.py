@@ -135,11 +135,13 @@ class FrameSession(FrameDriver):
             self.schedule_flush()
 
     def _send_end(self, sid, request, usage, decision, finish_reason, overhead_us) -> None:
-        self.conn.send_end(sid, {"in": usage.input_tokens, "out": usage.output_tokens,
-                                 "cost": usage.cost_usd_micros, "model": decision.model,
-                                 "provider": decision.provider, "finish": finish_reason,
-                                 "overhead_us": overhead_us, "rid": request.request_id},
-                           now_ms=now_ms())
+        end = {"in": usage.input_tokens, "out": usage.output_tokens,
+               "cost": usage.cost_usd_micros, "model": decision.model,
+               "provider": decision.provider, "finish": finish_reason,
+               "overhead_us": overhead_us, "rid": request.request_id}
+        if usage.estimated:       # counted by ATP, not reported by the provider (PROTOCOL.md END)
+            end["est"] = True
+        self.conn.send_end(sid, end, now_ms=now_ms())
         self._ended += 1
         if self._ended >= FLUSH_EVERY:
             # A burst of many finished streams leaves in slices, so the peer starts on the first

@@ -21,8 +21,9 @@ class OpenAICompatAdapter:
     """POST {base_url}/chat/completions; `stream()` parses SSE, `complete()` one JSON answer;
     `embed()` POSTs /embeddings, `list_models()` / `health()` GET /models.
 
-    Quirks of the servers it is used with (see README, "How to add a provider"): llama.cpp's
-    server and LM Studio take json_schema only on recent builds; TGI has no logit_bias and wants
+    Quirks of the servers it is used with (see README, "How to add a provider"): llama-cpp-python's
+    server takes a schema only as {"type": "json_object", "schema": ...} (json_schema_format =
+    "json_object_schema"); TGI has no logit_bias and wants
     its own response_format; some older servers reject stream_options (stream_usage = false: the
     usage is then counted and marked estimated); OpenAI's reasoning models want
     max_tokens_field = "max_completion_tokens".
@@ -31,7 +32,8 @@ class OpenAICompatAdapter:
     def __init__(self, name: str, base_url: str, api_key: str | None = None, *, timeout_s: float = 60.0,
                  connect_timeout_s: float = 5.0, max_connections: int = 64,
                  extra_headers: dict[str, str] | None = None, capabilities: frozenset = frozenset({"chat"}),
-                 stream_usage: bool = True, max_tokens_field: str = "max_tokens"):
+                 stream_usage: bool = True, max_tokens_field: str = "max_tokens",
+                 json_schema_format: str = "json_schema"):
         self.name = name
         self.capabilities = frozenset(capabilities)
         self._base = base_url.rstrip("/")
@@ -44,6 +46,7 @@ class OpenAICompatAdapter:
         self._json_headers = {**headers, "Accept": "application/json"}
         self._stream_usage = stream_usage
         self._max_tokens_field = max_tokens_field
+        self._schema_as_json_object = json_schema_format == "json_object_schema"
         # timeout_s bounds upstream silence (time to headers, or a stall between stream chunks),
         # not the whole answer: a long generation that keeps streaming is healthy.
         self._http = HttpClient(max_connections=max_connections, connect_timeout_s=connect_timeout_s,
@@ -71,7 +74,9 @@ class OpenAICompatAdapter:
             body["tool_choice"] = (choice.mode if choice.mode != "function"
                                    else {"type": "function", "function": {"name": choice.name}})
         if (fmt := request.response_format) is not None:
-            body["response_format"] = _response_format(fmt)
+            body["response_format"] = (
+                {"type": "json_object", "schema": fmt.schema or {"type": "object"}}
+                if self._schema_as_json_object and fmt.type == "json_schema" else _response_format(fmt))
         if stream and self._stream_usage:
             body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
@@ -272,6 +277,9 @@ class _SSEParser:
         self._tail, self._lines = b"", []
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if (not self._tail and not self._lines and chunk.endswith(b"\n\n") and chunk.startswith(b"data: ")
+                and chunk.count(b"\n") == 2 and b"\r" not in chunk):
+            return [chunk[6:-2]]     # the common read: exactly one whole one-line event
         parts = (self._tail + chunk if self._tail else chunk).split(b"\n")
         self._tail = parts.pop()  # an incomplete line waits for the next chunk
         out, lines = [], self._lines

@@ -129,7 +129,7 @@ def _messages(msgs) -> tuple[list, tuple]:
     """-> (messages as (role, text), details or () when every message is plain text)."""
     if type(msgs) is not list or not msgs:
         raise bad("messages must be a non-empty array", "messages")
-    messages, details, rich = [], [], False
+    messages, details = [], None            # details: built from the first message that needs one
     for i, m in enumerate(msgs):
         if type(m) is not dict or type(m.get("role")) is not str:
             raise bad(f"messages[{i}] must be an object with a string role", "messages")
@@ -139,7 +139,8 @@ def _messages(msgs) -> tuple[list, tuple]:
         content = m.get("content")
         if type(content) is str and len(m) == 2 and role != "tool":   # the common case: only text
             messages.append((role, content))
-            details.append(None)
+            if details is not None:
+                details.append(None)
             continue
         parts = ()
         if type(content) is list:
@@ -157,9 +158,13 @@ def _messages(msgs) -> tuple[list, tuple]:
             raise bad(f"messages[{i}]: a tool message needs tool_call_id", "messages")
         detail = MessageDetail(parts, calls, call_id, _get(m, "name", (str,), "a string", f"messages[{i}]."))
         messages.append((role, text))
-        details.append(detail if detail != _PLAIN else None)
-        rich = rich or detail != _PLAIN
-    return messages, tuple(details) if rich else ()
+        if detail != _PLAIN:
+            if details is None:
+                details = [None] * i
+            details.append(detail)
+        elif details is not None:
+            details.append(None)
+    return messages, tuple(details) if details is not None else ()
 
 
 _PLAIN = MessageDetail()
@@ -262,7 +267,9 @@ def parse_chat(data) -> tuple[ChatRequest, bool, bool]:
     """An OpenAI chat.completions body -> (ChatRequest, stream, include_usage); AtpError if invalid."""
     if type(data) is not dict:
         raise bad("the request body must be a JSON object")
-    _refuse_unsupported(data)
+    plain = data.keys() <= _PLAIN_KEYS      # the common body: no parameter beyond these
+    if not plain:
+        _refuse_unsupported(data)
     messages, details = _messages(data.get("messages"))
     ext, model, tier = _routing(data)
     if data.get("n") not in (None, 1):
@@ -282,7 +289,7 @@ def parse_chat(data) -> tuple[ChatRequest, bool, bool]:
         tenant=_get(ext, "tenant", (str,), "a string", "atp.") or "", capabilities=tuple(caps),
         temperature=_get(data, "temperature", _NUM, "a number"), stream=stream,
         metadata={"user": user} if user else {}, user=user)
-    if details or not data.keys() <= _PLAIN_KEYS:    # else every other field keeps its default
+    if details or not plain:                  # else every other field keeps its default
         tools = _tools(data["tools"]) if data.get("tools") else ()
         chat.details, chat.tools = details, tools
         chat.tool_choice = _tool_choice(data.get("tool_choice"), tools)

@@ -58,6 +58,7 @@ class AuditStage(Stage):
                               "in": usage.input_tokens if usage else 0,
                               "out": usage.output_tokens if usage else 0,
                               "cost_micros": usage.cost_usd_micros if usage else 0,
+                              "estimated": usage.estimated if usage else False,
                               "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000})
 
 

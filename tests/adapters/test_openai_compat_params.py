@@ -130,12 +130,15 @@ def test_quirk_options_stream_usage_off_and_max_completion_tokens(run):
     async def main():
         seen = []
         async with serve_app(_fake(seen)) as url:
-            adapter = OpenAICompatAdapter("p", url + "/v1", stream_usage=False, max_tokens_field="max_completion_tokens")
-            [i async for i in adapter.stream(SPEC, ChatRequest([("user", "x")], max_tokens=3))]
+            adapter = OpenAICompatAdapter("p", url + "/v1", stream_usage=False, max_tokens_field="max_completion_tokens",
+                                          json_schema_format="json_object_schema")
+            [i async for i in adapter.stream(SPEC, ChatRequest([("user", "x")], max_tokens=3,
+                                                               response_format=FULL.response_format))]
             await adapter.aclose()
         return seen[0]
     body = run(main)
     assert "stream_options" not in body and "max_tokens" not in body and body["max_completion_tokens"] == 3
+    assert body["response_format"] == {"type": "json_object", "schema": {"type": "object"}}
 
 
 def test_embeddings_in_input_order_models_and_health(run):

@@ -47,8 +47,8 @@ def test_required_capabilities_are_read_off_the_request():
 
 def test_usage_is_estimated_unless_the_provider_reported_both_counts():
     req = ChatRequest([("user", "x" * 40)])
-    exact = Accountant.usage(MODEL, req, Finish("stop", 10, 5, cached_input_tokens=4), 99)
+    exact = Accountant().usage(MODEL, req, Finish("stop", 10, 5, cached_input_tokens=4), 99)
     assert (exact.input_tokens, exact.output_tokens, exact.estimated, exact.cached_input_tokens) == (10, 5, False, 4)
-    counted = Accountant.usage(MODEL, req, Finish("stop"), 7)
+    counted = Accountant().usage(MODEL, req, Finish("stop"), 7)
     assert (counted.input_tokens, counted.output_tokens, counted.estimated) == (10, 7, True)
     assert counted.cost_usd_micros == 10 * 1 + 7 * 2

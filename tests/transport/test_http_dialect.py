@@ -10,6 +10,8 @@ import pytest
 
 from atp_server import config as atp_config
 
+from tests.helpers.toml_models import EMBED_MODEL
+
 from .conftest import ServerHarness
 
 KEY = atp_config.DEV_API_KEY
@@ -18,18 +20,8 @@ HELLO = [{"role": "user", "content": "hello"}]
 WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
-# An embeddings model (priced high and rated low so chat never picks it) and a model whose
-# max_output_tokens is below what the simulated provider would write.
-EXTRA_TOML = """
-[[models]]
-id = "sim-embed"
-provider = "sim"
-price_in_per_mtok = 0.02
-price_out_per_mtok = 99.0
-quality = 0.01
-latency_ms = 9000
-capabilities = ["embeddings"]
-
+# A model whose max_output_tokens is below what the simulated provider would write.
+EXTRA_TOML = EMBED_MODEL + """
 [[models]]
 id = "sim-short"
 provider = "sim"
