@@ -151,6 +151,9 @@ class HttpTransport:
             return error_response(exc)
         except web.HTTPRequestEntityTooLarge:
             return error_response(_bad(f"request body over {MAX_BODY} bytes"), status=413, close=True)
+        except Exception:     # a bug costs one request, with a proper error, never the server
+            log.exception("http: embeddings request failed")
+            return error_response(AtpError(ErrorCode.INTERNAL, "internal error"))
         return web.Response(body=dialect.embeddings_body(result, model_id, encoding), headers={
             "Content-Type": _JSON, "x-atp-model": model_id, "x-atp-cost-usd": f"{usage.cost_usd:.6f}"})
 

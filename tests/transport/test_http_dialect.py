@@ -140,3 +140,18 @@ def test_model_by_id_and_json_404_405(server):
         assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
         if status == 405:
             assert headers["Allow"] in ("GET", "POST")
+
+
+def test_a_failing_embeddings_provider_is_a_json_500_and_the_server_keeps_serving(server):
+    adapter = server.app.adapters["sim"]
+
+    async def broken(model, request):
+        raise RuntimeError("bug in an adapter")
+    adapter.embed, original = broken, adapter.embed
+    try:
+        status, headers, body = call(server, "POST", "/v1/embeddings", {"model": "sim-embed", "input": "x"})
+    finally:
+        adapter.embed = original
+    assert status == 500 and headers["Content-Type"] == "application/json"
+    assert orjson.loads(body)["error"]["code"] == "INTERNAL"
+    assert call(server, "POST", "/v1/embeddings", {"model": "sim-embed", "input": "x"})[0] == 200
