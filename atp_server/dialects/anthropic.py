@@ -214,7 +214,7 @@ def _usage(u) -> dict:
 
 def _atp(decision, usage, overhead_us: int) -> dict:
     return {"provider": decision.provider, "model": decision.model, "cost_usd": usage.cost_usd,
-            "estimated_usage": usage.estimated, "overhead_us": overhead_us}
+            "usage_estimated": usage.estimated, "overhead_us": overhead_us}
 
 
 def message_json(c) -> dict:

@@ -74,6 +74,7 @@ async def messages(t, request: web.Request) -> web.StreamResponse:
         return web.Response(body=orjson.dumps(dialect.message_json(c)), headers={
             "Content-Type": _JSON, "x-atp-overhead-us": str(c.overhead_us), "x-atp-model": d.model,
             "x-atp-provider": d.provider, "x-atp-cost-usd": f"{c.usage.cost_usd:.6f}",
+            "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
             "request-id": c.request_id})
     except AtpError as exc:
         return error_response(exc, chat.request_id if chat else "")

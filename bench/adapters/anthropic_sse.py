@@ -5,7 +5,7 @@
 The real AnthropicAdapter.stream() runs over an in-memory response (no socket, so only our code is
 timed), fed one SSE event per read (the worst case: each network read carries one event) and 16
 events per read; every TextDelta it yields is re-emitted as the bytes a client receives, through
-the Anthropic front door's StreamEncoder and as an OpenAI chat.completion.chunk. Medians of
+the Anthropic front door's StreamEncoder, or the OpenAI dialect's ChunkEncoder. Medians of
 `--repeats` rounds, µs of this thread's CPU time per content_block_delta event (CPU time, not
 wall time: on a shared, loaded machine wall time mostly measures waiting for a core).
 Target (issue 9): ≤ 20 µs per chunk.
@@ -15,11 +15,12 @@ import asyncio
 import statistics
 import time
 
-import orjson
+from bench.adapters.openai_sse import _MemoryHttp   # the in-memory stand-in for HttpClient
 
 from atp_server.adapters.anthropic import AnthropicAdapter
 from atp_server.adapters.settings import AnthropicSettings
 from atp_server.dialects.anthropic import StreamEncoder
+from atp_server.dialects.openai import ChunkEncoder
 from atp_server.routing.spec import ModelSpec
 from atp_server.types import ChatRequest, TextDelta
 
@@ -37,56 +38,15 @@ TAIL = (b'event: content_block_stop\ndata: {"type":"content_block_stop","index":
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
 
 
-class _Response:
-    """Enough of http_client.Response for the adapter: status, headers, chunks, complete."""
-
-    status, headers, complete = 200, {}, True
-
-    def __init__(self, chunks):
-        self._it = iter(chunks)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        try:
-            return next(self._it)
-        except StopIteration:
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        return None
-
-
-class _Http:
-    def __init__(self, chunks):
-        self.chunks = chunks
-
-    def stream(self, *args, **kwargs):
-        return _Response(self.chunks)
-
-    async def aclose(self):
-        return None
-
-
-def _openai_chunk(prefix: bytes, text: str) -> bytes:
-    # as transport/http.py writes a delta: one precomputed prefix, the text, a fixed suffix
-    return prefix + b'{"content":' + orjson.dumps(text) + b'},"finish_reason":null}]}\n\n'
-
-
 async def _round(events: int, per_read: int, emit: str) -> float:
     body = [HEAD] + [DELTA] * events + [TAIL]
     chunks = [b"".join(body[i:i + per_read]) for i in range(0, len(body), per_read)]
     adapter = AnthropicAdapter("claude", AnthropicSettings(api_key="x"))
     await adapter._http.aclose()
-    adapter._http = _Http(chunks)
+    adapter._http = _MemoryHttp(chunks)
     model, request = ModelSpec("c", "claude", "claude-sonnet-4-5"), ChatRequest([("user", "hi")])
-    enc = StreamEncoder()
+    enc, openai_enc = StreamEncoder(), ChunkEncoder("r1", "c")
     enc.start("r1", "c", 25)
-    prefix = b'data: {"id":"chatcmpl-r1","object":"chat.completion.chunk","created":0,"model":"c","choices":[{"index":0,"delta":'
     out = 0
     t0 = time.thread_time_ns()
     async for item in adapter.stream(model, request):
@@ -94,7 +54,7 @@ async def _round(events: int, per_read: int, emit: str) -> float:
             if emit == "anthropic":
                 out += len(enc.text(item.text))
             elif emit == "openai":
-                out += len(_openai_chunk(prefix, item.text))
+                out += len(openai_enc.text(item.text))
     elapsed = time.thread_time_ns() - t0
     assert emit == "none" or out > events * 20   # every delta produced its bytes
     return elapsed / events / 1000

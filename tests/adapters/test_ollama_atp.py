@@ -4,8 +4,7 @@ import openai
 import pytest
 
 from atp_server.config import DEV_API_KEY
-from tests.adapters.fixtures.server import ThreadedFixture, ollama_server
-from tests.transport.conftest import ServerHarness, server_config
+from tests.adapters.fixtures.server import ThreadedFixture, atp_http_server, ollama_server
 
 # model id -> the transcript its upstream name replays; never the router's first choice
 MODELS = {"llama-fx": "chat", "llama-fx-tools": "chat_tools", "llama-fx-cut": "truncated"}
@@ -25,13 +24,9 @@ def fixture():
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, fixture):
-    d = tmp_path_factory.mktemp("ollama-atp")
-    harness = ServerHarness(server_config(d, TOML.replace("{url}", fixture[1])),
-                            str(d / "audit.sqlite")).start(grpc=False, quic=False)
-    yield openai.OpenAI(base_url=f"http://127.0.0.1:{harness.ports.http}/v1", api_key=DEV_API_KEY,
-                        max_retries=0, timeout=30)
-    harness.stop()
-    harness.close()
+    with atp_http_server(tmp_path_factory.mktemp("ollama-atp"), TOML.replace("{url}", fixture[1])) as h:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{h.ports.http}/v1", api_key=DEV_API_KEY,
+                            max_retries=0, timeout=30)
 
 
 def test_chat_streaming_and_not_with_the_providers_usage(client, fixture):

@@ -5,8 +5,7 @@ import anthropic
 import pytest
 
 from atp_server.config import DEV_API_KEY
-from tests.adapters.fixtures.server import ThreadedFixture, anthropic_server
-from tests.transport.conftest import ServerHarness, server_config
+from tests.adapters.fixtures.server import ThreadedFixture, anthropic_server, atp_http_server
 from tests.transport.test_http import EXTRA_TOML as CUT_TOML
 
 # Anthropic-typed models served by the fixture server (model "upstream" = the transcript replayed),
@@ -31,12 +30,9 @@ def fixture():
 
 @pytest.fixture(scope="module")
 def atp(tmp_path_factory, fixture):
-    d = tmp_path_factory.mktemp("anthropic-sdk")
-    cfg = server_config(d, CUT_TOML + ANTHROPIC_TOML.replace("{url}", fixture[1]))
-    harness = ServerHarness(cfg, str(d / "audit.sqlite")).start(grpc=False, quic=False)
-    yield harness
-    harness.stop()
-    harness.close()
+    with atp_http_server(tmp_path_factory.mktemp("anthropic-sdk"),
+                         CUT_TOML + ANTHROPIC_TOML.replace("{url}", fixture[1])) as harness:
+        yield harness
 
 
 def client(h, key: str = DEV_API_KEY) -> anthropic.Anthropic:
@@ -65,7 +61,7 @@ def test_stream_text_and_final_message(atp):
 @pytest.mark.parametrize("stream", [False, True])
 def test_tools_round_trip(atp, stream):
     c = client(atp)
-    kw = dict(model="sim-balanced", max_tokens=64, tools=[WEATHER], tool_choice={"type": "any"},
+    kw = dict(model="sim-high", max_tokens=64, tools=[WEATHER], tool_choice={"type": "any"},
               messages=[{"role": "user", "content": "weather in Paris?"}])
     if stream:
         with c.messages.stream(**kw) as s:
@@ -76,7 +72,7 @@ def test_tools_round_trip(atp, stream):
     assert call.name == "get_weather" and isinstance(call.input["location"], str)
     assert msg.stop_reason == "tool_use"
     # the tool result goes back and the model answers in text
-    answer = c.messages.create(model="sim-balanced", max_tokens=64, tools=[WEATHER], messages=[
+    answer = c.messages.create(model="sim-high", max_tokens=64, tools=[WEATHER], messages=[
         {"role": "user", "content": "weather in Paris?"},
         {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18C, sunny"}]}])
@@ -106,6 +102,12 @@ def test_end_to_end_through_the_anthropic_adapter(atp, fixture):
     assert [b.type for b in whole.content] == ["text", "tool_use"]
     assert whole.content[1].input == {"location": "San Francisco, CA"}
     assert (whole.usage.input_tokens, whole.usage.output_tokens) == (2095, 503)
+
+
+def test_tools_never_reach_a_model_without_them(atp):
+    with pytest.raises(anthropic.BadRequestError, match="lacks tools"):
+        client(atp).messages.create(model="sim-fast", max_tokens=8, tools=[WEATHER],
+                                    messages=[{"role": "user", "content": "x"}])
 
 
 def test_errors_are_the_sdk_exceptions(atp):

@@ -48,6 +48,8 @@ def test_bearer_authorization_is_accepted_too_and_a_json_answer_has_usage(http):
     assert status == 200 and msg["type"] == "message" and msg["content"][0]["type"] == "text"
     assert msg["usage"]["input_tokens"] > 0 and msg["usage"]["output_tokens"] > 0
     assert float(headers["x-atp-cost-usd"]) >= 0 and headers["x-atp-model"] == msg["model"]
+    # the simulated provider reports its counts, so usage is exact: said in the header and the body
+    assert headers["x-atp-usage-estimated"] == "false" and msg["atp"]["usage_estimated"] is False
 
 
 def test_streamed_tool_call_is_a_tool_use_block_with_input_json_deltas(http):
