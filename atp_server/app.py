@@ -20,7 +20,7 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 from .routing.health import HealthBoard
 from .routing.bandit import FILE as POSTERIORS
-from .routing.router import Router, load_predictor
+from .routing.router import Router, audit_verdicts, load_predictor
 from .service import GatewayService
 
 log = logging.getLogger("atp")
@@ -72,6 +72,7 @@ class App:
             self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
+            self.router.on_verdict = audit_verdicts(self.audit)   # champion/challenger verdicts
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics)
         self.feedback = FeedbackLog(on_score=lambda tenant, rid, score: self.router.feedback(

@@ -30,6 +30,16 @@ log = logging.getLogger("atp.routing")
 RECENT_DECISIONS = 16_384
 
 
+def audit_verdicts(audit):
+    """An on_verdict callback writing each champion/challenger verdict as an audit row
+    (transport "routing", model = the challenger, outcome = promote | rollback | keep)."""
+    def write(v) -> None:
+        audit.record("", "router", "routing", "", v.challenger, v.action, 0,
+                     {"rewards": v.rewards, "challenger_mean": v.challenger_mean,
+                      "champion_mean": v.champion_mean, "reason": v.reason})
+    return write
+
+
 def load_predictor(policy: RoutingConfig):
     """The trained router named by routing.predictor (None when unset), warmed up so the first
     request does not pay the compiled kernels' load; a bad file names the key and the file."""
