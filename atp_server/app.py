@@ -59,6 +59,10 @@ class App:
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
         self.router = Router(list(config.models), HealthBoard(), policy=config.routing,
                              predictor=load_predictor(config.routing))
+        if config.routing.challenger:     # champion/challenger from the start (routing/champion.py)
+            self.router.challenge(config.routing.challenger,
+                                  load_predictor(config.routing, "challenger"),
+                                  config.routing.challenger_share)
         self.admission = Admission(config.server.max_inflight, config.server.max_queue)
         self.accountant = Accountant()
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])

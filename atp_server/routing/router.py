@@ -40,17 +40,19 @@ def audit_verdicts(audit):
     return write
 
 
-def load_predictor(policy: RoutingConfig):
-    """The trained router named by routing.predictor (None when unset), warmed up so the first
-    request does not pay the compiled kernels' load; a bad file names the key and the file."""
-    if not policy.predictor:
+def load_predictor(policy: RoutingConfig, key: str = "predictor"):
+    """The trained router named by routing.<key> (predictor or challenger; None when unset),
+    warmed up so the first request does not pay the compiled kernels' load; a bad file names
+    the key and the file."""
+    name = getattr(policy, key)
+    if not name:
         return None
     from .predictor import Predictor, RouterFileError
-    path = os.path.expanduser(policy.predictor)
+    path = os.path.expanduser(name)
     try:
         pred = Predictor.load(path)
     except (OSError, RouterFileError, ValueError) as exc:
-        raise ValueError(f"routing.predictor: cannot load {path}: {exc}") from None
+        raise ValueError(f"routing.{key}: cannot load {path}: {exc}") from None
     pred.warm()
     return pred
 
