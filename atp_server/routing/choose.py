@@ -168,7 +168,7 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
     else:
         obj = objective(request, table, alias)
     mode = scoring.MEAN if fixed else _MODES[policy.bandit]
-    pred = None if fixed else table.predictor
+    pred = table.predictor      # pinned and fixed chains too: their confidence and cost estimate
     qp = cp = table.prior_quality
     pcols = table.pred_cols
     features = base = None
