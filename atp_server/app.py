@@ -24,7 +24,7 @@ from .pricing import PriceBook
 from .routing.aimd import ProviderWindows, provider_bounds
 from .routing.health import HealthBoard
 from .routing.bandit import FILE as POSTERIORS
-from .routing.router import Router, load_predictor
+from .routing.router import Router, audit_verdicts, load_predictor
 from .service import GatewayService
 from .stages.limits import LimitsCollector, LimitsStage
 from .state import open_stores
@@ -77,6 +77,10 @@ class App:
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
         self.router = Router(list(config.models), HealthBoard(), policy=config.routing,
                              predictor=load_predictor(config.routing))
+        if config.routing.challenger:     # champion/challenger from the start (routing/champion.py)
+            self.router.challenge(config.routing.challenger,
+                                  load_predictor(config.routing, "challenger"),
+                                  config.routing.challenger_share)
         self.admission = Admission(config.server.max_inflight, config.server.max_queue,
                                    scheduling=config.scheduling,
                                    high_watermark=config.server.congestion_watermark)
@@ -101,6 +105,7 @@ class App:
             self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
+            self.router.on_verdict = audit_verdicts(self.audit)   # champion/challenger verdicts
         self.stores = open_stores(config.state)   # shared state: memory, or Redis when configured
         self.limit_stage = None
         if config.limits:

@@ -168,7 +168,7 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
     else:
         obj = objective(request, table, alias)
     mode = scoring.MEAN if fixed else _MODES[policy.bandit]
-    pred = None if fixed else table.predictor
+    pred = table.predictor      # pinned and fixed chains too: their confidence and cost estimate
     qp = cp = table.prior_quality
     pcols = table.pred_cols
     features = base = None
@@ -188,24 +188,18 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
         pcols = table.all_rows
     W, order, why, out, P = table.scratch
     stats = table.stats
-    P[scoring.P_PROMPT_TOKENS] = estimate_tokens(request.prompt_chars())
-    P[scoring.P_MAX_TOKENS] = request.max_tokens or 0
-    P[scoring.P_MAX_COST] = math.inf if request.max_cost_usd is None else request.max_cost_usd
-    P[scoring.P_SLO] = math.inf if request.latency_slo_ms is None else request.latency_slo_ms
-    P[scoring.P_N0] = policy.prior_strength
-    P[scoring.P_MODE] = mode
-    P[scoring.P_EXPLORE] = policy.explore
-    P[scoring.P_LOG_TOTAL] = math.log1p(float(stats.answers.sum())) if mode == scoring.UCB else 0.0
-    P[scoring.P_RULE] = obj.rule
-    P[scoring.P_LAMBDA] = obj.cost_weight
-    P[scoring.P_MU] = obj.latency_weight
-    P[scoring.P_PARAM] = obj.min_quality
-    P[scoring.P_USE_PRED] = 1.0 if (pred is not None or features is not None) else 0.0
-    P[scoring.P_COST_REF] = pred.cost_ref if pred is not None else 0.0
-    P[scoring.P_PINNED] = 1.0 if pinned else 0.0
+    # one slice assignment (in scoring.P_* order): fifteen item assignments cost ~3× more
+    P[:] = (estimate_tokens(request.prompt_chars()), request.max_tokens or 0,
+            math.inf if request.max_cost_usd is None else request.max_cost_usd,
+            math.inf if request.latency_slo_ms is None else request.latency_slo_ms,
+            policy.prior_strength, mode, policy.explore,
+            math.log1p(float(stats.answers.sum())) if mode == scoring.UCB else 0.0,
+            obj.rule, obj.cost_weight, obj.latency_weight, obj.min_quality,
+            1.0 if (pred is not None or features is not None) else 0.0,
+            pred.cost_ref if pred is not None else 0.0, 1.0 if pinned else 0.0)
     z = rng.standard_normal(table.size) if mode == scoring.THOMPSON else qp
     n_ok = impl.decide(table.F, table.caps, stats.S, in_set, blocked, qp, cp, pcols, z, P,
-                       np.uint64(capbits if capbits > 0 else 0), W, order, why, out)
+                       np.uint64(capbits) if capbits > 0 else _NO_CAPS, W, order, why, out)
     if capbits < 0:   # a capability no model has: nothing can serve it
         n_ok = 0
         why[in_set] = scoring.LACKS_CAPS
@@ -246,6 +240,7 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
         Trace(features, None if base is None else base.copy(), float(out[0])))
 
 
+_NO_CAPS = np.uint64(0)
 _FIXED = Objective(scoring.UTILITY, 0.0, 0.0, 0.0, "")
 
 

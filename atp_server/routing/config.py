@@ -61,6 +61,10 @@ class RoutingConfig:
     explore: float = 0.5
     seed: int = -1                  # routing RNG seed (-1: from the OS; set it for reproducible runs)
     persist: bool = True            # keep bandit posteriors in <state_dir>/routing_posteriors.npz
+    challenger: str = ""            # another router.bin to test against `predictor` (champion.py)
+    # Its share of decisions: a tenth limits a worse policy's exposure while the paired test
+    # gathers evidence (at 1k req/s and a few % of requests rated, a verdict within hours).
+    challenger_share: float = 0.1
     tiers: dict = field(default_factory=lambda: dict(DEFAULT_TIERS))
     aliases: tuple = ()             # tuple[Alias, ...]
 
@@ -180,7 +184,8 @@ def parse_aliases(value, model_ids) -> tuple:
 
 
 def parse_routing(t, aliases, model_ids) -> RoutingConfig:
-    fields_ = ("predictor", "bandit", "prior_strength", "explore", "seed", "persist", "tiers")
+    fields_ = ("predictor", "bandit", "prior_strength", "explore", "seed", "persist", "tiers",
+               "challenger", "challenger_share")
     _known("routing", t, fields_)
     kw = {}
     if "predictor" in t:
@@ -199,4 +204,11 @@ def parse_routing(t, aliases, model_ids) -> RoutingConfig:
         kw["persist"] = t["persist"]
     if "tiers" in t:
         kw["tiers"] = _tiers(t["tiers"])
+    if "challenger" in t:
+        kw["challenger"] = _str("routing.challenger", t["challenger"])
+    if "challenger_share" in t:
+        share = _num("routing.challenger_share", t["challenger_share"], 0, 1)
+        if not 0 < share < 1:
+            _fail("routing.challenger_share", f"must be strictly between 0 and 1, got {share}")
+        kw["challenger_share"] = share
     return RoutingConfig(**kw, aliases=parse_aliases(aliases, model_ids))

@@ -30,17 +30,29 @@ log = logging.getLogger("atp.routing")
 RECENT_DECISIONS = 16_384
 
 
-def load_predictor(policy: RoutingConfig):
-    """The trained router named by routing.predictor (None when unset), warmed up so the first
-    request does not pay the compiled kernels' load; a bad file names the key and the file."""
-    if not policy.predictor:
+def audit_verdicts(audit):
+    """An on_verdict callback writing each champion/challenger verdict as an audit row
+    (transport "routing", model = the challenger, outcome = promote | rollback | keep)."""
+    def write(v) -> None:
+        audit.record("", "router", "routing", "", v.challenger, v.action, 0,
+                     {"rewards": v.rewards, "challenger_mean": v.challenger_mean,
+                      "champion_mean": v.champion_mean, "reason": v.reason})
+    return write
+
+
+def load_predictor(policy: RoutingConfig, key: str = "predictor"):
+    """The trained router named by routing.<key> (predictor or challenger; None when unset),
+    warmed up so the first request does not pay the compiled kernels' load; a bad file names
+    the key and the file."""
+    name = getattr(policy, key)
+    if not name:
         return None
     from .predictor import Predictor, RouterFileError
-    path = os.path.expanduser(policy.predictor)
+    path = os.path.expanduser(name)
     try:
         pred = Predictor.load(path)
     except (OSError, RouterFileError, ValueError) as exc:
-        raise ValueError(f"routing.predictor: cannot load {path}: {exc}") from None
+        raise ValueError(f"routing.{key}: cannot load {path}: {exc}") from None
     pred.warm()
     return pred
 

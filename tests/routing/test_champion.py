@@ -145,3 +145,17 @@ def test_operator_actions_through_the_router(trained):
     assert r.verdicts[-1].reason == "operator" and r.table.predictor is not trained
     with pytest.raises(ValueError):
         r.operator("rollback")
+
+
+def test_verdicts_are_written_to_the_audit_log(tmp_path, trained):
+    from atp_server.audit import AuditLog
+    from atp_server.routing.router import audit_verdicts
+    audit = AuditLog(str(tmp_path / "audit.sqlite"))
+    r = _experiment_router(trained, trained, _inverted(trained))
+    r.on_verdict = audit_verdicts(audit)
+    r.operator("rollback")
+    assert audit.flush() == 1
+    import sqlite3
+    rows = sqlite3.connect(tmp_path / "audit.sqlite").execute(
+        "select transport, model, outcome from audit").fetchall()
+    assert rows == [("routing", "challenger.bin", "rollback")]

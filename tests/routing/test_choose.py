@@ -296,3 +296,13 @@ def test_tier_weights_from_config(twin):
     policy = replace(GREEDY, tiers={**DEFAULT_TIERS, "balanced": TierWeights(0.0, 0.0)})
     assert DEFAULT_TIERS["balanced"].cost_weight is None
     assert pick(twin, table(policy=policy)).model == "c"
+
+
+def test_a_pinned_model_gets_the_trained_routers_estimate(trained, synthetic):
+    names = trained.models
+    t = table([ModelSpec(n, "p", n, quality=0.1) for n in names], predictor=trained)
+    prompt = synthetic[1].prompts[3]
+    q, c = trained.predict(prompt)
+    d = choose(ChatRequest([("user", prompt)], model=names[2]), t, 0.0, np.random.default_rng(0))
+    assert d.model == names[2] and d.confidence == pytest.approx(q[2])
+    assert d.estimated_cost_usd == pytest.approx(c[2])

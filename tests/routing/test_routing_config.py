@@ -50,6 +50,8 @@ def test_both_alias_spellings():
     ('[[aliases]]\nname = "x"\nmodels = ["sim-fast"]\n[[aliases]]\nname = "x"\nmodels = ["sim-high"]\n',
      "aliases[1].name"),
     ('[aliases]\nduo = "sim-high"\n', "aliases.duo"),
+    ('[routing]\nchallenger_share = 1\n', "routing.challenger_share"),
+    ('[routing]\nchallenger = 3\n', "routing.challenger"),
 ])
 def test_errors_name_the_key(extra, key):
     with pytest.raises(ConfigError) as info:
@@ -64,3 +66,17 @@ def test_a_bad_predictor_file_names_the_key(tmp_path):
     cfg = load(f'[routing]\npredictor = "{bad}"\n')
     with pytest.raises(ValueError, match="routing.predictor"):
         App(cfg, audit_path=str(tmp_path / "a.sqlite"))
+
+
+def test_a_challenger_from_config_starts_an_experiment(tmp_path, trained):
+    from atp_server.app import App
+    path = tmp_path / "v2.bin"
+    trained.save(path)
+    cfg = load(f'[routing]\nchallenger = "{path}"\nchallenger_share = 0.25\n')
+    app = App(cfg, audit_path=str(tmp_path / "a.sqlite"))
+    exp = app.router.experiment
+    assert exp.challenger == str(path) and exp.share == 0.25 and exp.running
+    assert app.router.challenger_table.predictor.models == trained.models
+    bad = load('[routing]\nchallenger = "/nonexistent/v3.bin"\n')
+    with pytest.raises(ValueError, match="routing.challenger"):
+        App(bad, audit_path=str(tmp_path / "b.sqlite"))
