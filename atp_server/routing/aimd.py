@@ -187,11 +187,14 @@ class _Slot:
 
 
 def provider_bounds(config) -> dict:
-    """name -> (floor, ceiling, initial, slo_ms) for every configured provider: [scheduling.providers]
+    """name -> (floor, ceiling, initial, slo_ms) for every provider a model uses: [scheduling.providers]
     where given; the ceiling defaults to the provider's pooled connections (max_connections: more
     in flight would only queue in the pool) or else server.max_inflight (admission's own bound)."""
     out = {}
+    used = {m.provider for m in config.models}   # a provider no model uses would only inflate Σ windows
     for p in config.providers:
+        if p.name not in used:
+            continue
         w = config.scheduling.providers.get(p.name)
         ceiling = (w.max_concurrency if w and w.max_concurrency else
                    getattr(p.settings, "max_connections", 0) or config.server.max_inflight)

@@ -136,6 +136,7 @@ def test_the_request_slo_applies_where_the_provider_has_none():
 
 
 def test_bounds_come_from_scheduling_then_max_connections_then_max_inflight(tmp_path):
+    # `idle` serves no model: it gets no window (it would only inflate admission's capacity).
     cfg = config.loads(f"""
 [server]
 state_dir = "{tmp_path}"
@@ -157,9 +158,18 @@ max_concurrency = 6
 min_window = 2
 initial_window = 3
 latency_slo_ms = 900
+[[providers]]
+name = "idle"
+type = "simulated"
 [[models]]
 id = "m"
 provider = "sim"
+[[models]]
+id = "u"
+provider = "up"
+[[models]]
+id = "t"
+provider = "tuned"
 """)
     assert aimd.provider_bounds(cfg) == {"sim": (1, 100, 0, 0.0), "up": (1, 16, 0, 0.0),
                                          "tuned": (2, 6, 3, 900.0)}
