@@ -39,34 +39,6 @@ POOL_SIZE = 32
 # Redis slower than the traffic fills it; beyond, writes are dropped and counted (`lost`).
 MAX_QUEUED_WRITES = 20_000
 
-_TAKE = """
-local now = tonumber(ARGV[1])
-local levels = {}
-for i = 1, #KEYS do
-  local cap, rate, cost = tonumber(ARGV[i*3-1]), tonumber(ARGV[i*3]), tonumber(ARGV[i*3+1])
-  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local tokens, ts = tonumber(s[1]), tonumber(s[2])
-  if tokens == nil then tokens, ts = cap, now end
-  if now > ts then tokens, ts = math.min(cap, tokens + (now - ts) * rate), now end
-  if tokens < cost then
-    local wait = 0
-    if rate > 0 then wait = math.max(1, math.ceil((cost - tokens) / rate * 1000)) end
-    return {i - 1, wait}
-  end
-  levels[i] = {tokens, ts}
-end
-local out = {-1, 0}
-for i = 1, #KEYS do
-  local cap, rate, cost = tonumber(ARGV[i*3-1]), tonumber(ARGV[i*3]), tonumber(ARGV[i*3+1])
-  local left = levels[i][1] - cost
-  redis.call('HSET', KEYS[i], 't', tostring(left), 'ts', tostring(levels[i][2]))
-  -- an untouched bucket is full again after cap/rate seconds: then its key may go
-  redis.call('PEXPIRE', KEYS[i], math.ceil(cap / math.max(rate, 1e-9) * 1000) + 1000)
-  out[#out + 1] = math.floor(left)
-end
-return out
-"""
-
 _REFUND = """
 for i = 1, #KEYS do
   local t = tonumber(redis.call('HGET', KEYS[i], 't'))
@@ -78,40 +50,11 @@ end
 return 0
 """
 
-_ACQUIRE = """
-for i = 1, #KEYS do
-  if (tonumber(redis.call('GET', KEYS[i])) or 0) >= tonumber(ARGV[i + 1]) then return i - 1 end
-end
-for i = 1, #KEYS do
-  redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[1])
-end
-return -1
-"""
-
 _RELEASE = """
 for i = 1, #KEYS do
   if (tonumber(redis.call('GET', KEYS[i])) or 0) > 0 then redis.call('DECR', KEYS[i]) end
 end
 return 0
-"""
-
-_RESERVE = """
-local totals = {}
-for i = 1, #KEYS do
-  local amount, limit = tonumber(ARGV[i*3-2]), tonumber(ARGV[i*3-1])
-  local s = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
-  local total = (tonumber(s[1]) or 0) + (tonumber(s[2]) or 0)
-  if total + amount > limit then return {i - 1} end
-  totals[i] = total + amount
-end
-local out = {-1}
-for i = 1, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[i*3-2])
-  redis.call('EXPIRE', KEYS[i], ARGV[i*3], 'NX')
-  out[#out + 1] = totals[i]
-end
-return out
 """
 
 _SETTLE = """
@@ -125,7 +68,8 @@ return 0
 
 
 # Everything `before` needs in one script: take the buckets, hold the gauges, reserve the holds,
-# all or nothing (the three scripts above, fused: one round trip instead of three).
+# all or nothing (one round trip; take, acquire and reserve alone are this script with the
+# other two lists empty).
 # KEYS: buckets, gauges, holds. ARGV: counts, now, gauge TTL, amount, then per bucket (capacity,
 # rate, cost), per gauge (limit), per hold (limit, ttl). Returns {kind, index, wait ms} on a
 # refusal (1 rate, 2 gauge, 3 budget), else {0, 0, 0, tokens left..., spent + reserved...}.
@@ -179,6 +123,26 @@ end
 return out
 """
 _REFUSED = {1: "rate", 2: "gauge", 3: "budget"}
+
+
+async def _admit(script, guard, buckets, costs, now, gauges, holds, amount, cprefix, bprefix):
+    """Run _ADMIT under `guard`: an Admitted (all None/False when the guard fell back)."""
+    keys = ([cprefix + x.key for x in buckets] + [cprefix + g.key for g in gauges]
+            + [bprefix + h.key for h in holds])
+    args = [len(buckets), len(gauges), len(holds), repr(now), GAUGE_TTL_MS, amount]
+    for bucket, cost in zip(buckets, costs):
+        args += (bucket.capacity, repr(bucket.rate_per_s), cost)
+    args += [g.limit for g in gauges]
+    for h in holds:
+        args += (h.limit, h.ttl_s)
+    out = await guard.call(lambda: script(keys, args), None)
+    if out is None:
+        return Admitted(None, None, None, False, None)
+    if out[0]:
+        return Admitted(_REFUSED[out[0]], Denial(int(out[1]), int(out[2])), None, False, None)
+    n = len(buckets)
+    return Admitted(None, None, tuple(int(x) for x in out[3:3 + n]), bool(gauges),
+                    tuple(int(x) for x in out[3 + n:]))
 
 
 class _Guard:
@@ -266,23 +230,14 @@ class _Background:
 class RedisCounters(CounterStore):
     def __init__(self, client, prefix: str, guard: _Guard):
         self.r, self.prefix, self.guard = client, prefix, guard
-        self._take = client.register_script(_TAKE)
+        self._admit = client.register_script(_ADMIT)
         self._refund = client.register_script(_REFUND)
-        self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self.background = _Background(client, guard)
 
     async def take(self, buckets, costs, now):
-        keys = [self.prefix + b.key for b in buckets]
-        args = [repr(now)]
-        for b, cost in zip(buckets, costs):
-            args += (b.capacity, repr(b.rate_per_s), cost)
-        out = await self.guard.call(lambda: self._take(keys, args), None)
-        if out is None:
-            return None, None
-        if out[0] >= 0:
-            return Denial(int(out[0]), int(out[1])), None
-        return None, tuple(int(x) for x in out[2:])
+        got = await _admit(self._admit, self.guard, buckets, costs, now, (), (), 0, self.prefix, "")
+        return got.denial, got.levels
 
     def refund(self, buckets, amounts):
         keys = [self.prefix + b.key for b in buckets]
@@ -292,12 +247,8 @@ class RedisCounters(CounterStore):
         self.background.send(self._refund, keys, args)
 
     async def acquire(self, gauges):
-        keys = [self.prefix + g.key for g in gauges]
-        out = await self.guard.call(
-            lambda: self._acquire(keys, [GAUGE_TTL_MS] + [g.limit for g in gauges]), None)
-        if out is None:
-            return None, False
-        return (Denial(int(out), 0), False) if out >= 0 else (None, True)
+        got = await _admit(self._admit, self.guard, (), (), 0.0, gauges, (), 0, self.prefix, "")
+        return got.denial, got.held
 
     def release(self, gauges):
         keys = [self.prefix + g.key for g in gauges]
@@ -313,21 +264,13 @@ class RedisCounters(CounterStore):
 class RedisBudgets(BudgetStore):
     def __init__(self, client, prefix: str, guard: _Guard):
         self.r, self.prefix, self.guard = client, prefix, guard
-        self._reserve = client.register_script(_RESERVE)
+        self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
         self.background = _Background(client, guard)
 
     async def reserve(self, holds, amount):
-        keys = [self.prefix + h.key for h in holds]
-        args = []
-        for h in holds:
-            args += (amount, h.limit, h.ttl_s)
-        out = await self.guard.call(lambda: self._reserve(keys, args), None)
-        if out is None:
-            return None, None
-        if out[0] >= 0:
-            return Denial(int(out[0]), 0), None
-        return None, tuple(int(x) for x in out[1:])
+        got = await _admit(self._admit, self.guard, (), (), 0.0, (), holds, amount, "", self.prefix)
+        return got.denial, got.totals
 
     def settle(self, holds, amount, actual):
         keys = [self.prefix + h.key for h in holds]
@@ -363,25 +306,11 @@ class RedisStores(Stores):
 
     async def admit(self, buckets, costs, now, gauges, holds, amount):
         c, b = self.counters, self.budgets
-        keys = ([c.prefix + x.key for x in buckets] + [c.prefix + g.key for g in gauges]
-                + [b.prefix + h.key for h in holds])
-        args = [len(buckets), len(gauges), len(holds), repr(now), GAUGE_TTL_MS, amount]
-        for bucket, cost in zip(buckets, costs):
-            args += (bucket.capacity, repr(bucket.rate_per_s), cost)
-        args += [g.limit for g in gauges]
-        for h in holds:
-            args += (h.limit, h.ttl_s)
         # One call, two fail modes: refusing wins when budgets are at stake and fail closed
         # (money); otherwise the limits' mode decides.
         guard = b.guard if holds and not b.guard.fail_open else c.guard
-        out = await guard.call(lambda: self._admit(keys, args), None)
-        if out is None:
-            return Admitted(None, None, None, False, None)
-        if out[0]:
-            return Admitted(_REFUSED[out[0]], Denial(int(out[1]), int(out[2])), None, False, None)
-        n = len(buckets)
-        return Admitted(None, None, tuple(int(x) for x in out[3:3 + n]), bool(gauges),
-                        tuple(int(x) for x in out[3 + n:]))
+        return await _admit(self._admit, guard, buckets, costs, now, gauges, holds, amount,
+                            c.prefix, b.prefix)
 
 
 def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:") -> Stores:
