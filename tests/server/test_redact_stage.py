@@ -194,3 +194,30 @@ def test_over_http_the_openai_client_gets_restored_answers_streamed_and_whole(tm
     finally:
         harness.stop()
         harness.close()
+
+
+class FailsAfterAPlaceholderPrefix(EchoProvider):
+    """First call: sends '[EMA' (held back by the restorer, so nothing reached the client) and
+    fails retryably; later calls echo. The failover must start a fresh restorer."""
+
+    async def stream(self, model, request):
+        if not self.received:
+            self.received.append(list(request.messages))
+            yield TextDelta("[EMA", 1)
+            raise AtpError(ErrorCode.UPSTREAM_ERROR, "dropped")
+        async for item in super().stream(model, request):
+            yield item
+
+
+def test_a_failover_after_a_held_placeholder_prefix_starts_clean(tmp_path):
+    app, _, _ = make_app(tmp_path)
+    app.adapters["sim"] = provider = FailsAfterAPlaceholderPrefix(chunk=4)
+
+    async def main():
+        return [i async for i in app.pipeline.stream(
+            ChatRequest([("user", "write to ana@example.org")]), PRINCIPAL, "test")]
+
+    items = run(main())
+    assert "".join(i.text for i in items if type(i) is Delta) == "write to ana@example.org"
+    assert len(provider.received) == 2                  # it failed over, once
+    assert sum(1 for i in items if type(i).__name__ == "Routed") == 2
