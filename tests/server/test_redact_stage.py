@@ -167,3 +167,58 @@ def test_system_messages_are_not_scored(tmp_path):
                                                       "now the support bot."),
                                            ("user", "hi")]), PRINCIPAL, "t"))
     assert "injection" not in rows[-1][-1]
+
+
+def test_over_http_the_openai_client_gets_restored_answers_streamed_and_whole(tmp_path):
+    """The real OpenAI client against the HTTP front door: same stage, same restore, every chunk."""
+    import openai
+
+    from atp_server import config as atp_config
+    from tests.transport.conftest import ServerHarness, server_config
+
+    harness = ServerHarness(server_config(tmp_path, GOVERNANCE), str(tmp_path / "audit.sqlite"))
+    try:
+        harness.start(grpc=False, quic=False)
+        echo = EchoProvider(chunk=3)
+        for name in list(harness.app.adapters):
+            harness.app.adapters[name] = echo        # every model answers with the prompt
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{harness.ports.http}/v1",
+                               api_key=atp_config.DEV_API_KEY, max_retries=0, timeout=30)
+        stream = client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": PROMPT}], stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == PROMPT
+        assert all(value not in sent_text(echo) for value in PII)
+        answer = client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "mail ana@example.org"}])
+        assert answer.choices[0].message.content == "mail ana@example.org"
+    finally:
+        harness.stop()
+        harness.close()
+
+
+class FailsAfterAPlaceholderPrefix(EchoProvider):
+    """First call: sends '[EMA' (held back by the restorer, so nothing reached the client) and
+    fails retryably; later calls echo. The failover must start a fresh restorer."""
+
+    async def stream(self, model, request):
+        if not self.received:
+            self.received.append(list(request.messages))
+            yield TextDelta("[EMA", 1)
+            raise AtpError(ErrorCode.UPSTREAM_ERROR, "dropped")
+        async for item in super().stream(model, request):
+            yield item
+
+
+def test_a_failover_after_a_held_placeholder_prefix_starts_clean(tmp_path):
+    app, _, _ = make_app(tmp_path)
+    app.adapters["sim"] = provider = FailsAfterAPlaceholderPrefix(chunk=4)
+
+    async def main():
+        return [i async for i in app.pipeline.stream(
+            ChatRequest([("user", "write to ana@example.org")]), PRINCIPAL, "test")]
+
+    items = run(main())
+    assert "".join(i.text for i in items if type(i) is Delta) == "write to ana@example.org"
+    assert len(provider.received) == 2                  # it failed over, once
+    assert sum(1 for i in items if type(i).__name__ == "Routed") == 2
