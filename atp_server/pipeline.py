@@ -15,7 +15,7 @@ from codec.errors import ErrorCode
 from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
-from .dispatch import Caps, DispatchConfig, Plan, first_item
+from .dispatch import Caps, DispatchConfig, first_item
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
@@ -120,6 +120,51 @@ class _Call:
         return False
 
 
+class _Attempt:
+    """One streamed call to one model: its concurrency slot and breaker DISPATCH taken when it
+    starts, given back and reported by `close(exc)` however it ends (the same guarantee as _Call,
+    across the yields of a stream). The pipeline reads `up` directly: no generator in between."""
+
+    __slots__ = ("model_id", "call", "up", "caps", "provider")
+
+    def __init__(self, pipeline: "Pipeline", model_id: str, request: ChatRequest):
+        model = pipeline.router.models[model_id]
+        self.model_id, self.caps, self.provider, self.up = model_id, pipeline.caps, model.provider, None
+        capped = self.caps.take(model.provider)
+        try:
+            self.call = _Call(pipeline.router.health, model_id, pipeline.clock)
+        except BaseException:
+            if capped:
+                self.caps.give_back(model.provider)
+            raise
+        if not capped:
+            self.caps = None
+        self.up = pipeline.adapters[model.provider].stream(model, request)
+
+    async def first(self):
+        """(self, the first item); a stream that ends before any item is a cut."""
+        try:
+            return self, await self.up.__anext__()
+        except StopAsyncIteration:
+            exc = AtpError(ErrorCode.UPSTREAM_CUT, f"{self.model_id} ended the stream without finishing")
+            await self.close(exc)
+            raise exc from None
+        except BaseException as exc:
+            await self.close(exc)
+            raise
+
+    async def close(self, exc: BaseException | None) -> None:
+        up, self.up = self.up, None
+        if up is None:
+            return
+        try:
+            await up.aclose()
+        finally:
+            self.call.__exit__(None if exc is None else type(exc), exc, None)
+            if self.caps is not None:
+                self.caps.give_back(self.provider)
+
+
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=BasicPolicy(),
@@ -178,12 +223,6 @@ class Pipeline:
         request.request_id = self._request_id(request)
         return _Scope(self.chain, RequestContext(request, principal, transport, started_ns))
 
-    def _plan(self, trace: RequestContext) -> Plan:
-        d = trace.decision
-        # The routing engine may give an alias its own budget (a field appended to RouteDecision).
-        budget = getattr(d, "max_attempts", None) or self.dispatch.max_attempts
-        return Plan((d.model,) + d.fallbacks, budget, self.dispatch, self.rng)
-
     def _failed(self, trace: RequestContext, model_id: str, exc: AtpError) -> None:
         trace.failures.append(f"{model_id}: {exc.name}")
 
@@ -200,34 +239,22 @@ class Pipeline:
             fallbacks=tuple(m for m in chain if m != nxt.id))
         return trace.decision
 
-    async def _first(self, trace: RequestContext, request: ChatRequest, open_attempt):
-        """(model id, attempt generator, its first item): retries, failover and hedging (dispatch.py)."""
+    async def _first(self, trace: RequestContext, request: ChatRequest, start, discard=None):
+        """(model id, start(model id)'s result) from the first attempt that gets that far:
+        retries, failover and hedging (dispatch.py)."""
+        d = trace.decision
+        # The routing engine may give an alias its own budget (a field appended to RouteDecision).
+        budget = getattr(d, "max_attempts", None) or self.dispatch.max_attempts
         u0 = time.perf_counter_ns()
         try:
-            return await first_item(self._plan(trace), open_attempt, self.dispatch.hedge_s(request.tier),
-                                    self.sleep, lambda model_id, exc: self._failed(trace, model_id, exc))
+            return await first_item((d.model,) + d.fallbacks, budget, self.dispatch, self.rng, start,
+                                    self.dispatch.hedge_s(request.tier), self.sleep,
+                                    lambda model_id, exc: self._failed(trace, model_id, exc), discard)
         finally:
             trace.upstream_ns += time.perf_counter_ns() - u0
 
-    async def _stream_attempt(self, model_id: str, request: ChatRequest):
-        """One streamed call to one model, reported to its breaker at both ends; items as the
-        adapter yields them, Finish last; a stream that stops without Finish is a cut."""
-        model = self.router.models[model_id]
-        capped = self.caps.take(model.provider)
-        try:
-            with _Call(self.router.health, model_id, self.clock):
-                async with aclosing(self.adapters[model.provider].stream(model, request)) as up:
-                    async for item in up:
-                        yield item
-                        if type(item) is Finish:
-                            return
-                raise AtpError(ErrorCode.UPSTREAM_CUT, f"{model_id} ended the stream without finishing")
-        finally:
-            if capped:
-                self.caps.give_back(model.provider)
-
-    async def _complete_attempt(self, model_id: str, request: ChatRequest):
-        """One whole-answer call: yields (text, finish, tokens) once, inside the breaker report."""
+    async def _complete_call(self, model_id: str, request: ChatRequest):
+        """One whole-answer call: (text, finish, tokens), reported to the breaker at both ends."""
         model = self.router.models[model_id]
         adapter = self.adapters[model.provider]
         capped = self.caps.take(model.provider)
@@ -235,9 +262,8 @@ class Pipeline:
             with _Call(self.router.health, model_id, self.clock):
                 if hasattr(adapter, "complete"):
                     text, finish = await adapter.complete(model, request)
-                    yield text, finish, finish.output_tokens or 0
-                else:
-                    yield await _drain(adapter, model, request)
+                    return text, finish, finish.output_tokens or 0
+                return await _drain(adapter, model, request)
         finally:
             if capped:
                 self.caps.give_back(model.provider)
@@ -257,34 +283,38 @@ class Pipeline:
         """
         async with self._admitted(request, principal, transport, started_ns) as trace:
             yield Routed(trace.decision)
-            model_id, attempt, item = await self._first(
-                trace, request, lambda m: self._stream_attempt(m, request))
+            model_id, (attempt, item) = await self._first(
+                trace, request, lambda m: _Attempt(self, m, request).first(), _discard)
             if model_id != trace.decision.model:
                 yield Routed(self._answered_by(trace, model_id))
+            up = attempt.up
             emitted = tokens = 0
-            finish = None
             try:
-                async with aclosing(attempt):
-                    while True:
-                        if type(item) is TextDelta:
-                            yield Delta(emitted, item.text, item.tokens)
-                            emitted += 1
-                            tokens += item.tokens
-                        else:
-                            finish = item
-                        u0 = time.perf_counter_ns()
-                        try:
-                            item = await attempt.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        finally:
-                            trace.upstream_ns += time.perf_counter_ns() - u0
-            except AtpError as exc:
+                while True:
+                    kind = type(item)
+                    if kind is TextDelta:
+                        yield Delta(emitted, item.text, item.tokens)
+                        emitted += 1
+                        tokens += item.tokens
+                    elif kind is Finish:
+                        break
+                    u0 = time.perf_counter_ns()
+                    try:
+                        item = await up.__anext__()
+                    except StopAsyncIteration:
+                        raise AtpError(ErrorCode.UPSTREAM_CUT,
+                                       f"{model_id} ended the stream without finishing") from None
+                    finally:
+                        trace.upstream_ns += time.perf_counter_ns() - u0
+            except BaseException as exc:
+                await attempt.close(exc)
                 # Bytes reached the client: no failover can splice another model's answer on.
-                if emitted and exc.code is not ErrorCode.UPSTREAM_CUT:
+                if emitted and isinstance(exc, AtpError) and exc.code is not ErrorCode.UPSTREAM_CUT:
                     raise AtpError(ErrorCode.UPSTREAM_CUT,
                                    f"{model_id} failed mid-stream: {exc.message}") from exc
                 raise
+            finish = item
+            await attempt.close(None)
             usage = self._succeeded(trace, principal, self.router.models[model_id], request, finish, tokens)
             yield Done(finish.reason, usage, trace.decision, trace.overhead_us())
 
@@ -294,16 +324,19 @@ class Pipeline:
         one — a single JSON answer costs the upstream and us less than an SSE stream — else its
         stream, drained. Same admission, failover, accounting and audit as stream()."""
         async with self._admitted(request, principal, transport, started_ns) as trace:
-            model_id, attempt, (text, finish, tokens) = await self._first(
-                trace, request, lambda m: self._complete_attempt(m, request))
-            async with aclosing(attempt):
-                async for _ in attempt:      # resumes past the yield: the breaker hears OK
-                    pass
+            model_id, (text, finish, tokens) = await self._first(
+                trace, request, lambda m: self._complete_call(m, request))
             self._answered_by(trace, model_id)
             usage = self._succeeded(trace, principal, self.router.models[model_id], request, finish, tokens)
             return Completion(request.request_id, text, finish.reason, usage, trace.decision,
                               trace.overhead_us())
 
+
+
+async def _discard(started) -> None:
+    """A hedge that got its first item too late: close its call (reported as cancelled)."""
+    attempt, _ = started
+    await attempt.close(asyncio.CancelledError())
 
 
 async def _drain(adapter, model, request: ChatRequest):
