@@ -507,3 +507,31 @@ def test_routing_keys_reach_the_pipeline(tmp_path):
                                                    hedge_tiers=("fast", "balanced"))
     assert app.pipeline.dispatch.hedge_s("balanced") == 0.3 and app.pipeline.dispatch.hedge_s("high") is None
     asyncio.run(app.stop(0))
+
+
+def test_a_hedge_that_also_answers_is_discarded_not_leaked():
+    """Both attempts get their first item in the same loop turn: one wins, the other's result is
+    handed to `discard` (which closes its call) instead of being dropped with its call open."""
+    from atp_server.dispatch import first_item
+
+    async def main():
+        go, started, discarded = asyncio.Event(), [], []
+        sleep = Sleep(HEDGE_S)
+        sleep.fire.set()                              # every hedge timer fires at once
+
+        async def start(model_id):
+            started.append(model_id)
+            await go.wait()
+            return f"{model_id}-first"
+
+        async def discard(result):
+            discarded.append(result)
+
+        task = asyncio.create_task(first_item(("a", "b"), 2, DispatchConfig(), random.Random(1), start,
+                                              HEDGE_S, sleep, lambda m, e: None, discard))
+        while len(started) < 2:
+            await asyncio.sleep(0)
+        go.set()
+        return await task, discarded
+    winner, discarded = asyncio.run(main())
+    assert winner == ("a", "a-first") and discarded == ["b-first"]
