@@ -157,22 +157,8 @@ async def first_item(chain: tuple, budget: int, config: DispatchConfig, rng: ran
     """
     if hedge_s is not None:
         return await _hedged(Plan(chain, budget, config, rng), start, hedge_s, sleep, on_fail, discard)
-    model_id = chain[0]
-    try:
-        return model_id, await start(model_id)
-    except AtpError as exc:
-        if not exc.retryable:
-            raise
-        last = exc
-    plan = Plan(chain, budget, config, rng)
-    plan.next()                                    # the try above
+    plan, model_id, wait = None, chain[0], 0.0
     while True:
-        plan.failed(model_id, last)
-        on_fail(model_id, last)
-        step = plan.next()
-        if step is None:
-            raise last
-        model_id, wait = step
         if wait:
             await sleep(wait)
         try:
@@ -181,6 +167,15 @@ async def first_item(chain: tuple, budget: int, config: DispatchConfig, rng: ran
             if not exc.retryable:
                 raise
             last = exc
+        if plan is None:
+            plan = Plan(chain, budget, config, rng)
+            plan.next()                            # the first try, made above without it
+        plan.failed(model_id, last)
+        on_fail(model_id, last)
+        step = plan.next()
+        if step is None:
+            raise last
+        model_id, wait = step
 
 
 async def _hedged(plan: Plan, start, hedge_s: float, sleep, on_fail, discard):
