@@ -1,9 +1,9 @@
 """The one request pipeline every transport calls: a chain of stages around dispatch.
 
 The chain is fixed at start-up (`build_chain`): validate → policy → admission → route, then
-dispatch (failover down the chain, breaker reports) here, then — in reverse, whatever the outcome —
-account → metrics → audit → observers. Authentication happens at the door (transport + auth.py)
-and arrives here as a Principal.
+dispatch (attempts down the chain, see dispatch.py; breaker reports) here, then — in reverse,
+whatever the outcome — account → metrics → audit → observers. Authentication happens at the door
+(transport + auth.py) and arrives here as a Principal.
 """
 import asyncio
 import random
@@ -330,7 +330,6 @@ class Pipeline:
             usage = self._succeeded(trace, principal, self.router.models[model_id], request, finish, tokens)
             return Completion(request.request_id, text, finish.reason, usage, trace.decision,
                               trace.overhead_us())
-
 
 
 async def _discard(started) -> None:

@@ -535,3 +535,40 @@ def test_a_hedge_that_also_answers_is_discarded_not_leaked():
         return await task, discarded
     winner, discarded = asyncio.run(main())
     assert winner == ("a", "a-first") and discarded == ["b-first"]
+
+
+# ---- upstream statuses end to end: retried and counted, or neither ---------------------------------
+
+@pytest.mark.parametrize("status,code,calls_per_request,counted", [
+    (400, ErrorCode.INVALID_REQUEST, 1, False),
+    (401, ErrorCode.FORBIDDEN, 1, False),
+    (500, ErrorCode.UPSTREAM_ERROR, 3, True),
+    (429, ErrorCode.RATE_LIMITED, 3, True),
+])
+def test_an_upstream_status_through_the_pipeline(tmp_path, status, code, calls_per_request, counted):
+    from aiohttp import web
+
+    from tests.adapters._servers import serve_app
+
+    async def main():
+        seen = []
+
+        async def handler(request):
+            seen.append(await request.read())
+            return web.json_response({"error": {"message": f"upstream says {status}"}}, status=status,
+                                     headers={"Retry-After": "0"} if status == 429 else None)
+
+        upstream = web.Application()
+        upstream.router.add_post("/v1/chat/completions", handler)
+        async with serve_app(upstream) as url:
+            app = App(_upstream_config(tmp_path, url + "/v1"))
+            app.pipeline.sleep = Sleep()
+            with pytest.raises(AtpError) as info:
+                await complete(app, model="remote")
+            failures = app.router.health.circuits["remote"].failures
+            await app.stop(0)
+        return info.value, len(seen), failures
+    err, calls, failures = asyncio.run(main())
+    assert err.code == code and f"upstream says {status}" in err.message
+    assert calls == calls_per_request                  # retried (budget 3) only when retryable
+    assert failures == (calls_per_request if counted else 0)
