@@ -10,7 +10,8 @@ breaker refused, or whose Retry-After is longer than we are willing to wait, lea
 
 Hedging (optional, for latency-critical tiers): if the first attempt has produced nothing after
 `hedge_after_ms`, the next one starts too; the first to answer wins and the loser's task is
-cancelled, which closes its upstream call and releases its breaker probe (see pipeline._Call).
+cancelled, which closes its upstream call and releases its breaker probe and concurrency slot
+(pipeline._Attempt and _Call report however a call ends).
 The clock of every wait is the injected `sleep`, and the jitter the injected `rng`, so tests are
 deterministic without sleeping.
 """
@@ -57,7 +58,8 @@ class DispatchConfig:
         return None
 
 
-# Range rules for config.py's _check: the budget is at least the first call.
+# Range rules for config.py's _check. The budget is at least the first call and at most 20: beyond
+# that, capped backoffs alone would hold a client for most of a minute before it hears anything.
 CHECKS = {"max_attempts": ("in", 1, 20), "backoff_base_ms": (">=", 0), "backoff_cap_ms": (">=", 0),
           "max_retry_after_ms": (">=", 0), "hedge_after_ms": (">=", 0)}
 
