@@ -6,6 +6,7 @@ whatever the outcome — account → metrics → audit → observers. Authentica
 (transport + auth.py) and arrives here as a Principal.
 """
 import asyncio
+import logging
 import random
 import time
 from contextlib import aclosing
@@ -26,6 +27,8 @@ from .stages.route import RouteStage
 from .types import AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta
 
 __all__ = ["BasicPolicy", "Pipeline", "build_chain"]
+
+log = logging.getLogger("atp.dispatch")
 
 _DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
 _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
@@ -225,6 +228,8 @@ class Pipeline:
 
     def _failed(self, trace: RequestContext, model_id: str, exc: AtpError) -> None:
         trace.failures.append(f"{model_id}: {exc.name}")
+        log.info("request %s: %s failed (%s), trying again down the chain",
+                 trace.request.request_id, model_id, exc)
 
     def _answered_by(self, trace: RequestContext, model_id: str) -> RouteDecision:
         """The decision naming the model that answers, after failing over to it."""

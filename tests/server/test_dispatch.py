@@ -572,3 +572,14 @@ def test_an_upstream_status_through_the_pipeline(tmp_path, status, code, calls_p
     assert err.code == code and f"upstream says {status}" in err.message
     assert calls == calls_per_request                  # retried (budget 3) only when retryable
     assert failures == (calls_per_request if counted else 0)
+
+
+def test_a_failover_is_logged_once_per_failed_attempt(tmp_path, caplog):
+    async def main():
+        app = build(tmp_path, Script(cheap=[ErrorCode.UPSTREAM_TIMEOUT]))
+        await complete(app, tier="fast", request_id="req-7")
+        await app.stop(0)
+    with caplog.at_level("INFO", logger="atp.dispatch"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name == "atp.dispatch"]
+    assert len(lines) == 1 and lines[0].startswith("request req-7: cheap failed (UPSTREAM_TIMEOUT")
