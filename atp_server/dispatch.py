@@ -10,7 +10,8 @@ breaker refused, or whose Retry-After is longer than we are willing to wait, lea
 
 Hedging (optional, for latency-critical tiers): if the first attempt has produced nothing after
 `hedge_after_ms`, the next one starts too; the first to answer wins and the loser's task is
-cancelled, which closes its upstream call and releases its breaker probe (see pipeline._Call).
+cancelled, which closes its upstream call and releases its breaker probe and concurrency slot
+(pipeline._Attempt and _Call report however a call ends).
 The clock of every wait is the injected `sleep`, and the jitter the injected `rng`, so tests are
 deterministic without sleeping.
 """
@@ -57,7 +58,8 @@ class DispatchConfig:
         return None
 
 
-# Range rules for config.py's _check: the budget is at least the first call.
+# Range rules for config.py's _check. The budget is at least the first call and at most 20: beyond
+# that, capped backoffs alone would hold a client for most of a minute before it hears anything.
 CHECKS = {"max_attempts": ("in", 1, 20), "backoff_base_ms": (">=", 0), "backoff_cap_ms": (">=", 0),
           "max_retry_after_ms": (">=", 0), "hedge_after_ms": (">=", 0)}
 
@@ -145,42 +147,45 @@ class Caps:
         self.inflight[provider] -= 1
 
 
-async def first_item(plan: Plan, open_attempt, hedge_s: float | None, sleep, on_fail):
-    """Start attempts down the plan until one yields its first item: (model id, generator, item).
+async def first_item(chain: tuple, budget: int, config: DispatchConfig, rng: random.Random, start,
+                     hedge_s: float | None, sleep, on_fail, discard=None):
+    """Start attempts down the chain until one gets as far as its first item: (model id, result).
 
-    `open_attempt(model_id)` returns an unstarted async generator for one call; `on_fail(model_id,
-    exc)` hears each retryable failure. A non-retryable error is raised at once; when the plan is
-    spent the last failure is raised. Without hedging no task is created (the common, cheap path).
+    `start(model_id)` is a coroutine that makes one call and returns once it has something (the
+    first stream item, or the whole answer), closing its own call if it fails; `on_fail(model_id,
+    exc)` hears each retryable failure; `discard(result)` closes a hedge that succeeded too late.
+    A non-retryable error is raised at once; when the plan is spent the last failure is raised.
+    The first try builds nothing (no Plan, no task): that is nearly every request.
     """
-    if hedge_s is None:
-        last = None
-        while (step := plan.next()) is not None:
-            model_id, wait = step
-            if wait:
-                await sleep(wait)
-            gen = open_attempt(model_id)
-            try:
-                return model_id, gen, await gen.__anext__()
-            except AtpError as exc:
-                if not exc.retryable:
-                    raise
-                plan.failed(model_id, exc)
-                on_fail(model_id, exc)
-                last = exc
-        raise last
-    return await _hedged(plan, open_attempt, hedge_s, sleep, on_fail)
+    if hedge_s is not None:
+        return await _hedged(Plan(chain, budget, config, rng), start, hedge_s, sleep, on_fail, discard)
+    plan, model_id, wait = None, chain[0], 0.0
+    while True:
+        if wait:
+            await sleep(wait)
+        try:
+            return model_id, await start(model_id)
+        except AtpError as exc:
+            if not exc.retryable:
+                raise
+            last = exc
+        if plan is None:
+            plan = Plan(chain, budget, config, rng)
+            plan.next()                            # the first try, made above without it
+        plan.failed(model_id, last)
+        on_fail(model_id, last)
+        step = plan.next()
+        if step is None:
+            raise last
+        model_id, wait = step
 
 
-async def _first(gen):
-    return await gen.__anext__()
-
-
-async def _hedged(plan: Plan, open_attempt, hedge_s: float, sleep, on_fail):
+async def _hedged(plan: Plan, start, hedge_s: float, sleep, on_fail, discard):
     """first_item with hedging: a timer per start; when it fires first, the next attempt starts
     beside the running ones. Whatever ends this (a winner, an error, our own cancellation), every
     other attempt is cancelled and awaited, so its upstream call is closed and its breaker
     report (a cancel: neutral, the probe handed back) made before we return."""
-    running: dict = {}            # task -> (model id, generator)
+    running: dict = {}            # task -> model id
     timer = last = None
     try:
         while True:
@@ -194,8 +199,7 @@ async def _hedged(plan: Plan, open_attempt, hedge_s: float, sleep, on_fail):
                     model_id, wait = step
                     if wait and not running:     # a backoff only when nothing is in flight
                         await sleep(wait)
-                    gen = open_attempt(model_id)
-                    running[asyncio.ensure_future(_first(gen))] = (model_id, gen)
+                    running[asyncio.ensure_future(start(model_id))] = model_id
                     timer = asyncio.ensure_future(sleep(hedge_s))
             waiting = set(running) if timer is None else {*running, timer}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -203,10 +207,10 @@ async def _hedged(plan: Plan, open_attempt, hedge_s: float, sleep, on_fail):
             # A winner beats a failure that landed in the same loop turn.
             finished.sort(key=lambda t: t.exception() is not None)
             for task in finished:
-                model_id, gen = running.pop(task)
+                model_id = running.pop(task)
                 exc = task.exception()
                 if exc is None:
-                    return model_id, gen, task.result()
+                    return model_id, task.result()
                 if not isinstance(exc, AtpError) or not exc.retryable:
                     raise exc
                 plan.failed(model_id, exc)
@@ -219,5 +223,6 @@ async def _hedged(plan: Plan, open_attempt, hedge_s: float, sleep, on_fail):
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        for _, gen in running.values():
-            await gen.aclose()
+        for task in running:                       # finished with a result nobody will read
+            if discard is not None and not task.cancelled() and task.exception() is None:
+                await discard(task.result())

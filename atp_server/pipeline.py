@@ -1,11 +1,12 @@
 """The one request pipeline every transport calls: a chain of stages around dispatch.
 
 The chain is fixed at start-up (`build_chain`): validate → policy → admission → route, then
-dispatch (failover down the chain, breaker reports) here, then — in reverse, whatever the outcome —
-account → metrics → audit → observers. Authentication happens at the door (transport + auth.py)
-and arrives here as a Principal.
+dispatch (attempts down the chain, see dispatch.py; breaker reports) here, then — in reverse,
+whatever the outcome — account → metrics → audit → observers. Authentication happens at the door
+(transport + auth.py) and arrives here as a Principal.
 """
 import asyncio
+import logging
 import random
 import time
 from contextlib import aclosing
@@ -15,7 +16,7 @@ from codec.errors import ErrorCode
 from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
-from .dispatch import Caps, DispatchConfig, Plan, first_item
+from .dispatch import Caps, DispatchConfig, first_item
 from .routing.aimd import ProviderWindows
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
@@ -31,6 +32,8 @@ from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, Rout
                     ToolCall, ToolCallDelta)
 
 __all__ = ["Pipeline", "build_chain"]
+
+log = logging.getLogger("atp.dispatch")
 
 _DISPATCH, _REJECT, _PROBE = Signal.DISPATCH, Action.REJECT, Action.PROBE   # enum lookups cost ~100 ns
 _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
@@ -133,6 +136,58 @@ class _Call:
         return False
 
 
+class _Attempt:
+    """One streamed call to one model: its concurrency slot and breaker DISPATCH taken when it
+    starts, given back and reported by `close(exc)` however it ends (the same guarantee as _Call,
+    across the yields of a stream). The pipeline reads `up` directly: no generator in between."""
+
+    __slots__ = ("model_id", "call", "up", "caps", "provider", "slot")
+
+    def __init__(self, pipeline: "Pipeline", model_id: str, request: ChatRequest, vault=None):
+        model = pipeline.router.models[model_id]
+        self.model_id, self.caps, self.provider, self.up = model_id, pipeline.caps, model.provider, None
+        self.slot = pipeline.windows.slot(model.provider, request.latency_slo_ms)
+        self.slot.__enter__()          # the provider's AIMD window (OVERLOADED when full)
+        capped = False
+        try:
+            capped = self.caps.take(model.provider)
+            self.call = _Call(pipeline.router.health, model_id, pipeline.clock)
+        except BaseException as exc:
+            if capped:
+                self.caps.give_back(model.provider)
+            self.slot.__exit__(type(exc), exc, None)
+            raise
+        if not capped:
+            self.caps = None
+        up = pipeline.adapters[model.provider].stream(model, request)
+        self.up = restoring(up, vault) if vault is not None else up   # redaction placeholders back
+
+    async def first(self):
+        """(self, the first item); a stream that ends before any item is a cut."""
+        try:
+            return self, await self.up.__anext__()
+        except StopAsyncIteration:
+            exc = AtpError(ErrorCode.UPSTREAM_CUT, f"{self.model_id} ended the stream without finishing")
+            await self.close(exc)
+            raise exc from None
+        except BaseException as exc:
+            await self.close(exc)
+            raise
+
+    async def close(self, exc: BaseException | None) -> None:
+        up, self.up = self.up, None
+        if up is None:
+            return
+        kind = None if exc is None else type(exc)
+        try:
+            await up.aclose()
+        finally:
+            self.call.__exit__(kind, exc, None)
+            if self.caps is not None:
+                self.caps.give_back(self.provider)
+            self.slot.__exit__(kind, exc, None)
+
+
 class Pipeline:
     def __init__(self, router: Router, adapters: dict, admission: Admission,
                  accountant: Accountant, audit=None, metrics=None, policy=None,
@@ -197,14 +252,10 @@ class Pipeline:
         request.request_id = self._request_id(request)
         return _Scope(self.chain, RequestContext(request, principal, transport, started_ns))
 
-    def _plan(self, trace: RequestContext) -> Plan:
-        d = trace.decision
-        # The routing engine may give an alias its own budget (a field appended to RouteDecision).
-        budget = getattr(d, "max_attempts", None) or self.dispatch.max_attempts
-        return Plan((d.model,) + d.fallbacks, budget, self.dispatch, self.rng)
-
     def _failed(self, trace: RequestContext, model_id: str, exc: AtpError) -> None:
         trace.failures.append(f"{model_id}: {exc.name}")
+        log.info("request %s: %s failed (%s), trying again down the chain",
+                 trace.request.request_id, model_id, exc)
 
     def _answered_by(self, trace: RequestContext, model_id: str) -> RouteDecision:
         """The decision naming the model that answers, after failing over to it."""
@@ -219,38 +270,22 @@ class Pipeline:
             fallbacks=tuple(m for m in chain if m != nxt.id))
         return trace.decision
 
-    async def _first(self, trace: RequestContext, request: ChatRequest, open_attempt):
-        """(model id, attempt generator, its first item): retries, failover and hedging (dispatch.py)."""
+    async def _first(self, trace: RequestContext, request: ChatRequest, start, discard=None):
+        """(model id, start(model id)'s result) from the first attempt that gets that far:
+        retries, failover and hedging (dispatch.py)."""
+        d = trace.decision
+        # The routing engine may give an alias its own budget (a field appended to RouteDecision).
+        budget = getattr(d, "max_attempts", None) or self.dispatch.max_attempts
         u0 = time.perf_counter_ns()
         try:
-            return await first_item(self._plan(trace), open_attempt, self.dispatch.hedge_s(request.tier),
-                                    self.sleep, lambda model_id, exc: self._failed(trace, model_id, exc))
+            return await first_item((d.model,) + d.fallbacks, budget, self.dispatch, self.rng, start,
+                                    self.dispatch.hedge_s(request.tier), self.sleep,
+                                    lambda model_id, exc: self._failed(trace, model_id, exc), discard)
         finally:
             trace.upstream_ns += time.perf_counter_ns() - u0
 
-    async def _stream_attempt(self, model_id: str, request: ChatRequest, vault=None):
-        """One streamed call to one model, reported to its breaker at both ends; items as the
-        adapter yields them, Finish last; a stream that stops without Finish is a cut."""
-        model = self.router.models[model_id]
-        capped = self.caps.take(model.provider)
-        try:
-            with self.windows.slot(model.provider, request.latency_slo_ms), \
-                    _Call(self.router.health, model_id, self.clock):
-                upstream = self.adapters[model.provider].stream(model, request)
-                if vault is not None:    # redaction placeholders back into the answer
-                    upstream = restoring(upstream, vault)
-                async with aclosing(upstream) as up:
-                    async for item in up:
-                        yield item
-                        if type(item) is Finish:
-                            return
-                raise AtpError(ErrorCode.UPSTREAM_CUT, f"{model_id} ended the stream without finishing")
-        finally:
-            if capped:
-                self.caps.give_back(model.provider)
-
-    async def _complete_attempt(self, model_id: str, request: ChatRequest):
-        """One whole-answer call: yields (text, finish, tokens) once, inside the breaker report."""
+    async def _complete_call(self, model_id: str, request: ChatRequest):
+        """One whole-answer call: (text, finish, tokens), reported to the breaker at both ends."""
         model = self.router.models[model_id]
         adapter = self.adapters[model.provider]
         capped = self.caps.take(model.provider)
@@ -259,9 +294,8 @@ class Pipeline:
                     _Call(self.router.health, model_id, self.clock):
                 if hasattr(adapter, "complete"):
                     text, finish = await adapter.complete(model, request)
-                    yield text, finish, finish.output_tokens or 0
-                else:
-                    yield await _drain(adapter, model, request)
+                    return text, finish, finish.output_tokens or 0
+                return await _drain(adapter, model, request)
         finally:
             if capped:
                 self.caps.give_back(model.provider)
@@ -281,46 +315,46 @@ class Pipeline:
         """
         async with self._admitted(request, principal, transport, started_ns) as trace:
             yield Routed(trace.decision)
-            model_id, attempt, item = await self._first(
-                trace, request, lambda m: self._stream_attempt(m, request, trace.vault))
+            vault = trace.vault
+            model_id, (attempt, item) = await self._first(
+                trace, request, lambda m: _Attempt(self, m, request, vault).first(), _discard)
             if model_id != trace.decision.model:
                 yield Routed(self._answered_by(trace, model_id))
             model = self.router.models[model_id]
+            up = attempt.up
             emitted = tokens = 0
-            finish = None
             try:
-                async with aclosing(attempt):
-                    while True:
-                        kind = type(item)
-                        if kind is TextDelta:
-                            yield Delta(emitted, item.text, item.tokens)
-                            emitted += 1
-                            tokens += item.tokens
-                        elif kind is ToolCallDelta:     # passed through as is
-                            yield item
-                            emitted += 1
-                            tokens += item.tokens
-                        else:
-                            finish = item
-                        u0 = time.perf_counter_ns()
-                        try:
-                            item = await attempt.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        finally:
-                            trace.upstream_ns += time.perf_counter_ns() - u0
-            except AtpError as exc:
-                if emitted:     # a cut stream is billed for what it delivered, marked estimated
+                while True:
+                    kind = type(item)
+                    if kind is TextDelta:
+                        yield Delta(emitted, item.text, item.tokens)
+                        emitted += 1
+                        tokens += item.tokens
+                    elif kind is Finish:
+                        break
+                    elif kind is ToolCallDelta:     # passed through as is
+                        yield item
+                        emitted += 1
+                        tokens += item.tokens
+                    u0 = time.perf_counter_ns()
+                    try:
+                        item = await up.__anext__()
+                    except StopAsyncIteration:
+                        raise AtpError(ErrorCode.UPSTREAM_CUT,
+                                       f"{model_id} ended the stream without finishing") from None
+                    finally:
+                        trace.upstream_ns += time.perf_counter_ns() - u0
+            except BaseException as exc:
+                await attempt.close(exc)
+                if emitted:     # a cut stream (or a client gone) is billed for what it delivered
                     trace.usage = self.accountant.delivered(model, request, tokens)
                 # Bytes reached the client: no failover can splice another model's answer on.
-                if emitted and exc.code is not ErrorCode.UPSTREAM_CUT:
+                if emitted and isinstance(exc, AtpError) and exc.code is not ErrorCode.UPSTREAM_CUT:
                     raise AtpError(ErrorCode.UPSTREAM_CUT,
                                    f"{model_id} failed mid-stream: {exc.message}") from exc
                 raise
-            except BaseException:
-                if emitted:     # the client left mid-answer: what it was sent is billed too
-                    trace.usage = self.accountant.delivered(model, request, tokens)
-                raise
+            finish = item
+            await attempt.close(None)
             usage = self._succeeded(trace, principal, model, request, finish, tokens)
             yield Done(finish.reason, usage, trace.decision, trace.overhead_us())
 
@@ -330,17 +364,20 @@ class Pipeline:
         one — a single JSON answer costs the upstream and us less than an SSE stream — else its
         stream, drained. Same admission, failover, accounting and audit as stream()."""
         async with self._admitted(request, principal, transport, started_ns) as trace:
-            model_id, attempt, (text, finish, tokens) = await self._first(
-                trace, request, lambda m: self._complete_attempt(m, request))
-            async with aclosing(attempt):
-                async for _ in attempt:      # resumes past the yield: the breaker hears OK
-                    pass
+            model_id, (text, finish, tokens) = await self._first(
+                trace, request, lambda m: self._complete_call(m, request))
             self._answered_by(trace, model_id)
             usage = self._succeeded(trace, principal, self.router.models[model_id], request, finish, tokens)
             if trace.vault is not None:     # redaction placeholders back into the answer
                 text = trace.vault.restore(text)
             return Completion(request.request_id, text, finish.reason, usage, trace.decision,
                               trace.overhead_us(), finish.tool_calls)
+
+
+async def _discard(started) -> None:
+    """A hedge that got its first item too late: close its call (reported as cancelled)."""
+    attempt, _ = started
+    await attempt.close(asyncio.CancelledError())
 
 
 async def _drain(adapter, model, request: ChatRequest):

@@ -17,12 +17,15 @@ from codec.errors import ErrorCode
 from ..types import AtpError
 from .http_client import HttpClientError, HttpTimeout, PeerClosedError, PoolTimeout
 
-__all__ = ["MAX_DETAIL", "in_band_error", "retry_after_ms", "status_error", "transport_error"]
+__all__ = ["MAX_DETAIL", "MAX_ERROR_BODY", "in_band_error", "retry_after_ms", "status_error", "transport_error"]
 
 # The provider's message is kept to this many characters: enough for any real explanation
 # ("This model's maximum context length is 8192 tokens, however you requested 9000 ..."), while a
 # misbehaving upstream cannot make us relay (and log, and audit) megabytes.
 MAX_DETAIL = 300
+# How much of an error body is read: far more than any real error object (a few hundred bytes),
+# small enough that an upstream answering 500 with a megabyte of HTML costs us nothing.
+MAX_ERROR_BODY = 64 * 1024
 # A Retry-After beyond a day is a broken header, not advice; clamped so arithmetic stays sane.
 _MAX_RETRY_AFTER_MS = 86_400_000
 

@@ -182,7 +182,8 @@ class _Conn(asyncio.Protocol):
                 raise self.exc
             await self._wait(timeout, deadline)
 
-    async def read_all(self, timeout: float | None, deadline: float | None = None) -> bytes:
+    async def read_all(self, timeout: float | None, deadline: float | None = None,
+                       limit: int | None = None) -> bytes:
         self.streaming = False  # the caller wants it all: backpressure would only deadlock us
         if self.paused:
             self.paused = False
@@ -190,10 +191,12 @@ class _Conn(asyncio.Protocol):
         while not self.complete:
             if self.exc is not None:
                 raise self.exc
+            if limit is not None and self.buffered > limit:
+                break  # enough: the rest is dropped with the connection (never reused half-read)
             await self._wait(timeout, deadline)
         body = b"".join(self.chunks)
         self.chunks.clear()
-        return body
+        return body if limit is None else body[:limit]
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -355,12 +358,14 @@ class Response:
         """The whole body has arrived (or the response is closed): nothing left to wait for."""
         return self._conn is None or self._conn.complete
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The body; with `limit`, at most that many bytes (an error body, say), and a connection
+        left with more unread is closed rather than pooled."""
         if self._body is None:
             if self._conn is None:
                 raise RuntimeError("response already closed")
             try:
-                self._body = await self._conn.read_all(self._timeout, self._deadline)
+                self._body = await self._conn.read_all(self._timeout, self._deadline, limit)
             finally:
                 self.close()
         return self._body

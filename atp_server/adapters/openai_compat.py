@@ -10,7 +10,7 @@ from codec.errors import ErrorCode
 from ..types import (AtpError, ChatRequest, EmbeddingRequest, Embeddings, Finish, TextDelta, ToolCall,
                      ToolCallDelta)
 from .base import ModelSpec
-from .errors import in_band_error, status_error as _status_error, transport_error as _transport_error
+from .errors import MAX_ERROR_BODY, in_band_error, status_error as _status_error, transport_error as _transport_error
 from .http_client import HttpClient, HttpClientError, PeerClosedError
 
 _DRAIN_S = 1.0  # how long to wait for the HTTP end after `[DONE]` so the socket can be reused
@@ -91,7 +91,8 @@ class OpenAICompatAdapter:
         try:
             async with self._http.stream("POST", self._url, headers=self._stream_headers, body=body) as resp:
                 if resp.status != 200:
-                    raise _status_error(self.name, resp.status, resp.headers, await resp.read())
+                    raise _status_error(self.name, resp.status, resp.headers,
+                                        await resp.read(limit=MAX_ERROR_BODY))
                 sse = _SSEParser()
                 async for chunk in resp:
                     for data in sse.feed(chunk):

@@ -152,10 +152,13 @@ class Router:
         """Report how a dispatched request ended: failed-over attempts, then the last one."""
         table, d = self.ref.table, ctx.decision
         first = True
-        for failure in ctx.failures:                 # "model: CODE" per failed attempt
+        failures = ctx.failures                      # "model: CODE" per failed attempt
+        code = ctx.code
+        if code and failures and failures[-1] == f"{d.model}: {ctx.outcome}":
+            failures = failures[:-1]                 # dispatch listed the last attempt too: once
+        for failure in failures:
             report(table, Failed(failure.rpartition(": ")[0], release=first), now)
             first = False
-        code = ctx.code
         if code == 0 and ctx.finished:
             report(table, Answered(d.model, ctx.upstream_ns / 1e6, ctx.request.latency_slo_ms,
                                    release=first), now)

@@ -570,3 +570,22 @@ def test_bad_provider_pool_keys_name_the_key(option, value):
     with pytest.raises(ConfigError) as info:
         build_adapter("up", "openai_compat", {"base_url": "http://127.0.0.1:9/v1", option: value})
     assert str(info.value).startswith(f"providers[up].{option}:")
+
+
+def test_a_read_with_a_limit_stops_early_and_drops_the_connection(run):
+    async def main():
+        async def endless_error(reader, writer, index):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while True:                          # an error page that never ends
+                writer.write(b"4000\r\n" + b"e" * 0x4000 + b"\r\n")
+                await writer.drain()
+
+        async with RawServer(endless_error) as server:
+            client = HttpClient(read_timeout_s=5.0)
+            async with client.stream("POST", server.url + "/", body=b"{}") as resp:
+                body = await resp.read(limit=50_000)
+            await server.closed[0].wait()         # closed, not pooled half-read
+            assert resp.status == 500 and body == b"e" * 50_000 and _pool(client).size == 0
+            await client.aclose()
+    run(main)

@@ -434,57 +434,6 @@ def test_a_cancelled_hedge_gives_its_concurrency_slot_back(tmp_path):
     assert items[-1].decision.model == "smart" and held == {"sim": 0}
 
 
-# ---- the client going away cancels the upstream call ----------------------------------------------
-
-def _upstream_config(tmp_path, url: str):
-    return make_config(tmp_path, models=f"""
-[[providers]]
-name = "up"
-type = "openai_compat"
-base_url = "{url}"
-
-[[models]]
-id = "remote"
-provider = "up"
-""")
-
-
-@pytest.mark.parametrize("when", ["before-first-byte", "mid-stream"])
-def test_the_upstream_connection_closes_promptly_when_the_client_leaves(tmp_path, when):
-    from tests.adapters._servers import RawServer, read_request, until_eof
-
-    async def script(reader, writer, index):
-        await read_request(reader)
-        if when == "mid-stream":
-            event = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event))
-            await writer.drain()
-        await until_eof(reader)                      # hold the answer open until ATP hangs up
-
-    async def main():
-        async with RawServer(script) as server:
-            app = App(_upstream_config(tmp_path, server.url))
-            gen = app.pipeline.stream(ChatRequest([("user", "x")], model="remote"), PRINCIPAL, "t")
-            assert type(await gen.__anext__()) is Routed
-            if when == "mid-stream":
-                assert (await gen.__anext__()).text == "hi"
-                await gen.aclose()                   # what a transport does when its client left
-            else:
-                task = asyncio.create_task(gen.__anext__())
-                while server.connections == 0:       # the request is out, no answer yet
-                    await asyncio.sleep(0)
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-            async with asyncio.timeout(2):           # promptly: not at the 60 s read timeout
-                await server.closed[0].wait()
-            state = (app.admission.inflight, app.router.health.all_closed())
-            await app.stop(0)
-            return state
-    assert asyncio.run(main()) == (0, True)
-
-
 # ---- configuration --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("line,key", [
@@ -507,3 +456,42 @@ def test_routing_keys_reach_the_pipeline(tmp_path):
                                                    hedge_tiers=("fast", "balanced"))
     assert app.pipeline.dispatch.hedge_s("balanced") == 0.3 and app.pipeline.dispatch.hedge_s("high") is None
     asyncio.run(app.stop(0))
+
+
+def test_a_hedge_that_also_answers_is_discarded_not_leaked():
+    """Both attempts get their first item in the same loop turn: one wins, the other's result is
+    handed to `discard` (which closes its call) instead of being dropped with its call open."""
+    from atp_server.dispatch import first_item
+
+    async def main():
+        go, started, discarded = asyncio.Event(), [], []
+        sleep = Sleep(HEDGE_S)
+        sleep.fire.set()                              # every hedge timer fires at once
+
+        async def start(model_id):
+            started.append(model_id)
+            await go.wait()
+            return f"{model_id}-first"
+
+        async def discard(result):
+            discarded.append(result)
+
+        task = asyncio.create_task(first_item(("a", "b"), 2, DispatchConfig(), random.Random(1), start,
+                                              HEDGE_S, sleep, lambda m, e: None, discard))
+        while len(started) < 2:
+            await asyncio.sleep(0)
+        go.set()
+        return await task, discarded
+    winner, discarded = asyncio.run(main())
+    assert winner == ("a", "a-first") and discarded == ["b-first"]
+
+
+def test_a_failover_is_logged_once_per_failed_attempt(tmp_path, caplog):
+    async def main():
+        app = build(tmp_path, Script(cheap=[ErrorCode.UPSTREAM_TIMEOUT]))
+        await complete(app, tier="fast", request_id="req-7")
+        await app.stop(0)
+    with caplog.at_level("INFO", logger="atp.dispatch"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name == "atp.dispatch"]
+    assert len(lines) == 1 and lines[0].startswith("request req-7: cheap failed (UPSTREAM_TIMEOUT")
