@@ -14,7 +14,7 @@ from .adapters.simulated import SimulatedAdapter
 from .admission import Admission
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
-from .config import Config, audit_file, provider_settings, state_dir
+from .config import Config, audit_file, audit_signing_key, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -66,7 +66,13 @@ class App:
         if config.audit.enabled:
             path = Path(os.path.expanduser(audit_path)) if audit_path else audit_file(config)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
+            a = config.audit
+            self.audit = AuditLog(str(path), max_buffer=a.max_buffered_rows,
+                                  signing_key=str(audit_signing_key(config)),
+                                  sign_every_rows=a.checkpoint_every_rows,
+                                  sign_every_s=a.checkpoint_every_s, synchronous=a.synchronous,
+                                  durable_wait_s=a.durable_wait_ms / 1000,
+                                  retention_days=a.retention_days, store_prompts=a.store_prompts)
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
-from .audit import DEFAULT_MAX_BUFFER
+from .audit.log import (DEFAULT_CHECKPOINT_ROWS, DEFAULT_CHECKPOINT_S, DEFAULT_DURABLE_WAIT_S,
+                        DEFAULT_MAX_BUFFER, SYNCHRONOUS)
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,18 @@ class AuditConfig:
     enabled: bool = True
     path: str = ""                 # SQLite file; "" = <state_dir>/audit.sqlite
     max_buffered_rows: int = DEFAULT_MAX_BUFFER   # rows waiting while writes fail; beyond: refuse
+    synchronous: str = "normal"    # normal: survives kill -9; full: fsync per commit (power loss)
+    signing_key: str = ""          # Ed25519 PEM for checkpoints; "" = <state_dir>/audit_signing_key.pem
+    checkpoint_every_rows: int = DEFAULT_CHECKPOINT_ROWS   # a signed checkpoint every N rows...
+    checkpoint_every_s: float = DEFAULT_CHECKPOINT_S        # ...or every this many seconds
+    durable_wait_ms: int = int(DEFAULT_DURABLE_WAIT_S * 1000)   # final frame waits for its row
+    retention_days: float = 0.0    # 0 = keep forever; else prune older rows at a checkpoint
+    store_prompts: bool = False    # rows carry the prompt's SHA-256; true adds its text
+
+
+@dataclass(frozen=True, slots=True)
+class CostsConfig:
+    baseline_model: str = ""       # `atp costs` savings: what each request would cost on this model
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,7 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    costs: CostsConfig = CostsConfig()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -421,7 +435,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "costs"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -440,9 +454,16 @@ def parse(data: dict) -> Config:
     if not models:
         _fail("models", "at least one [[models]] entry is required")
     v = _typed("audit", data.get("audit", {}), AuditConfig)
-    _check("audit", v, {"max_buffered_rows": (">=", 1)})
+    _check("audit", v, {"max_buffered_rows": (">=", 1), "checkpoint_every_rows": (">=", 1),
+                        "checkpoint_every_s": (">", 0), "durable_wait_ms": (">=", 0),
+                        "retention_days": (">=", 0)})
+    if v.get("synchronous", "normal") not in SYNCHRONOUS:
+        _fail("audit.synchronous", f"must be one of {', '.join(SYNCHRONOUS)}, got {v['synchronous']!r}")
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    costs = CostsConfig(**_typed("costs", data.get("costs", {}), CostsConfig))
+    if costs.baseline_model and costs.baseline_model not in ids:
+        _fail("costs.baseline_model", f"is not a configured model id: {costs.baseline_model!r}")
+    cfg = Config(server, auth, providers, models, audit, costs)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
@@ -488,6 +509,13 @@ def load(path: str | os.PathLike | None = None) -> Config:
     except UnicodeDecodeError as exc:   # TOML is UTF-8 by definition
         raise ConfigError(f"(file): {p} is not UTF-8 text (byte {exc.start})") from None
     return loads(text)
+
+
+def audit_signing_key(cfg: Config) -> Path:
+    """The checkpoint signing key: audit.signing_key, else <state_dir>/audit_signing_key.pem."""
+    if cfg.audit.signing_key:
+        return Path(os.path.expanduser(cfg.audit.signing_key))
+    return state_dir(cfg) / "audit_signing_key.pem"
 
 
 def audit_file(cfg: Config) -> Path:

@@ -40,7 +40,7 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
     known = frozenset(router.models)
     stages = [ObserverStage(observers)]
     if audit is not None:
-        stages.append(AuditStage(audit, known))
+        stages.append(AuditStage(audit, known, getattr(audit, "store_prompts", False)))
     if metrics is not None:
         stages.append(MetricsStage(metrics, known))
     stages += [AccountStage(accountant), ValidateStage(), PolicyStage(policy),
@@ -130,6 +130,8 @@ class Pipeline:
         self.audit = audit
         self.metrics = metrics
         self.policy = policy
+        # () -> awaitable: returns once every audit row recorded so far is committed (audit.py)
+        self.durable = audit.durable if audit is not None else None
         self._ids = 0
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request
         self.chain = build_chain(router=router, admission=admission, accountant=accountant,
@@ -207,6 +209,7 @@ class Pipeline:
         Closing the generator early (client gone) closes the upstream call with it. After a
         failover before the first token a second Routed names the model that answers now.
         """
+        done = None
         async with self._admitted(request, principal, transport, started_ns) as trace:
             yield Routed(trace.decision)
             chain = self._chain(trace)
@@ -241,14 +244,21 @@ class Pipeline:
                     yield Routed(self._attempt_failed(trace, chain, attempt, exc, emitted))
                     continue
                 usage = self._succeeded(trace, principal, model, request, finish, tokens)
-                yield Done(finish.reason, usage, trace.decision, trace.overhead_us())
-                return
+                done = Done(finish.reason, usage, trace.decision, trace.overhead_us())
+                break
+        if done is None:
+            raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+        # The stages have run (the audit row is recorded): the final frame waits for its commit.
+        if self.durable is not None:
+            await self.durable()
+        yield done
 
     async def complete(self, request: ChatRequest, principal: Principal, transport: str,
                        started_ns: int | None = None) -> Completion:
         """A whole answer (non-streaming callers): the adapter's one-shot `complete` when it has
         one — a single JSON answer costs the upstream and us less than an SSE stream — else its
         stream, drained. Same admission, failover, accounting and audit as stream()."""
+        result = None
         async with self._admitted(request, principal, transport, started_ns) as trace:
             chain = self._chain(trace)
             health, clock = self.router.health, self.clock
@@ -269,9 +279,14 @@ class Pipeline:
                 finally:
                     trace.upstream_ns += time.perf_counter_ns() - u0
                 usage = self._succeeded(trace, principal, model, request, finish, tokens)
-                return Completion(request.request_id, text, finish.reason, usage, trace.decision,
-                                  trace.overhead_us())
-        raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+                result = Completion(request.request_id, text, finish.reason, usage,
+                                    trace.decision, trace.overhead_us())
+                break
+        if result is None:
+            raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+        if self.durable is not None:   # the answer goes out once its audit row is committed
+            await self.durable()
+        return result
 
 
 async def _drain(adapter, model, request: ChatRequest):

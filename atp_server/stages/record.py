@@ -1,5 +1,8 @@
 """After-only stages that record how a request ended: accounting, metrics, the audit log, observers."""
+import hashlib
 import time
+
+import orjson
 
 from ..metrics import NO_MODEL, UNKNOWN
 from .base import RequestContext, Stage
@@ -43,22 +46,34 @@ class MetricsStage(Stage):
 
 
 class AuditStage(Stage):
+    """One audit row per request: who, what, which model, tokens, cost — and the prompt's SHA-256,
+    never its text unless [audit] store_prompts says so."""
+
     name = "audit"
 
-    def __init__(self, audit, known_models):
+    def __init__(self, audit, known_models, store_prompts: bool = False):
         self.audit = audit            # .record looked up per call: tests wrap it to observe it
         self.known = known_models
+        self.store_prompts = store_prompts
 
     def after(self, ctx: RequestContext, outcome: str) -> None:
         decision, usage, request = ctx.decision, ctx.usage, ctx.request
+        prompt = orjson.dumps(request.messages, default=str)
+        detail = {
+            "tier": request.tier,
+            "provider": decision.provider if decision else None,
+            "in": usage.input_tokens if usage else 0,
+            "out": usage.output_tokens if usage else 0,
+            "cost_micros": usage.cost_usd_micros if usage else 0,
+            "estimated": bool(getattr(usage, "estimated", False)),
+            "prompt_sha256": hashlib.sha256(prompt).hexdigest(),
+            "failovers": len(ctx.failures),
+            "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000}
+        if self.store_prompts:
+            detail["prompt"] = orjson.loads(prompt)
         self.audit.record(ctx.principal.tenant, ctx.principal.name, ctx.transport,
-                          request.request_id, label_model(ctx, self.known), outcome, ctx.code, {
-                              "tier": request.tier,
-                              "provider": decision.provider if decision else None,
-                              "in": usage.input_tokens if usage else 0,
-                              "out": usage.output_tokens if usage else 0,
-                              "cost_micros": usage.cost_usd_micros if usage else 0,
-                              "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000})
+                          request.request_id, label_model(ctx, self.known), outcome, ctx.code,
+                          detail)
 
 
 class ObserverStage(Stage):
