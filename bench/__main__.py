@@ -10,8 +10,9 @@ import sys
 SUBCOMMANDS = {
     "peers": "bench.peers.run",   # ATP vs LiteLLM vs Portkey vs bare proxy, in front of nginx
     "load": "bench.load.cli",     # open/closed-loop load on gRPC, Session, QUIC, HTTP (+ bare grpc echo)
-    "routing": "bench.routing.cli",
-    "stages": "bench.stages.cli",   # µs per pipeline stage (before + after), in process  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
+    "routing": "bench.routing.cli",  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
+    "stages": "bench.stages.cli",    # µs per pipeline stage (before + after), in process
+    "audit": "bench.audit.cli",      # req/s with the audit log off / on (durable) / synchronous=full
 }
 
 
