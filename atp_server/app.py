@@ -14,7 +14,8 @@ from .adapters.simulated import SimulatedAdapter
 from .admission import Admission
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
-from .config import Config, audit_file, audit_signing_key, provider_settings, state_dir
+from .config import (Config, audit_file, audit_signing_key, privacy_ledger, provider_settings,
+                     state_dir)
 from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -75,6 +76,7 @@ class App:
                                   retention_days=a.retention_days, store_prompts=a.store_prompts)
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
+        self.metrics.track_privacy(privacy_ledger(config), config.privacy)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics)
         self.feedback = FeedbackLog()

@@ -137,11 +137,40 @@ def cmd_costs(args) -> int:
         db = open_readonly(path)
     except (OSError, FileNotFoundError) as exc:
         raise _Usage(str(exc)) from None
+    clip = (cfg.privacy.tokens_clip, round(cfg.privacy.cost_clip_usd * 1e6))
     try:
-        rep = report(db, args.by, parse_since(args.since), prices, baseline)
+        rep = report(db, args.by, parse_since(args.since), prices, baseline, clip)
     finally:
         db.close()
+    if args.private is not None:
+        return _private(cfg, rep, args)
     print(json.dumps(rep.as_dict()) if args.json else render(rep))
+    return EXIT_OK
+
+
+def _private(cfg, rep, args) -> int:
+    from .costs import private
+    from .privacy import BudgetSpent, Ledger
+    if args.private <= 0:
+        raise _Usage("--private: epsilon must be > 0")
+    if args.by != "tenant":
+        raise _Usage("--private needs --by tenant: each tenant's budget covers its own requests")
+    try:
+        lines = private(rep, Ledger(atp_config.privacy_ledger(cfg), cfg.privacy), args.private)
+    except BudgetSpent as exc:
+        print(f"atp: refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+    if args.json:
+        print(json.dumps({"by": "tenant", "epsilon": args.private, "lines": lines}))
+        return EXIT_OK
+    print(f"{'tenant':<24} {'requests~':>10} {'tokens~':>12} {'cost $~':>12}   epsilon {args.private:g} "
+          "each (Laplace); left today per metric")
+    for x in lines:
+        left = " ".join(f"{m}={v:g}" for m, v in x["epsilon_left"].items())
+        print(f"{x['group'][:24]:<24} {x['requests']:>10.0f} {x['tokens']:>12.0f} "
+              f"{x['cost_usd']:>12.6f}   {left}")
     return EXIT_OK
 
 
@@ -209,5 +238,9 @@ def add_commands(sub) -> None:
                    help="grouping (default tenant)")
     c.add_argument("--since", help="from this date/time or span (2026-12-01, 7d, 12h)")
     c.add_argument("--baseline", metavar="MODEL", help="price every answer at this configured model too")
+    c.add_argument("--private", type=float, metavar="EPSILON",
+                   help="release per-tenant figures with differential privacy (Laplace noise at "
+                        "EPSILON per metric, charged to each tenant's daily budget, "
+                        "[privacy] epsilon_per_day); refused once a budget is spent")
     c.add_argument("--json", action="store_true", help="print one JSON document")
     c.set_defaults(func=_guarded(cmd_costs))

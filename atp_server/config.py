@@ -9,10 +9,11 @@ import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .audit.log import (DEFAULT_CHECKPOINT_ROWS, DEFAULT_CHECKPOINT_S, DEFAULT_DURABLE_WAIT_S,
                         DEFAULT_MAX_BUFFER, SYNCHRONOUS)
+from .privacy import PrivacyConfig   # the [privacy] section's dataclass lives with its mechanism
+from .routing.spec import ModelSpec
 
 
 class ConfigError(ValueError):
@@ -93,6 +94,7 @@ class Config:
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
     costs: CostsConfig = CostsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -435,7 +437,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit", "costs"}
+    known = {"server", "auth", "providers", "models", "audit", "costs", "privacy"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -463,7 +465,10 @@ def parse(data: dict) -> Config:
     costs = CostsConfig(**_typed("costs", data.get("costs", {}), CostsConfig))
     if costs.baseline_model and costs.baseline_model not in ids:
         _fail("costs.baseline_model", f"is not a configured model id: {costs.baseline_model!r}")
-    cfg = Config(server, auth, providers, models, audit, costs)
+    v = _typed("privacy", data.get("privacy", {}), PrivacyConfig)
+    _check("privacy", v, {"epsilon_per_day": (">", 0), "tokens_clip": (">=", 1),
+                          "cost_clip_usd": (">", 0)})
+    cfg = Config(server, auth, providers, models, audit, costs, PrivacyConfig(**v))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
@@ -516,6 +521,11 @@ def audit_signing_key(cfg: Config) -> Path:
     if cfg.audit.signing_key:
         return Path(os.path.expanduser(cfg.audit.signing_key))
     return state_dir(cfg) / "audit_signing_key.pem"
+
+
+def privacy_ledger(cfg: Config) -> Path:
+    """Where the differential-privacy epsilon ledger is kept: <state_dir>/privacy_ledger.json."""
+    return state_dir(cfg) / "privacy_ledger.json"
 
 
 def audit_file(cfg: Config) -> Path:

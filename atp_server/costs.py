@@ -23,6 +23,8 @@ class Line:
     cost_micros: int = 0
     estimated: int = 0                # answers whose usage was estimated, not reported
     baseline_micros: int = 0          # the same tokens at the baseline model's prices
+    clipped_tokens: int = 0           # in + out, each request's capped at the privacy clip
+    clipped_micros: int = 0           # cost, each request's capped at the privacy clip
 
     @property
     def savings_micros(self) -> int:
@@ -68,9 +70,11 @@ def _key(by: str, ts: float, tenant: str, principal: str, model: str) -> str:
 
 def report(db: sqlite3.Connection, by: str, since_ts: float | None = None,
            baseline_prices: tuple[float, float] | None = None,
-           baseline_model: str | None = None) -> Report:
+           baseline_model: str | None = None, clip: tuple[int, int] = (0, 0)) -> Report:
     """Aggregate the request rows of an audit database. `baseline_prices` are the baseline
-    model's (input, output) USD per million tokens."""
+    model's (input, output) USD per million tokens; `clip` (tokens, USD micros) caps what one
+    request adds to the clipped sums a private release uses (privacy.py)."""
+    clip_tokens, clip_micros = clip
     if by not in GROUPS:
         raise ValueError(f"--by must be one of {', '.join(GROUPS)}, not {by!r}")
     query = "SELECT ts, tenant, principal, model, record FROM audit WHERE transport != 'admin'"
@@ -96,6 +100,8 @@ def report(db: sqlite3.Connection, by: str, since_ts: float | None = None,
             target.cost_micros += cost
             target.estimated += 1 if detail.get("estimated") else 0
             target.baseline_micros += base
+            target.clipped_tokens += min(tin + tout, clip_tokens)
+            target.clipped_micros += min(cost, clip_micros)
     rep.lines = sorted(lines.values(), key=lambda line: (-line.cost_micros, line.group))
     if by == "day":
         rep.lines.sort(key=lambda line: line.group)
@@ -122,3 +128,23 @@ def render(rep: Report) -> str:
     if rep.total.estimated:
         out.append(f"{rep.total.estimated} answer(s) with estimated usage (the provider reported none)")
     return "\n".join(out)
+
+
+def private(rep: Report, ledger, epsilon: float) -> list[dict]:
+    """A per-tenant report released with differential privacy: each tenant's requests, tokens
+    and cost get Laplace noise at `epsilon` each, charged to that tenant's ledger. Raises
+    privacy.BudgetSpent (and releases nothing for that tenant or after it) when a budget is spent."""
+    from .privacy import release
+    if rep.by != "tenant":
+        raise ValueError("a private release is per tenant (--by tenant): a tenant's budget "
+                         "covers only its own requests")
+    out = []
+    for line in rep.lines:
+        out.append({"group": line.group,
+                    "requests": release(ledger, line.group, "requests", line.requests, epsilon),
+                    "tokens": release(ledger, line.group, "tokens", line.clipped_tokens, epsilon),
+                    "cost_usd": release(ledger, line.group, "cost_usd", line.clipped_micros / 1e6,
+                                        epsilon),
+                    "epsilon_left": {m: ledger.remaining(line.group, m)
+                                     for m in ("requests", "tokens", "cost_usd")}})
+    return out
