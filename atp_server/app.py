@@ -17,6 +17,7 @@ from .auth import NONCE_SNAPSHOT, Authenticator
 from .config import (Config, audit_file, audit_signing_key, privacy_ledger, provider_settings,
                      state_dir)
 from .feedback import FeedbackLog
+from .logs import event
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .routing.health import HealthBoard
@@ -57,7 +58,7 @@ class App:
         self.connection_config = ConnectionConfig(agent="atp-server/0.1", heartbeat_ms=0,
                                                   idle_timeout_ms=300_000)
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
-        self.router = Router(list(config.models), HealthBoard())
+        self.router = Router(list(config.models), HealthBoard(on_change=_circuit_event))
         self.admission = Admission(config.server.max_inflight, config.server.max_queue)
         self.accountant = Accountant()
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models])
@@ -153,6 +154,11 @@ class App:
             on_started(self.ports)
         log.info("ATP serving: http=%s grpc=%s quic=%s", self.ports.http, self.ports.grpc, self.ports.quic)
         await stop.wait()
-        log.info("draining (up to %.1fs)", self.config.server.drain_seconds)
+        event("drain", logging.INFO, grace_s=self.config.server.drain_seconds)
         await self.stop()
 
+
+def _circuit_event(model_id: str, was, now) -> None:
+    """A breaker transition as a log event: opening is a warning, recovering is news."""
+    event("circuit", logging.WARNING if now.name == "OPEN" else logging.INFO, model=model_id,
+          state=now.name.lower(), was=was.name.lower())

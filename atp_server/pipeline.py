@@ -14,12 +14,13 @@ from codec.errors import ErrorCode
 from .accounting import Accountant
 from .admission import Admission
 from .auth import Principal
+from .logs import event
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
 from .stages.admission import AdmissionStage
 from .stages.policy import BasicPolicy, PolicyStage, ValidateStage
-from .stages.record import AccountStage, AuditStage, MetricsStage, ObserverStage
+from .stages.record import AccessLogStage, AccountStage, AuditStage, MetricsStage, ObserverStage
 from .stages.route import RouteStage
 from .types import AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta
 
@@ -38,7 +39,7 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
     after the slot was released and the spend accounted.
     """
     known = frozenset(router.models)
-    stages = [ObserverStage(observers)]
+    stages = [ObserverStage(observers), AccessLogStage(known)]
     if audit is not None:
         stages.append(AuditStage(audit, known, getattr(audit, "store_prompts", False)))
     if metrics is not None:
@@ -189,6 +190,8 @@ class Pipeline:
             raise exc
         trace.failures.append(f"{model_id}: {exc.name}")
         nxt = self.router.models[chain[attempt + 1]]
+        event("failover", request_id=trace.request.request_id, tenant=trace.principal.tenant,
+              failed=model_id, code=exc.name, next=nxt.id)
         d = trace.decision
         trace.decision = RouteDecision(
             nxt.provider, nxt.id, d.estimated_cost_usd, nxt.latency_ms, d.confidence,

@@ -4,6 +4,7 @@ import time
 
 import orjson
 
+from ..logs import ACCESS
 from ..metrics import NO_MODEL, UNKNOWN
 from .base import RequestContext, Stage
 
@@ -74,6 +75,37 @@ class AuditStage(Stage):
         self.audit.record(ctx.principal.tenant, ctx.principal.name, ctx.transport,
                           request.request_id, label_model(ctx, self.known), outcome, ctx.code,
                           detail)
+
+
+class AccessLogStage(Stage):
+    """One access-log line per request (logs.py): who, what, how it ended, what it cost."""
+
+    name = "access_log"
+
+    def __init__(self, known_models):
+        self.known = known_models
+
+    def after(self, ctx: RequestContext, outcome: str) -> None:
+        if not ACCESS.isEnabledFor(20):   # logging.INFO; skipped before any field is built
+            return
+        usage, decision, request = ctx.usage, ctx.decision, ctx.request
+        elapsed_ns = time.perf_counter_ns() - ctx.t0
+        fields = {"request_id": request.request_id, "tenant": ctx.principal.tenant,
+                  "key": ctx.principal.name, "transport": ctx.transport,
+                  "model": label_model(ctx, self.known),
+                  "provider": decision.provider if decision else None,
+                  "outcome": outcome, "code": ctx.code,
+                  "tokens_in": usage.input_tokens if usage else 0,
+                  "tokens_out": usage.output_tokens if usage else 0,
+                  "cost_usd": usage.cost_usd if usage else 0.0,
+                  "overhead_us": (elapsed_ns - ctx.upstream_ns) // 1000,
+                  "upstream_ms": round(ctx.upstream_ns / 1e6, 3),
+                  "elapsed_ms": round(elapsed_ns / 1e6, 3)}
+        if ctx.failures:
+            fields["failovers"] = list(ctx.failures)
+        if decision is not None and ACCESS.isEnabledFor(10):   # DEBUG: why this model
+            fields["reasons"] = list(decision.reasons)
+        ACCESS.info("request", extra={"fields": fields})
 
 
 class ObserverStage(Stage):
