@@ -16,8 +16,10 @@ from .admission import Admission, SchedulingCollector
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
 from .embedding import Embedder
-from .config import Config, audit_file, provider_settings, state_dir
+from .config import (Config, audit_file, audit_signing_key, privacy_ledger, provider_settings,
+                     state_dir)
 from .feedback import FeedbackLog
+from .logs import event
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .pricing import PriceBook
@@ -75,7 +77,8 @@ class App:
                                                   idle_timeout_ms=300_000,
                                                   auto_replenish=False)   # session.credits does it
         self.adapters = {p.name: build_adapter(p.name, p.type, p.options) for p in config.providers}
-        self.router = Router(list(config.models), HealthBoard(), policy=config.routing,
+        self.router = Router(list(config.models), HealthBoard(on_change=_circuit_event),
+                             policy=config.routing,
                              predictor=load_predictor(config.routing))
         if config.routing.challenger:     # champion/challenger from the start (routing/champion.py)
             self.router.challenge(config.routing.challenger,
@@ -102,7 +105,13 @@ class App:
         if config.audit.enabled:
             path = Path(os.path.expanduser(audit_path)) if audit_path else audit_file(config)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.audit = AuditLog(str(path), max_buffer=config.audit.max_buffered_rows)
+            a = config.audit
+            self.audit = AuditLog(str(path), max_buffer=a.max_buffered_rows,
+                                  signing_key=str(audit_signing_key(config)),
+                                  sign_every_rows=a.checkpoint_every_rows,
+                                  sign_every_s=a.checkpoint_every_s, synchronous=a.synchronous,
+                                  durable_wait_s=a.durable_wait_ms / 1000,
+                                  retention_days=a.retention_days, store_prompts=a.store_prompts)
             self.admission.gate = self.audit.admit   # full buffer: refuse new work (see audit.py)
             self.metrics.track_audit(self.audit)
             self.router.on_verdict = audit_verdicts(self.audit)   # champion/challenger verdicts
@@ -116,6 +125,7 @@ class App:
         # a rule requiring redaction is satisfiable only when the redaction stage is in the chain
         self.policy.redaction_available = config.redaction.enabled
         self.metrics.track_policy(self.policy)
+        self.metrics.track_privacy(privacy_ledger(config), config.privacy)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, policy=self.policy,
                                  dispatch=config.dispatch, windows=self.windows,
@@ -214,6 +224,11 @@ class App:
             on_started(self.ports)
         log.info("ATP serving: http=%s grpc=%s quic=%s", self.ports.http, self.ports.grpc, self.ports.quic)
         await stop.wait()
-        log.info("draining (up to %.1fs)", self.config.server.drain_seconds)
+        event("drain", logging.INFO, grace_s=self.config.server.drain_seconds)
         await self.stop()
 
+
+def _circuit_event(model_id: str, was, now) -> None:
+    """A breaker transition as a log event: opening is a warning, recovering is news."""
+    event("circuit", logging.WARNING if now.name == "OPEN" else logging.INFO, model=model_id,
+          state=now.name.lower(), was=was.name.lower())

@@ -105,10 +105,10 @@ def cmd_serve(args) -> int:
             if zero:
                 raise atp_config.ConfigError(f"server.{zero[0]}_port: workers share ports with "
                                              "SO_REUSEPORT, so 0 (any free port) cannot be used")
-        logging.basicConfig(level=args.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if args.log_level != "debug":   # aioquic logs every handshake at INFO
-            logging.getLogger("quic").setLevel(logging.WARNING)
+        from .logs import setup as setup_logging
+        setup_logging(args.log_level, args.log_format)
+        if args.no_access_log:
+            logging.getLogger("atp.access").setLevel(logging.WARNING)
         _check_ports(cfg, enabled, reuse_port=workers > 1)
         if enabled["quic"]:
             _check_tls(cfg)
@@ -609,7 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "refused while [[auth.hmac_keys]] are configured: each worker would keep "
                         "its own anti-replay nonce cache")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                   help="logging verbosity (default info)")
+                   help="logging verbosity (default info; debug adds each routing decision's "
+                        "reasons to the access log)")
+    s.add_argument("--log-format", default="text", choices=("text", "json"),
+                   help="text lines, or one JSON object per line for log shippers (default text)")
+    s.add_argument("--no-access-log", action="store_true",
+                   help="no per-request access-log line (events and errors are still logged)")
     s.set_defaults(func=cmd_serve)
 
     def client_options(q, transports, default):
@@ -694,6 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_router_train)
     from .cli_admin import add_parsers
     add_parsers(sub, _RAW)          # keys, policy, reload
+
+    from .cli_audit import add_commands as add_audit_commands
+    add_audit_commands(sub)      # audit verify|export|pubkey|prune, costs
     return p
 
 

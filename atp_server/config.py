@@ -13,7 +13,9 @@ from .routing.config import RoutingConfig, parse_routing
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
 from .pricing import Price
-from .audit import DEFAULT_MAX_BUFFER
+from .audit.log import (DEFAULT_CHECKPOINT_ROWS, DEFAULT_CHECKPOINT_S, DEFAULT_DURABLE_WAIT_S,
+                        DEFAULT_MAX_BUFFER, SYNCHRONOUS)
+from .privacy import PrivacyConfig   # the [privacy] section's dataclass lives with its mechanism
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
 from .limits_config import LimitRule, StateConfig, parse_limits, parse_state
@@ -78,6 +80,18 @@ class AuditConfig:
     enabled: bool = True
     path: str = ""                 # SQLite file; "" = <state_dir>/audit.sqlite
     max_buffered_rows: int = DEFAULT_MAX_BUFFER   # rows waiting while writes fail; beyond: refuse
+    synchronous: str = "normal"    # normal: survives kill -9; full: fsync per commit (power loss)
+    signing_key: str = ""          # Ed25519 PEM for checkpoints; "" = <state_dir>/audit_signing_key.pem
+    checkpoint_every_rows: int = DEFAULT_CHECKPOINT_ROWS   # a signed checkpoint every N rows...
+    checkpoint_every_s: float = DEFAULT_CHECKPOINT_S        # ...or every this many seconds
+    durable_wait_ms: int = int(DEFAULT_DURABLE_WAIT_S * 1000)   # final frame waits for its row
+    retention_days: float = 0.0    # 0 = keep forever; else prune older rows at a checkpoint
+    store_prompts: bool = False    # rows carry the prompt's SHA-256; true adds its text
+
+
+@dataclass(frozen=True, slots=True)
+class CostsConfig:
+    baseline_model: str = ""       # `atp costs` savings: what each request would cost on this model
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +123,8 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     tenants: tuple = ()            # tenants.Tenant, from [[tenants]]
     policy: PolicyConfig = PolicyConfig()
+    costs: CostsConfig = CostsConfig()               # [costs] (costs.py, `atp costs`)
+    privacy: PrivacyConfig = PrivacyConfig()         # [privacy] (privacy.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -491,7 +507,8 @@ def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
-             "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy"}
+             "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
+             "costs", "privacy"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -510,7 +527,11 @@ def parse(data: dict) -> Config:
     if not models:
         _fail("models", "at least one [[models]] entry is required")
     v = _typed("audit", data.get("audit", {}), AuditConfig)
-    _check("audit", v, {"max_buffered_rows": (">=", 1)})
+    _check("audit", v, {"max_buffered_rows": (">=", 1), "checkpoint_every_rows": (">=", 1),
+                        "checkpoint_every_s": (">", 0), "durable_wait_ms": (">=", 0),
+                        "retention_days": (">=", 0)})
+    if v.get("synchronous", "normal") not in SYNCHRONOUS:
+        _fail("audit.synchronous", f"must be one of {', '.join(SYNCHRONOUS)}, got {v['synchronous']!r}")
     audit = AuditConfig(**v)
     pricing = tuple(_parse_price(i, p, set(ids))
                     for i, p in enumerate(_tables("pricing", data.get("pricing", []))))
@@ -534,6 +555,12 @@ def parse(data: dict) -> Config:
     policy = PolicyConfig(**_typed("policy", data.get("policy", {}), PolicyConfig))
     tenants = parse_tenants(_tables("tenants", data.get("tenants", [])))
     check_tenant_refs(auth, tenants)
+    costs = CostsConfig(**_typed("costs", data.get("costs", {}), CostsConfig))
+    if costs.baseline_model and costs.baseline_model not in ids:
+        _fail("costs.baseline_model", f"is not a configured model id: {costs.baseline_model!r}")
+    v = _typed("privacy", data.get("privacy", {}), PrivacyConfig)
+    _check("privacy", v, {"epsilon_per_day": (">", 0), "tokens_clip": (">=", 1),
+                          "cost_clip_usd": (">", 0)})
     cfg = Config(server=server, auth=auth, providers=providers, models=models, audit=audit,
                  pricing=pricing,
                  dispatch=_parse_dispatch({k: v for k, v in rt.items() if k in dispatch_keys}),
@@ -542,7 +569,8 @@ def parse(data: dict) -> Config:
                  limits=parse_limits(data.get("limits", []), set(ids)),
                  redaction=parse_redaction(data.get("redaction", {}), _fail),
                  guard=parse_guard(data.get("guard", {}), _fail),
-                 metrics=metrics, tenants=tenants, policy=policy)
+                 metrics=metrics, tenants=tenants, policy=policy, costs=costs,
+                 privacy=PrivacyConfig(**v))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
@@ -602,6 +630,18 @@ def load(path: str | os.PathLike | None = None) -> Config:
     except UnicodeDecodeError as exc:   # TOML is UTF-8 by definition
         raise ConfigError(f"(file): {p} is not UTF-8 text (byte {exc.start})") from None
     return loads(text)
+
+
+def audit_signing_key(cfg: Config) -> Path:
+    """The checkpoint signing key: audit.signing_key, else <state_dir>/audit_signing_key.pem."""
+    if cfg.audit.signing_key:
+        return Path(os.path.expanduser(cfg.audit.signing_key))
+    return state_dir(cfg) / "audit_signing_key.pem"
+
+
+def privacy_ledger(cfg: Config) -> Path:
+    """Where the differential-privacy epsilon ledger is kept: <state_dir>/privacy_ledger.json."""
+    return state_dir(cfg) / "privacy_ledger.json"
 
 
 def audit_file(cfg: Config) -> Path:

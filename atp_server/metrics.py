@@ -11,7 +11,7 @@ protocol error's code is a wire code or "other". So the number of series is boun
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from codec.errors import ErrorCode
 
@@ -128,6 +128,36 @@ class _AuditCollector:
                                   "because the audit buffer was full", value=a.refused)
         yield CounterMetricFamily("atp_audit_dropped_records", "Records of requests refused at the "
                                   "door, not kept while the audit buffer was full", value=a.dropped)
+        yield CounterMetricFamily("atp_audit_commits", "Audit transactions committed (rows / "
+                                  "commits = requests per group commit)", value=a.commits)
+        yield CounterMetricFamily("atp_audit_rows_written", "Audit rows committed", value=a.written)
+        yield CounterMetricFamily("atp_audit_signed_checkpoints", "Signed checkpoints written",
+                                  value=a.signed)
+        yield CounterMetricFamily("atp_audit_late_answers", "Answers sent before their audit row "
+                                  "was committed (durable_wait_ms passed)", value=a.late)
+
+
+class _PrivacyCollector:
+    """Epsilon left per tenant and metric, read from the ledger file at scrape time (the ledger is
+    charged by whichever process releases statistics, `atp costs --private` included)."""
+
+    def __init__(self, path, cfg):
+        self.path, self.cfg = path, cfg
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from .privacy import Ledger
+        g = GaugeMetricFamily("atp_privacy_epsilon_remaining", "Differential-privacy budget left "
+                              "today per tenant and published metric", labels=["tenant", "metric"])
+        try:
+            left = Ledger(self.path, self.cfg).all_remaining()
+        except (OSError, ValueError):
+            left = {}
+        for (tenant, metric), eps in sorted(left.items()):
+            g.add_metric([tenant, metric], eps)
+        yield g
 
 
 class _RedactionCollector:
@@ -206,6 +236,7 @@ class Metrics:
     def track_routing(self, router) -> None:
         """Export the router's decisions, expected regret and per-model posteriors."""
         self.registry.register(router.collector())
+
     def count_redactions(self, counts: dict, mode: str) -> None:
         for kind, n in counts.items():
             key = (kind, mode)
@@ -213,6 +244,9 @@ class Metrics:
 
     def count_injection(self, mode: str) -> None:
         self.injections[mode] = self.injections.get(mode, 0) + 1
+
+    def track_privacy(self, ledger_path, cfg) -> None:
+        self.registry.register(_PrivacyCollector(ledger_path, cfg))
 
     def observe(self, transport: str, model: str, outcome: str, seconds: float,
                 overhead_s: float | None) -> None:

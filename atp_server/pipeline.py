@@ -18,6 +18,7 @@ from .admission import Admission
 from .auth import Principal
 from .dispatch import Caps, DispatchConfig, first_item
 from .routing.aimd import ProviderWindows
+from .logs import event
 from .routing.health import Action, HealthBoard, Signal, ended
 from .routing.router import Router
 from .stages import RequestContext, StageChain
@@ -25,7 +26,7 @@ from .redaction import restoring
 from .stages.admission import AdmissionStage
 from .stages.guard import GuardStage
 from .stages.policy import PolicyRouteStage, PolicyStage, ValidateStage
-from .stages.record import AccountStage, AuditStage, MetricsStage, ObserverStage
+from .stages.record import AccessLogStage, AccountStage, AuditStage, MetricsStage, ObserverStage
 from .stages.redact import RedactStage
 from .stages.route import RouteStage
 from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta,
@@ -48,9 +49,9 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
     after the slot was released and the spend accounted.
     """
     known = frozenset(router.models)
-    stages = [ObserverStage(observers)]
+    stages = [ObserverStage(observers), AccessLogStage(known)]
     if audit is not None:
-        stages.append(AuditStage(audit, known))
+        stages.append(AuditStage(audit, known, getattr(audit, "store_prompts", False)))
     if metrics is not None:
         stages.append(MetricsStage(metrics, known))
     stages += [AccountStage(accountant), ValidateStage()]
@@ -209,6 +210,8 @@ class Pipeline:
             from .policy import PolicyHolder
             policy = PolicyHolder.of_rules("", router.models.values())
         self.policy = policy
+        # () -> awaitable: returns once every audit row recorded so far is committed (audit.py)
+        self.durable = audit.durable if audit is not None else None
         self._ids = 0
         self.observers: list = []   # fn(request_id, transport, outcome, code) after each request
         self.chain = build_chain(router=router, admission=admission, accountant=accountant,
@@ -256,6 +259,9 @@ class Pipeline:
         trace.failures.append(f"{model_id}: {exc.name}")
         log.info("request %s: %s failed (%s), trying again down the chain",
                  trace.request.request_id, model_id, exc)
+        # the same as a structured event (JSON logs: atp.events), for dashboards and alerts
+        event("failover", request_id=trace.request.request_id, tenant=trace.principal.tenant,
+              failed=model_id, code=exc.name)
 
     def _answered_by(self, trace: RequestContext, model_id: str) -> RouteDecision:
         """The decision naming the model that answers, after failing over to it."""
@@ -313,6 +319,7 @@ class Pipeline:
         Closing the generator early (client gone) closes the upstream call with it. After a
         failover before the first token a second Routed names the model that answers now.
         """
+        done = None
         async with self._admitted(request, principal, transport, started_ns) as trace:
             yield Routed(trace.decision)
             vault = trace.vault
@@ -356,13 +363,20 @@ class Pipeline:
             finish = item
             await attempt.close(None)
             usage = self._succeeded(trace, principal, model, request, finish, tokens)
-            yield Done(finish.reason, usage, trace.decision, trace.overhead_us())
+            done = Done(finish.reason, usage, trace.decision, trace.overhead_us())
+        if done is None:
+            raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+        # The stages have run (the audit row is recorded): the final frame waits for its commit.
+        if self.durable is not None:
+            await self.durable()
+        yield done
 
     async def complete(self, request: ChatRequest, principal: Principal, transport: str,
                        started_ns: int | None = None) -> Completion:
         """A whole answer (non-streaming callers): the adapter's one-shot `complete` when it has
         one — a single JSON answer costs the upstream and us less than an SSE stream — else its
         stream, drained. Same admission, failover, accounting and audit as stream()."""
+        result = None
         async with self._admitted(request, principal, transport, started_ns) as trace:
             model_id, (text, finish, tokens) = await self._first(
                 trace, request, lambda m: self._complete_call(m, request))
@@ -370,8 +384,13 @@ class Pipeline:
             usage = self._succeeded(trace, principal, self.router.models[model_id], request, finish, tokens)
             if trace.vault is not None:     # redaction placeholders back into the answer
                 text = trace.vault.restore(text)
-            return Completion(request.request_id, text, finish.reason, usage, trace.decision,
-                              trace.overhead_us(), finish.tool_calls)
+            result = Completion(request.request_id, text, finish.reason, usage, trace.decision,
+                                trace.overhead_us(), finish.tool_calls)
+        if result is None:
+            raise AtpError(ErrorCode.INTERNAL, "pipeline ended without a result")
+        if self.durable is not None:   # the answer goes out once its audit row is committed
+            await self.durable()
+        return result
 
 
 async def _discard(started) -> None:

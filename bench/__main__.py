@@ -10,12 +10,13 @@ import sys
 SUBCOMMANDS = {
     "peers": "bench.peers.run",   # ATP vs LiteLLM vs Portkey vs bare proxy, in front of nginx
     "load": "bench.load.cli",     # open/closed-loop load on gRPC, Session, QUIC, HTTP (+ bare grpc echo)
-    "routing": "bench.routing.cli",
+    "routing": "bench.routing.cli",  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
     "adapters": "bench.adapters.openai_sse",   # µs per streamed OpenAI SSE chunk: parse, translate, re-emit
     "redact": "bench.redact.cli",   # µs to redact / score a 2 KB prompt, to restore a streamed chunk
-    "stages": "bench.stages.cli",   # µs per pipeline stage (before + after), in process  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
+    "stages": "bench.stages.cli",    # µs per pipeline stage (before + after), in process
     "sched": "bench.sched.cli",     # µs per AIMD update and fair-queue selection, numba vs twin
     "policy": "bench.policy_eval",   # µs per policy decision, 20 rules: compiled closures vs cedarpy
+    "audit": "bench.audit.cli",      # req/s with the audit log off / on (durable) / synchronous=full
 }
 
 

@@ -118,6 +118,16 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise AssertionError(f"atp serve was not ready within {timeout}s")
 
 
+def reap(proc: subprocess.Popen, log) -> None:
+    """Kill the server if it still runs and print its log (pytest shows it on failure)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.seek(0)
+    print(log.read())
+    log.close()
+
+
 def test_serve_end_to_end(tmp_path):
     http, grpc, quic = (free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM),
                         free_port(socket.SOCK_DGRAM))
@@ -211,12 +221,7 @@ def test_serve_workers_share_ports_and_stop_together(tmp_path):
         for child in children:             # no worker outlives the parent
             assert subprocess.run(["ps", "-p", child], capture_output=True).returncode == 1
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.seek(0)
-        print(log.read())
-        log.close()
+        reap(proc, log)
 
 
 def test_workers_need_fixed_ports(tmp_path, capsys):

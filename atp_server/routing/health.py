@@ -152,6 +152,9 @@ class HealthBoard:
     # for models of the router's table, so this is bounded by the configured models.
     circuits: dict = field(default_factory=dict)
     not_closed: set = field(default_factory=set)   # model ids whose stored state is not CLOSED
+    # fn(model_id, was, now_state) on each stored transition: the App logs it as an event, so
+    # routing itself does no I/O.
+    on_change: object = None
 
     # ---- reads: no side effects ------------------------------------------------------------------
 
@@ -215,6 +218,8 @@ class HealthBoard:
             c.failures, c.opened_at = 0, now
         if state is not stored:
             c.state = state
+            if self.on_change is not None:   # logs/events outside routing (app.py wires it)
+                self.on_change(model_id, stored, state)
             if state is _CLOSED:
                 self.not_closed.discard(model_id)
             else:

@@ -1,6 +1,10 @@
 """After-only stages that record how a request ended: accounting, metrics, the audit log, observers."""
+import hashlib
 import time
 
+import orjson
+
+from ..logs import ACCESS
 from ..metrics import NO_MODEL, UNKNOWN
 from .base import RequestContext, Stage
 
@@ -54,25 +58,36 @@ class MetricsStage(Stage):
 
 
 class AuditStage(Stage):
+    """One audit row per request: who, what, which model, tokens, cost — and the prompt's SHA-256,
+    never its text unless [audit] store_prompts says so."""
+
     name = "audit"
 
-    def __init__(self, audit, known_models):
+    def __init__(self, audit, known_models, store_prompts: bool = False):
         self.audit = audit            # .record looked up per call: tests wrap it to observe it
         self.known = known_models
+        self.store_prompts = store_prompts
 
     def after(self, ctx: RequestContext, outcome: str) -> None:
         decision, usage, request = ctx.decision, ctx.usage, ctx.request
+        prompt = orjson.dumps(request.messages, default=str)
+        detail = {
+            **redaction_detail(ctx),
+            "tier": request.tier,
+            "provider": decision.provider if decision else None,
+            "in": usage.input_tokens if usage else 0,
+            "out": usage.output_tokens if usage else 0,
+            "cost_micros": usage.cost_usd_micros if usage else 0,
+            "estimated": bool(getattr(usage, "estimated", False)),
+            "prompt_sha256": hashlib.sha256(prompt).hexdigest(),
+            "failovers": len(ctx.failures),
+            "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000,
+            **policy_detail(ctx.policy)}
+        if self.store_prompts:
+            detail["prompt"] = orjson.loads(prompt)
         self.audit.record(ctx.principal.tenant, ctx.principal.name, ctx.transport,
-                          request.request_id, label_model(ctx, self.known), outcome, ctx.code, {
-                              **redaction_detail(ctx),
-                              "tier": request.tier,
-                              "provider": decision.provider if decision else None,
-                              "in": usage.input_tokens if usage else 0,
-                              "out": usage.output_tokens if usage else 0,
-                              "cost_micros": usage.cost_usd_micros if usage else 0,
-                              "estimated": usage.estimated if usage else False,
-                              "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000,
-                              **policy_detail(ctx.policy)})
+                          request.request_id, label_model(ctx, self.known), outcome, ctx.code,
+                          detail)
 
 
 def policy_detail(decision) -> dict:
@@ -85,6 +100,37 @@ def policy_detail(decision) -> dict:
     if decision.redact:
         out["policy_redact"] = True
     return out
+
+
+class AccessLogStage(Stage):
+    """One access-log line per request (logs.py): who, what, how it ended, what it cost."""
+
+    name = "access_log"
+
+    def __init__(self, known_models):
+        self.known = known_models
+
+    def after(self, ctx: RequestContext, outcome: str) -> None:
+        if not ACCESS.isEnabledFor(20):   # logging.INFO; skipped before any field is built
+            return
+        usage, decision, request = ctx.usage, ctx.decision, ctx.request
+        elapsed_ns = time.perf_counter_ns() - ctx.t0
+        fields = {"request_id": request.request_id, "tenant": ctx.principal.tenant,
+                  "key": ctx.principal.name, "transport": ctx.transport,
+                  "model": label_model(ctx, self.known),
+                  "provider": decision.provider if decision else None,
+                  "outcome": outcome, "code": ctx.code,
+                  "tokens_in": usage.input_tokens if usage else 0,
+                  "tokens_out": usage.output_tokens if usage else 0,
+                  "cost_usd": usage.cost_usd if usage else 0.0,
+                  "overhead_us": (elapsed_ns - ctx.upstream_ns) // 1000,
+                  "upstream_ms": round(ctx.upstream_ns / 1e6, 3),
+                  "elapsed_ms": round(elapsed_ns / 1e6, 3)}
+        if ctx.failures:
+            fields["failovers"] = list(ctx.failures)
+        if decision is not None and ACCESS.isEnabledFor(10):   # DEBUG: why this model
+            fields["reasons"] = list(decision.reasons)
+        ACCESS.info("request", extra={"fields": fields})
 
 
 class ObserverStage(Stage):

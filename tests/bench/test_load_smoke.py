@@ -62,7 +62,10 @@ def test_open_loop_and_streaming(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     [res] = doc["results"]
     check_result(res)
-    assert res["offered_rps"] == 200 and res["dropped"] == 0
+    # Every scheduled arrival is either sent or counted as dropped (the in-flight cap was full):
+    # how many drop depends on how fast the machine is, so only the accounting is asserted.
+    assert res["offered_rps"] == 200
+    assert res["sent"] + res["dropped"] == 200          # 200 rps over the 1 s measured window
     assert res["sent"] == res["requests"]
     assert res["send_lag_us"]["count"] == res["ok"] and res["ttft_us"]["count"] == res["ok"]
 

@@ -50,7 +50,7 @@ class GatedAdapter:
 
 def test_the_limits_stage_sits_after_authn_before_policy(tmp_path):
     app = App(limits_config(tmp_path, '[[limits]]\nname = "t"\nrequests_per_min = 5\n'))
-    assert app.pipeline.chain.names == ("observers", "audit", "metrics", "account", "validate",
+    assert app.pipeline.chain.names == ("observers", "access_log", "audit", "metrics", "account", "validate",
                                         "limits", "policy", "admission", "route", "policy-models")
     no_limits = App(limits_config(tmp_path, ""))
     assert "limits" not in no_limits.pipeline.chain.names

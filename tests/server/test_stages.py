@@ -19,7 +19,7 @@ def run(coro):
 
 def test_the_chain_order_is_explicit(tmp_path):
     app = App(make_config(tmp_path))
-    assert app.pipeline.chain.names == ("observers", "audit", "metrics", "account", "validate",
+    assert app.pipeline.chain.names == ("observers", "access_log", "audit", "metrics", "account", "validate",
                                         "policy", "admission", "route", "policy-models")
     selection = app.pipeline.chain.selection_befores
     assert len(selection) == 4      # validate, policy, route, policy-models: what Route runs
