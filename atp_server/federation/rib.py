@@ -20,7 +20,7 @@ from .routes import Route, check, extend, originate
 # origin's breaker is half-open or errors are frequent (health is 1 - recent error rate, 0 when open).
 HEALTHY_MIN = 0.5
 # Hysteresis: a challenger replaces the current best only if it is at least 5% cheaper, or (at a
-# price within 5%) at least 20% faster. Measured latency EWMAs on loopback move by ~10% between
+# price within 5%) at least 20% faster, or (within both) has a shorter path. Measured latency EWMAs on loopback move by ~10% between
 # updates; 20% keeps equal routes from flapping while a real improvement still wins.
 PRICE_MARGIN = 0.05
 LATENCY_MARGIN = 0.20
@@ -83,7 +83,10 @@ def _better(c: Candidate, best: Candidate) -> bool:
         return False
     if c.latency_ms < best.latency_ms * (1 - LATENCY_MARGIN):
         return True
-    return False
+    if c.latency_ms > best.latency_ms * (1 + LATENCY_MARGIN):
+        return False
+    # equal within both margins: fewer routers in the way (fewer places to fail, less overhead)
+    return len(c.route.path) < len(best.route.path)
 
 
 def _rank(c: Candidate) -> tuple:

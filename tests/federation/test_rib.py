@@ -227,3 +227,15 @@ def test_stale_updates_are_ignored():
     net.serve("A", "m1", price=2.0)
     net.inject("B", "A", Update((first,)))            # the older announcement arrives late
     assert net.best("B", "m1").price_in_per_mtok == 2.0
+
+
+def test_a_shorter_path_replaces_an_equal_longer_one_learned_first():
+    net = Net()
+    for n in "OBC":
+        net.add(n)
+    net.link("B", "O")
+    net.link("C", "B")
+    net.serve("O", "m1")
+    assert net.best("C", "m1").path == ("B", "O")
+    net.link("C", "O")                                # a direct route, equal price and latency
+    assert net.best("C", "m1").path == ("O",)
