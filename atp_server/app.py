@@ -14,7 +14,7 @@ from .adapters.simulated import SimulatedAdapter
 from .admission import Admission
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
-from .config import Config, audit_file, provider_settings, state_dir
+from .config import Config, audit_file, federation_key, provider_settings, state_dir
 from .feedback import FeedbackLog
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -42,6 +42,7 @@ class BoundPorts:
     http: int = 0
     grpc: int = 0
     quic: int = 0
+    agp: int = 0          # the federation listener, when [federation] is enabled
 
 
 class App:
@@ -79,6 +80,7 @@ class App:
             connection_config=self.connection_config,
             congestion_watermark=config.server.congestion_watermark)
         self.transports: list = []
+        self.federation = None    # federation.link.FederationLink once started
         self.ports = BoundPorts()
 
     @property
@@ -112,12 +114,20 @@ class App:
             t = QuicTransport(self.service, tls_paths(self.config))
             self.ports.quic = await t.start(s.host, s.quic_port)
             self.transports.append(t)
+        if self.config.federation.enabled and self.federation is None:
+            from . import federation
+            from .federation.config import load_key
+            self.federation, self.ports.agp = await federation.start(
+                self.config.federation, load_key(federation_key(self.config)), self.config.models)
         return self.ports
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: refuse new work, give in-flight streams `grace_s`, then close everything."""
         grace = self.config.server.drain_seconds if grace_s is None else grace_s
         self.draining = True
+        if self.federation is not None:   # withdraw from the federation first: peers route around
+            await self.federation.stop()
+            self.federation = None
         await asyncio.gather(*(t.stop(grace) for t in self.transports), return_exceptions=True)
         self.transports.clear()
         self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now

@@ -684,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cost predictor (default: the better of length and dense on the holdout)")
     t.add_argument("--json", action="store_true", help="print the training report as JSON")
     t.set_defaults(func=cmd_router_train)
+
+    from .cli_federation import add_commands as add_federation_commands
+    add_federation_commands(sub)   # federation status|keygen
     return p
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
+from .federation.config import FederationConfig, FederationConfigError
+from .federation.config import parse as parse_federation
 from .audit import DEFAULT_MAX_BUFFER
 
 
@@ -79,6 +81,7 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelSpec, ...] = ()
     audit: AuditConfig = AuditConfig()
+    federation: FederationConfig = FederationConfig()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -421,7 +424,7 @@ def _parse_model(i: int, t: dict, providers: set) -> ModelSpec:
 def parse(data: dict) -> Config:
     if not isinstance(data, dict):
         _fail("(toml)", "the document must be a table")
-    known = {"server", "auth", "providers", "models", "audit"}
+    known = {"server", "auth", "providers", "models", "audit", "federation"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -442,7 +445,13 @@ def parse(data: dict) -> Config:
     v = _typed("audit", data.get("audit", {}), AuditConfig)
     _check("audit", v, {"max_buffered_rows": (">=", 1)})
     audit = AuditConfig(**v)
-    cfg = Config(server, auth, providers, models, audit)
+    federation = FederationConfig()
+    if "federation" in data:
+        try:
+            federation = parse_federation(data["federation"], set(ids))
+        except FederationConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    cfg = Config(server, auth, providers, models, audit, federation)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
@@ -488,6 +497,13 @@ def load(path: str | os.PathLike | None = None) -> Config:
     except UnicodeDecodeError as exc:   # TOML is UTF-8 by definition
         raise ConfigError(f"(file): {p} is not UTF-8 text (byte {exc.start})") from None
     return loads(text)
+
+
+def federation_key(cfg: Config) -> Path:
+    """This router's AGP key: federation.key, else <state_dir>/agp_key.pem."""
+    if cfg.federation.key:
+        return Path(os.path.expanduser(cfg.federation.key))
+    return state_dir(cfg) / "agp_key.pem"
 
 
 def audit_file(cfg: Config) -> Path:
