@@ -16,8 +16,8 @@ from .admission import Admission, SchedulingCollector
 from .audit import AuditLog
 from .auth import NONCE_SNAPSHOT, Authenticator
 from .embedding import Embedder
-from .config import (Config, audit_file, audit_signing_key, privacy_ledger, provider_settings,
-                     state_dir)
+from .config import (Config, audit_file, audit_signing_key, federation_key, privacy_ledger,
+                     provider_settings, state_dir)
 from .feedback import FeedbackLog
 from .logs import event
 from .metrics import Metrics
@@ -61,6 +61,7 @@ class BoundPorts:
     http: int = 0
     grpc: int = 0
     quic: int = 0
+    agp: int = 0          # the federation listener, when [federation] is enabled
 
 
 class App:
@@ -147,6 +148,7 @@ class App:
         self.service.embed = Embedder(self.router, self.adapters, self.accountant, self.pipeline.policy,
                                       self.pipeline.clock).embed
         self.transports: list = []
+        self.federation = None    # federation.link.FederationLink once started
         self.ports = BoundPorts()
         self.pid_owner: int | None = None        # the pid `atp reload` signals, when not ours
 
@@ -183,12 +185,20 @@ class App:
             t = QuicTransport(self.service, tls_paths(self.config))
             self.ports.quic = await t.start(s.host, s.quic_port)
             self.transports.append(t)
+        if self.config.federation.enabled and self.federation is None:
+            from . import federation
+            from .federation.config import load_key
+            self.federation, self.ports.agp = await federation.start(
+                self.config.federation, load_key(federation_key(self.config)), self.config.models)
         return self.ports
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: refuse new work, give in-flight streams `grace_s`, then close everything."""
         grace = self.config.server.drain_seconds if grace_s is None else grace_s
         self.draining = True
+        if self.federation is not None:   # withdraw from the federation first: peers route around
+            await self.federation.stop()
+            self.federation = None
         await asyncio.gather(*(t.stop(grace) for t in self.transports), return_exceptions=True)
         self.transports.clear()
         self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now

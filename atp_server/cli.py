@@ -702,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_audit import add_commands as add_audit_commands
     add_audit_commands(sub)      # audit verify|export|pubkey|prune, costs
+
+    from .cli_federation import add_commands as add_federation_commands
+    add_federation_commands(sub)   # federation status|keygen
     return p
 
 

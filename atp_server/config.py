@@ -20,6 +20,8 @@ from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
 from .limits_config import LimitRule, StateConfig, parse_limits, parse_state
 from .redaction.settings import GuardConfig, RedactionConfig, parse_guard, parse_redaction
+from .federation.config import FederationConfig, FederationConfigError
+from .federation.config import parse as parse_federation
 
 
 class ConfigError(ValueError):
@@ -125,6 +127,7 @@ class Config:
     policy: PolicyConfig = PolicyConfig()
     costs: CostsConfig = CostsConfig()               # [costs] (costs.py, `atp costs`)
     privacy: PrivacyConfig = PrivacyConfig()         # [privacy] (privacy.py)
+    federation: FederationConfig = FederationConfig()   # [federation] (federation/config.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -508,7 +511,7 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy"}
+             "costs", "privacy", "federation"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -561,6 +564,12 @@ def parse(data: dict) -> Config:
     v = _typed("privacy", data.get("privacy", {}), PrivacyConfig)
     _check("privacy", v, {"epsilon_per_day": (">", 0), "tokens_clip": (">=", 1),
                           "cost_clip_usd": (">", 0)})
+    federation = FederationConfig()
+    if "federation" in data:
+        try:
+            federation = parse_federation(data["federation"], set(ids))
+        except FederationConfigError as exc:
+            raise ConfigError(str(exc)) from None
     cfg = Config(server=server, auth=auth, providers=providers, models=models, audit=audit,
                  pricing=pricing,
                  dispatch=_parse_dispatch({k: v for k, v in rt.items() if k in dispatch_keys}),
@@ -570,7 +579,7 @@ def parse(data: dict) -> Config:
                  redaction=parse_redaction(data.get("redaction", {}), _fail),
                  guard=parse_guard(data.get("guard", {}), _fail),
                  metrics=metrics, tenants=tenants, policy=policy, costs=costs,
-                 privacy=PrivacyConfig(**v))
+                 privacy=PrivacyConfig(**v), federation=federation)
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
@@ -630,6 +639,13 @@ def load(path: str | os.PathLike | None = None) -> Config:
     except UnicodeDecodeError as exc:   # TOML is UTF-8 by definition
         raise ConfigError(f"(file): {p} is not UTF-8 text (byte {exc.start})") from None
     return loads(text)
+
+
+def federation_key(cfg: Config) -> Path:
+    """This router's AGP key: federation.key, else <state_dir>/agp_key.pem."""
+    if cfg.federation.key:
+        return Path(os.path.expanduser(cfg.federation.key))
+    return state_dir(cfg) / "agp_key.pem"
 
 
 def audit_signing_key(cfg: Config) -> Path:
