@@ -50,6 +50,11 @@ quality = 0.9
 latency_ms = 1
 price_in_per_mtok = 0.0
 price_out_per_mtok = 0.0
+
+# Greedy on the posterior mean, not Thompson sampling: these tests need sim-broken ranked first on
+# every request (a sampled posterior may rank another model first, and then nothing fails over).
+[routing]
+bandit = "greedy"
 """
 
 
