@@ -218,6 +218,8 @@ class AuditLog:
         """One transaction: link `rows` to the head of the chain, insert them, sign if due."""
         db.execute("BEGIN IMMEDIATE")   # the write lock first: the head cannot move under us
         head = db.execute(_HEAD).fetchone()
+        if head is not None and head[1] is None:
+            head = _chain_unlinked(db)  # rows of a writer that does not chain (an older ATP)
         seq, prev = head if head else (0, chain.GENESIS)
         linked = []
         for row in rows:
@@ -261,6 +263,9 @@ class AuditLog:
         caller goes on and the row is written when the disk lets it, counted in `late`)."""
         if not self._buffer:
             return   # flush() is synchronous: nothing buffered means everything is committed
+        if self.failing is not None:
+            self.late += 1   # writes fail now: waiting cannot help; the row is kept and retried
+            return
         if self._committed is None:
             self._committed = asyncio.get_running_loop().create_future()
         if self._wake is not None:
@@ -448,6 +453,23 @@ def _rows_since_checkpoint(db: sqlite3.Connection) -> tuple[int, float]:
     if last is None:
         return head[0], 0.0
     return head[0] - last[0], last[1]
+
+
+def _chain_unlinked(db: sqlite3.Connection) -> tuple[int, bytes]:
+    """Inside the caller's transaction: link the rows at the end that carry no hash (appended by a
+    writer that does not chain, e.g. an older ATP on the same file), as found; the new head."""
+    last = db.execute("SELECT seq, hash FROM audit WHERE hash IS NOT NULL ORDER BY seq DESC "
+                      "LIMIT 1").fetchone()
+    start, prev = last if last else (0, chain.GENESIS)
+    unlinked = db.execute(ROWS.replace(", prev_hash, hash", "") + " WHERE seq > ? ORDER BY seq",
+                          (start,)).fetchall()
+    for row in unlinked:
+        digest = chain.link(prev, tuple(row))
+        db.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row[0]))
+        prev = digest
+    log.warning("audit: %d rows written without the hash chain (an older writer on this file) "
+                "were chained as found", len(unlinked))
+    return (unlinked[-1][0], prev) if unlinked else (start, prev)
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -281,3 +281,30 @@ def test_admin_actions_are_chained_rows(tmp_path):
 def test_an_unknown_synchronous_mode_is_refused(tmp_path, value):
     with pytest.raises(ValueError, match="synchronous"):
         AuditLog(str(tmp_path / "a.sqlite"), synchronous=value)
+
+
+def test_rows_an_older_unchained_writer_appended_are_chained_not_a_write_failure(tmp_path):
+    # An older ATP sharing the file (a rolling upgrade, a benchmark baseline) appends rows with no
+    # hash: the next chained write links them in as found instead of failing on a NULL head.
+    path, log = filled(tmp_path, 3)
+    sql(path, "INSERT INTO audit (ts, tenant, principal, transport, request_id, model, outcome, "
+              "code, record) VALUES (2.5, 't', 'k', 'http', 'old-writer', 'm', 'ok', 0, '{}')")
+    row(log, "r-after")
+    assert log.flush() == 1 and log.failing is None
+    closed(log)
+    report = verify_file(path)
+    assert report.ok and report.rows == 5
+
+
+def test_durable_does_not_wait_while_writes_are_failing(tmp_path):
+    async def main():
+        log = AuditLog(str(tmp_path / "audit.sqlite"), durable_wait_s=30.0)
+        log.start()
+        log.failing = "disk full"          # the writer already knows it cannot write
+        row(log, "r0")
+        await asyncio.wait_for(log.durable(), 1.0)   # returns at once, counted late
+        late = log.late
+        log.failing = None
+        await log.close()
+        return late
+    assert asyncio.run(main()) == 1
