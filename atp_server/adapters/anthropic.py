@@ -9,11 +9,10 @@ from codec.errors import ErrorCode
 
 from ..types import AtpError, ChatRequest, Finish, ImagePart, TextDelta, ToolCall, ToolCallDelta
 from .base import ModelSpec
-from .calls import answers, call_json
+from .calls import answers, call_json, drain as _drain
 from .http_client import HttpClient, HttpClientError, PeerClosedError
 from .errors import retry_after_ms as _retry_after_ms
 from .errors import transport_error as _transport_error
-from .openai_compat import _drain
 
 # ---- the wire events the parser yields (private to this module and its dialect twin) -------------
 

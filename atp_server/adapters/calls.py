@@ -1,11 +1,16 @@
-"""One whole-body upstream HTTP call with its failures as wire codes, shared by the HTTP adapters."""
+"""Upstream HTTP calls shared by the HTTP adapters: one whole-body call with its failures as wire
+codes (adapters/errors.py), and draining a finished stream's response so its socket is reused."""
+import asyncio
+
 import orjson
 
 from codec.errors import ErrorCode
 
 from ..types import AtpError
-from .http_client import HttpClient, HttpClientError, PeerClosedError
-from .openai_compat import _transport_error
+from .errors import transport_error
+from .http_client import HttpClient, HttpClientError
+
+DRAIN_S = 1.0  # how long to wait for the HTTP end after a stream's last event so the socket can be reused
 
 
 async def call(http: HttpClient, name: str, method: str, url: str, headers: dict, body: bytes,
@@ -14,11 +19,8 @@ async def call(http: HttpClient, name: str, method: str, url: str, headers: dict
     `status_error(name, status, headers, body)`, raises AtpError."""
     try:
         resp = await http.request(method, url, headers=headers, body=body)
-    except PeerClosedError as e:
-        code = ErrorCode.UPSTREAM_CUT if e.headers_received else ErrorCode.UPSTREAM_ERROR
-        raise AtpError(code, f"{name}: {e}") from None
-    except HttpClientError as e:
-        raise _transport_error(name, e) from None
+    except HttpClientError as e:   # a reset after the headers is UPSTREAM_CUT there, as before
+        raise transport_error(name, e) from None
     if resp.status != 200:
         raise status_error(name, resp.status, resp.headers, resp.body)
     return resp.body
@@ -41,3 +43,14 @@ async def answers(probe) -> bool:
     except AtpError:
         return False
     return True
+
+
+async def drain(resp) -> None:
+    """After a stream's end marker only the chunked terminator should remain: wait briefly for it
+    so the socket goes back to the pool, but never let a sloppy upstream turn a finished answer
+    into an error."""
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            await resp.read()
+    except (TimeoutError, HttpClientError):
+        resp.close()

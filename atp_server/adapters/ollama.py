@@ -9,11 +9,10 @@ from codec.errors import ErrorCode
 
 from ..types import AtpError, ChatRequest, EmbeddingRequest, Embeddings, Finish, TextDelta, ToolCall, ToolCallDelta
 from .base import ModelSpec
-from .calls import answers, call_json
+from .calls import answers, call_json, drain as _drain
 from .http_client import HttpClient, HttpClientError, PeerClosedError
 from .errors import retry_after_ms as _retry_after_ms
 from .errors import transport_error as _transport_error
-from .openai_compat import _drain
 
 _MAX_LINE_BYTES = 1 << 20   # one NDJSON line larger than this is not an Ollama chunk: refuse, bounded
 # done_reason -> neutral finish reason ("load"/"unload" answer a request with no messages)

@@ -1,8 +1,6 @@
 """Adapter for OpenAI-compatible chat-completions upstreams (OpenAI, vLLM, llama.cpp, ...) over http_client."""
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 
 from codec.errors import ErrorCode
@@ -10,10 +8,10 @@ from codec.errors import ErrorCode
 from ..types import (AtpError, ChatRequest, EmbeddingRequest, Embeddings, Finish, TextDelta, ToolCall,
                      ToolCallDelta)
 from .base import ModelSpec
+from .calls import drain as _drain
 from .errors import MAX_ERROR_BODY, in_band_error, status_error as _status_error, transport_error as _transport_error
 from .http_client import HttpClient, HttpClientError, PeerClosedError
 
-_DRAIN_S = 1.0  # how long to wait for the HTTP end after `[DONE]` so the socket can be reused
 
 
 class OpenAICompatAdapter:
@@ -295,11 +293,3 @@ class _SSEParser:
         return out
 
 
-async def _drain(resp) -> None:
-    # After [DONE] only the chunked terminator should remain; wait briefly for it so the socket
-    # goes back to the pool, but never let a sloppy upstream turn a finished answer into an error.
-    try:
-        async with asyncio.timeout(_DRAIN_S):
-            await resp.read()
-    except (TimeoutError, HttpClientError):
-        resp.close()
