@@ -15,7 +15,9 @@ WEATHER = ToolSpec("weather", "the weather in a city", {
 
 
 async def _both(tmp_path, request_kwargs):
-    app = App(make_config(tmp_path))
+    # Greedy routing: both calls must reach the same model (the simulated answer is a function of
+    # the model and the request id; Thompson sampling could send the two calls to two models).
+    app = App(make_config(tmp_path, extra='[routing]\nbandit = "greedy"\n'))
     try:
         items = [i async for i in app.pipeline.stream(ChatRequest([("user", "hi")], request_id="same", **request_kwargs),
                                                       PRINCIPAL, "test")]

@@ -6,8 +6,10 @@ from atp_server.auth import Principal
 PRINCIPAL = Principal("default", "dev", "api_key")
 
 
-def make_config(tmp_path, *, sim_options: str = "", server: str = "", models: str | None = None):
-    """The embedded default with the simulated provider's options and [server] keys overridden."""
+def make_config(tmp_path, *, sim_options: str = "", server: str = "", models: str | None = None,
+                extra: str = ""):
+    """The embedded default with the simulated provider's options and [server] keys overridden;
+    `extra` is appended (more sections, e.g. [routing])."""
     models = models if models is not None else """
 [[models]]
 id = "cheap"
@@ -40,5 +42,6 @@ name = "sim"
 type = "simulated"
 {sim_options}
 {models}
+{extra}
 """
     return config.loads(text)
