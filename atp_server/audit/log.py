@@ -104,7 +104,7 @@ class AuditLog:
         self.durable_wait_s = durable_wait_s
         self.retention_days = retention_days
         self.store_prompts = store_prompts  # read by stages.record.AuditStage
-        self._committed: asyncio.Future | None = None   # resolved by the next successful flush
+        self._waiters: list[asyncio.Future] = []   # durable() callers: released by the next commit
         self._wake: asyncio.Event | None = None
         self.late = 0                       # final frames sent before their row was committed
         self.commits = 0                    # flushes that wrote rows (rows / commits = group size)
@@ -203,9 +203,8 @@ class AuditLog:
         self.written += len(rows)
         self.commits += 1
         self._retry_delay = self.flush_every_s
-        committed, self._committed = self._committed, None
-        if committed is not None and not committed.done():
-            committed.set_result(None)
+        if self._waiters:
+            self._release(late=False)
         if self.failing is not None or self.refusing:
             log.warning("audit: writing again: every buffered row written (%d so far); accepting "
                         "requests (%d refused, %d door-refusal records dropped meanwhile)",
@@ -259,24 +258,42 @@ class AuditLog:
                 raise
 
     async def durable(self) -> None:
-        """Return once every row recorded so far is committed (at most durable_wait_s: then the
-        caller goes on and the row is written when the disk lets it, counted in `late`)."""
+        """Return once every row recorded so far is committed, or counted `late` when the commit
+        fails (the row stays buffered and is written on recovery).
+
+        Group commit: the first waiter of a loop turn schedules one commit for the next turn, and
+        every request that finishes meanwhile joins it. Each waiter awaits a future of its own, so
+        a cancelled client cancels only itself (no shield, no wait_for task: ~10 µs a request less).
+        The commit is synchronous on this loop and sqlite waits at most _LOCK_WAIT_S for a lock, so
+        a wait is bounded by that, below durable_wait_s."""
         if not self._buffer:
             return   # flush() is synchronous: nothing buffered means everything is committed
         if self.failing is not None:
             self.late += 1   # writes fail now: waiting cannot help; the row is kept and retried
             return
-        if self._committed is None:
-            self._committed = asyncio.get_running_loop().create_future()
-        if self._wake is not None:
-            self._wake.set()
-        else:   # no background writer (tests, CLI): commit now
+        if self._wake is None:   # no background writer (tests, CLI): commit now
             self._try_flush()
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._committed), self.durable_wait_s)
-        except asyncio.TimeoutError:
-            self.late += 1
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if not self._waiters:
+            loop.call_soon(self._commit_group)
+        self._waiters.append(waiter)
+        await waiter
+
+    def _commit_group(self) -> None:
+        """The group's commit; waiters it could not commit for are released, counted late."""
+        if self._buffer:
+            self._try_flush()
+        self._release(late=True)   # a commit that succeeded released its waiters already
+
+    def _release(self, late: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                if late:
+                    self.late += 1
 
     def admin(self, tenant: str, actor: str, action: str, target: str, details: dict | None = None) -> None:
         """Record an administrative action (key created, policy reloaded, model promoted...)."""
@@ -370,7 +387,7 @@ class AuditLog:
         next_prune = loop.time()
         while not self._stopping.is_set():
             delay = self._retry_delay if self.failing else self.flush_every_s
-            try:   # a request waiting in durable() wakes the writer: its commit is not delayed
+            try:   # periodic: durable() waiters commit at once through _commit_group instead
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:
                 pass
@@ -419,6 +436,7 @@ class AuditLog:
                 break
             await asyncio.sleep(delay)   # a backoff between attempts, not a synchronisation
             delay = min(delay * 2, self.retry_max_s)
+        self._release(late=True)   # whoever still waits: their rows are lost or kept, not committed
         if not self._buffer and self._db is not None:
             try:   # sign the head, so rows deleted from the end later are detectable
                 self.sign_now()

@@ -163,8 +163,8 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
     if fixed:
         obj = _FIXED
     elif (alias is None and request.cost_weight is None and request.min_quality is None
-          and not request.metadata):
-        obj = _tier_objective(table, request.tier)    # the common case, cached per table
+          and not request.metadata):   # the common case, cached per table
+        obj = table.objectives.get(request.tier) or _tier_objective(table, request.tier)
     else:
         obj = objective(request, table, alias)
     mode = scoring.MEAN if fixed else _MODES[policy.bandit]
@@ -217,8 +217,9 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
         chain = order[:n_ok].tolist()
     best = chain[0]
     # Python floats before formatting: numpy scalars format several times slower
-    mean, _, util, cost, _, _ = W[:, best].tolist()
-    lat = float(stats.lat_ewma[best])
+    # .item(): a Python float at once (indexing gives a numpy scalar, which formats slower)
+    mean, util, cost = W.item(0, best), W.item(2, best), W.item(3, best)
+    lat = stats.lat_ewma.item(best)
     reasons.append(f"{ids[best]}: predicted quality {mean:.3f}, expected cost "
                    f"${cost:.6f}, latency ~{lat:.0f} ms")
     if not fixed:
@@ -227,17 +228,17 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
                        f"{policy.bandit} posterior")
         if n_ok > 1:
             r2 = chain[1]
-            mean2, _, util2, _, _, _ = W[:, r2].tolist()
+            mean2, util2 = W.item(0, r2), W.item(2, r2)
             reasons.append(f"runner-up {ids[r2]}: quality {mean2:.3f}, utility "
                            f"{util2:.3f} vs {util:.3f}")
-    n_set = 1 if pinned else len(alias.models) if alias is not None else table.size
+    n_set = 1 if pinned else len(alias.models) if alias is not None else len(ids)
     if n_ok < n_set:
         reasons.append("excluded " + _excluded(table, request, why))
     spec = table.specs[best]
     return RouteDecision(
-        spec.provider, spec.id, cost, lat, mean, tuple(reasons), tuple(ids[r] for r in chain[1:]),
+        spec.provider, spec.id, cost, lat, mean, tuple(reasons), tuple([ids[r] for r in chain[1:]]),
         alias.max_attempts if alias is not None else 0,
-        Trace(features, None if base is None else base.copy(), float(out[0])))
+        Trace(features, None if base is None else base.copy(), out.item(0)))
 
 
 _NO_CAPS = np.uint64(0)

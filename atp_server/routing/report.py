@@ -59,8 +59,21 @@ def _answer(s, r: int, latency_ms: float) -> None:
     s.lat_ring[r, n % LATENCY_RING] = latency_ms
     s.ring_n[r] = n + 1
     if (n + 1) % PERCENTILE_EVERY == 0 or n < PERCENTILE_EVERY:
-        recent = s.lat_ring[r, :min(n + 1, LATENCY_RING)]
-        s.lat_p50[r], s.lat_p95[r] = np.percentile(recent, (50, 95))
+        recent = np.sort(s.lat_ring[r, :min(n + 1, LATENCY_RING)]).tolist()
+        s.lat_p50[r], s.lat_p95[r] = quantile(recent, 0.50), quantile(recent, 0.95)
+
+
+def quantile(ascending: list, q: float) -> float:
+    """np.percentile(x, 100 q)'s default ("linear") method on already-sorted values, bit for bit
+    (its lerp from the upper end when t >= 0.5 included): np.percentile itself measured ~150 µs
+    for 128 values here, a sort plus this ~9 µs (tests/routing/test_report.py compares them)."""
+    pos = q * (len(ascending) - 1)
+    lo = int(pos)
+    if lo + 1 >= len(ascending):
+        return ascending[lo]
+    t = pos - lo
+    x, y = ascending[lo], ascending[lo + 1]
+    return y - (y - x) * (1 - t) if t >= 0.5 else x + (y - x) * t
 
 
 def report(table, outcome, now: float) -> bool:

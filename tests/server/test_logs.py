@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, strategies as st
 
 from atp_server import logs
 from atp_server.app import App
@@ -119,3 +120,29 @@ def test_the_server_handler_batches_access_lines_and_keeps_the_format(tmp_path):
     access = [x for x in lines if x["logger"] == "atp.access"]
     assert len(access) == 1 and access[0]["model"] == "cheap" and access[0]["outcome"] == "ok"
     assert access[0]["time"].endswith("+00:00") and lines.index(access[0]) < len(lines) - 1
+
+
+_NAMES = st.one_of(st.none(), st.text(max_size=12))
+_NUMS = st.one_of(st.integers(-5, 10**9), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@given(st.fixed_dictionaries({
+    "request_id": _NAMES, "tenant": _NAMES, "key": _NAMES, "transport": st.sampled_from(["http", "grpc"]),
+    "model": _NAMES, "provider": _NAMES, "outcome": st.sampled_from(["ok", "UNAVAILABLE"]),
+    "code": st.integers(0, 600), "tokens_in": _NUMS, "tokens_out": _NUMS, "cost_usd": _NUMS,
+    "overhead_us": _NUMS, "upstream_ms": _NUMS, "elapsed_ms": _NUMS}),
+    st.lists(st.text(min_size=1, max_size=8), max_size=2))
+def test_the_access_line_template_renders_like_the_generic_loop(fields, failovers):
+    fields = {k: fields[k] for k in logs.ACCESS_KEYS}   # in the stage's order
+    if failovers:
+        fields["failovers"] = failovers
+    generic = " ".join(f"{k}={logs._text(v)}" for k, v in fields.items())
+    assert logs._access_text(fields) == generic
+
+
+def test_the_access_stage_builds_the_template_keys_in_order(caplog, tmp_path):
+    caplog.set_level(logging.INFO, "atp.access")
+    app = App(make_config(tmp_path))
+    run(app, app.pipeline.complete(ChatRequest([("user", "hi")]), PRINCIPAL, "http"))
+    (fields,) = fields_of(caplog, "atp.access")
+    assert tuple(fields)[:len(logs.ACCESS_KEYS)] == logs.ACCESS_KEYS
