@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from codec.errors import ErrorCode
 
+from .metrics import refusal_reason
 from .routing.spec import ModelSpec
 from .auth import Principal
 from .types import AtpError
@@ -97,3 +98,12 @@ class GatewayService:
     def protocol_error(self, transport: str, code: int) -> None:
         """A session we closed for a protocol error (bad MAC, replay, malformed frame...)."""
         self._metrics.protocol_errors.labels(transport, str(int(code))).inc()
+        self.refused(transport, code)
+
+    def refused(self, transport: str, code: int | None = None, reason: str | None = None) -> None:
+        """Count a refusal at the door in atp_refusals: by `reason` (metrics.REFUSAL_REASONS), else
+        by the wire code's reason; a code that is no refusal (upstream fault, drain) is not
+        counted. Called on error paths only: a request that succeeds pays nothing."""
+        reason = reason or (refusal_reason(code) if code is not None else None)
+        if reason is not None:
+            self._metrics.count_refusal(transport, reason)
