@@ -13,7 +13,7 @@ from codec.errors import ErrorCode
 from ..dialects import openai as dialect
 from ..dialects.openai import STATUS, TIER_ALIASES, bad as _bad, error_body   # noqa: F401 (re-exported)
 from ..types import AtpError, Delta, Done, Routed, ToolCallDelta
-from . import http_anthropic
+from . import http_anthropic, http_api
 
 log = logging.getLogger("atp.http")
 
@@ -23,7 +23,8 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 _SHUTDOWN = "atp-http-shutdown"   # cancel() message: the drain grace is over
 # path -> the methods it serves: what the catch-all route answers 405 (with Allow) rather than 404.
 _ROUTES = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/embeddings": "POST",
-           "/v1/models": "GET", "/healthz": "GET", "/metrics": "GET", "/v1/messages": "POST"}
+           "/v1/models": "GET", "/healthz": "GET", "/metrics": "GET", "/v1/messages": "POST",
+           **http_api.ROUTES}
 
 
 def error_response(exc: AtpError, request_id: str = "", status: int = 0, close: bool = False,
@@ -67,6 +68,7 @@ class HttpTransport:
         self.web = web.Application(client_max_size=MAX_BODY)
         self._embed = service.embed or _no_embeddings
         http_anthropic.add_routes(self)   # POST /v1/messages: the Anthropic dialect (before the catch-all)
+        http_api.add_routes(self)         # /api/v1/...: the PRD's REST API
         self.web.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/v1/models", self.models),
                              web.post("/v1/completions", self.completions),
                              web.post("/v1/embeddings", self.embeddings),
