@@ -13,7 +13,7 @@ from codec.errors import ErrorCode
 from ..dialects import openai as dialect
 from ..dialects.openai import STATUS, TIER_ALIASES, bad as _bad, error_body   # noqa: F401 (re-exported)
 from ..types import AtpError, Delta, Done, Routed, ToolCallDelta
-from . import http_anthropic, http_api
+from . import http_admin, http_anthropic, http_api
 
 log = logging.getLogger("atp.http")
 
@@ -69,6 +69,7 @@ class HttpTransport:
         self._embed = service.embed or _no_embeddings
         http_anthropic.add_routes(self)   # POST /v1/messages: the Anthropic dialect (before the catch-all)
         http_api.add_routes(self)         # /api/v1/...: the PRD's REST API
+        http_admin.add_routes(self)       # /admin/v1/...: the admin API (admin keys and roles)
         self.web.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/v1/models", self.models),
                              web.post("/v1/completions", self.completions),
                              web.post("/v1/embeddings", self.embeddings),
