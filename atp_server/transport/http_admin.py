@@ -110,3 +110,63 @@ def _handler(transport, action, fn, ok_status: int, has_body: bool):
             return error_response(AtpError(ErrorCode.INTERNAL, "internal error"))
         return web.Response(status=ok_status, body=orjson.dumps(result), content_type=_JSON)
     return handler
+
+
+def _param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+
+
+_MODEL_PROPS = {"id": {"type": "string", "minLength": 1}, "provider": {"type": "string"},
+                "upstream": {"type": "string", "minLength": 1},
+                "price_in_per_mtok": {"type": "number", "minimum": 0},
+                "price_out_per_mtok": {"type": "number", "minimum": 0},
+                "context_window": {"type": "integer", "minimum": 1},
+                "max_output_tokens": {"type": "integer", "minimum": 1},
+                "capabilities": {"type": "array", "items": {"type": "string"}},
+                "quality": {"type": "number", "minimum": 0, "maximum": 1},
+                "latency_ms": {"type": "number", "minimum": 0}}
+_BODIES = {
+    ("POST", "/models"): {"type": "object", "required": ["id", "provider"], "properties": _MODEL_PROPS},
+    ("PATCH", "/models/{model_id}"): {"type": "object", "properties": _MODEL_PROPS},
+    ("POST", "/policies/validate"): {"type": "object", "required": ["toml"],
+                                     "properties": {"toml": {"type": "string"}}},
+    ("POST", "/policies/simulate"): {"type": "object", "description": "an `atp policy test` case",
+                                     "properties": {"principal": {"type": "object"}, "request": {"type": "object"},
+                                                    "time": {"type": "string"}, "transport": {"type": "string"},
+                                                    "pii": {"type": "array", "items": {"type": "string"}}}},
+    ("POST", "/keys"): {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 64}, "tenant": {"type": "string", "minLength": 1},
+        "user": {"type": "string"}, "groups": {"type": "array", "items": {"type": "string"}},
+        "models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "expires_days": {"type": "number", "exclusiveMinimum": 0}}},
+    ("PUT", "/budgets/{name}"): {"type": "object", "properties": {
+        "requests_per_min": {"type": "integer", "minimum": 0}, "tokens_per_min": {"type": "integer", "minimum": 0},
+        "concurrent": {"type": "integer", "minimum": 0}, "usd_per_day": {"type": "number", "minimum": 0},
+        "usd_per_month": {"type": "number", "minimum": 0}}},
+}
+_RESULT_KEYS = {"/whoami": ["name", "role", "may"], "/providers": ["providers"], "/models": ["models"],
+                "/policies": ["rules", "default"], "/tenants": ["tenants"], "/keys": ["keys"],
+                "/budgets": ["budgets"], "/budgets/spend": ["by_tenant", "by_model"]}
+
+
+def _operation(method: str, path: str, action, status: int, has_body: bool) -> dict:
+    keys = _RESULT_KEYS.get(path, []) if method == "GET" else (
+        ["id", "key"] if path == "/keys" else ["ok"] if path.endswith("/test") else [])
+    op = {"summary": f"{method} {path}" + (f" (permission {action})" if action else ""),
+          "tags": ["admin"], "security": [{"adminBearer": []}],
+          "responses": {str(status): {"description": "done", "content": {_JSON: {"schema": {
+              "type": "object", "required": keys}}}},
+              "default": {"$ref": "#/components/responses/Error400"}}}
+    names = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
+    if names:
+        op["parameters"] = [_param(n) for n in names]
+    if has_body:
+        op["requestBody"] = {"required": True, "content": {_JSON: {"schema": _BODIES[method, path]}}}
+    return op
+
+
+# The OpenAPI 3.1 path items of /admin/v1 (openapi.py merges them into /openapi.json).
+OPENAPI_PATHS: dict = {}
+for _method, _path, _action, _fn, _status, _body in _ENDPOINTS:
+    OPENAPI_PATHS.setdefault(PREFIX + _path, {})[_method.lower()] = _operation(
+        _method, _path, _action, _status, _body)

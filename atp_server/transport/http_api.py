@@ -20,7 +20,7 @@ _STARTED = time.monotonic()
 # (path, method) of every route here: http.py's catch-all answers 405 with these, openapi.py checks them.
 ROUTES = {f"{PREFIX}/ai/select-model": "POST", f"{PREFIX}/ai/route-request": "POST",
           f"{PREFIX}/ai/models/status": "GET", f"{PREFIX}/ai/resources/metrics": "GET",
-          f"{PREFIX}/health": "GET"}
+          f"{PREFIX}/health": "GET", "/openapi.json": "GET"}
 
 
 def _json(doc, status: int = 200) -> web.Response:
@@ -74,13 +74,14 @@ def add_routes(transport) -> None:
         web.post(f"{PREFIX}/ai/route-request", api.route_request),
         web.get(f"{PREFIX}/ai/models/status", api.models_status),
         web.get(f"{PREFIX}/ai/resources/metrics", api.resources),
-        web.get(f"{PREFIX}/health", api.health)])
+        web.get(f"{PREFIX}/health", api.health), web.get("/openapi.json", api.openapi)])
 
 
 class _RestApi:
     def __init__(self, transport):
         self.t = transport
         self.service = transport.service
+        self._openapi: bytes | None = None
 
     def _refuse(self, exc: AtpError, status: int = 0) -> web.Response:
         from .http import error_response   # http.py imports this module
@@ -147,6 +148,13 @@ class _RestApi:
         except AtpError as exc:
             return self._refuse(exc)
         return _json(resources_snapshot(self.service))
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 document of every route on this port (built once, on first ask)."""
+        if self._openapi is None:
+            from ..openapi import document
+            self._openapi = orjson.dumps(document())
+        return web.Response(body=self._openapi, content_type=_JSON)
 
     async def health(self, request: web.Request) -> web.Response:
         """Unauthenticated (probes): up or draining, and how many models have a closed circuit."""
