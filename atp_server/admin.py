@@ -333,9 +333,10 @@ class Admin:
             if name in b and type(b[name]) is not types:
                 raise fault(f"{name} must be a string", name)
         for name in ("groups", "models"):
+            # non-empty: the key store refuses to load an empty group or model name
             if b.get(name) is not None and (type(b[name]) is not list or
-                                            not all(type(x) is str for x in b[name])):
-                raise fault(f"{name} must be a list of strings", name)
+                                            not all(type(x) is str and x for x in b[name])):
+                raise fault(f"{name} must be a list of non-empty strings", name)
         if "tenant" in b and not b["tenant"]:
             raise fault("tenant must not be empty (omit it for the default tenant)", "tenant")
         unknown = [m for m in b.get("models") or () if m not in self.specs]

@@ -49,7 +49,9 @@ COMPONENTS = {
 _DEFAULT = {"default": _err()}
 _API_KEY = [{"bearer": []}]
 _CHAT_BODY = {"required": True, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ChatRequest"}}}}
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# One server-sent event (schemathesis validates each event of a stream against this).
+_SSE = {"text/event-stream": {"schema": {"type": "object", "properties": {
+    "data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}}}
 
 CORE_PATHS = {
     "/v1/chat/completions": {"post": {

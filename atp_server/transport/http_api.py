@@ -173,7 +173,7 @@ _DECISION = {"type": "object", "required": ["model", "provider", "chain", "reaso
                             "confidence": {"type": "number"}, "estimated_cost_usd": {"type": "number"},
                             "estimated_latency_ms": {"type": "number"},
                             "max_attempts": {"type": "integer"}}}
-_ERRORS = {s: {"$ref": f"#/components/responses/Error{s}"} for s in ("400", "401", "413")}
+_ERRORS = {"default": {"$ref": "#/components/responses/Error400"}}   # every error has the Error shape
 _CHAT_BODY = {"required": True, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ChatRequest"}}}}
 _AUTH = [{"bearer": []}]
 
@@ -184,9 +184,7 @@ OPENAPI_PATHS = {
         "security": _AUTH, "requestBody": _CHAT_BODY,
         "responses": {"200": {"description": "the decision", "content": {_JSON: {"schema": {
             "type": "object", "required": ["decision"], "properties": {"decision": _DECISION}}}}},
-            "403": {"$ref": "#/components/responses/Error403"},
-            "404": {"$ref": "#/components/responses/Error404"},
-            "503": {"$ref": "#/components/responses/Error503"}, **_ERRORS}}},
+            **_ERRORS}}},
     f"{PREFIX}/ai/route-request": {"post": {
         "summary": "Route and execute: the completion and the decision", "tags": ["rest"],
         "security": _AUTH, "requestBody": _CHAT_BODY,
@@ -194,8 +192,7 @@ OPENAPI_PATHS = {
             "schema": {"type": "object", "required": ["decision", "completion"], "properties": {
                 "decision": _DECISION, "completion": {"type": "object"},
                 "overhead_us": {"type": "integer"}}}}}},
-            **{s: {"$ref": f"#/components/responses/Error{s}"}
-               for s in ("402", "403", "404", "429", "500", "502", "503", "504")}, **_ERRORS}}},
+            **_ERRORS}}},
     f"{PREFIX}/ai/models/status": {"get": {
         "summary": "Per-model health, breaker state, latency, error rate, in flight, window",
         "tags": ["rest"], "security": _AUTH,
@@ -211,12 +208,12 @@ OPENAPI_PATHS = {
                     "error_rate": {"type": "number"}, "in_flight": {"type": "integer"},
                     "answers": {"type": "integer"},
                     "window": {"type": ["number", "null"]}}}}}}}}},
-            "401": {"$ref": "#/components/responses/Error401"}}}},
+            **_ERRORS}}},
     f"{PREFIX}/ai/resources/metrics": {"get": {
         "summary": "Host CPU load and memory (the resource monitor's view)", "tags": ["rest"],
         "security": _AUTH,
         "responses": {"200": {"description": "host resources", "content": {_JSON: {"schema": {
-            "type": "object"}}}}, "401": {"$ref": "#/components/responses/Error401"}}}},
+            "type": "object"}}}}, **_ERRORS}}},
     f"{PREFIX}/health": {"get": {
         "summary": "Liveness and model health counts (no credentials)", "tags": ["rest"],
         "security": [],

@@ -152,6 +152,7 @@ def test_key_create_shows_the_key_once_and_revoke_stops_it(app):
 
 @pytest.mark.parametrize("body, param", [({"name": 3}, "name"), ({"name": "a", "models": ["ghost"]}, "models"),
                                          ({"name": "a", "tenant": ""}, "tenant"),
+                                         ({"name": "a", "groups": [""]}, "groups"),
                                          ({"name": "a", "expires_days": -1}, "expires_days"),
                                          ({"name": "a", "colour": 1}, "colour")])
 def test_a_bad_key_request_is_a_400_naming_the_field(app, body, param):
