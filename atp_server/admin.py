@@ -235,7 +235,7 @@ class Admin:
         app.router.set_models(live)      # raises ValueError (alias names a missing model) unchanged
         by_id = {s.id: s for s in live}
         app.policy.models = by_id        # the candidates of unpinned requests
-        app.metrics._model_labels = app.metrics._model_labels | frozenset(self.specs)
+        app.metrics.add_models(self.specs)
         stage = app.limit_stage
         if stage is not None:            # prices for budget reservations (LimitsStage.__init__)
             stage.models, stage._all_models = by_id, tuple(live)

@@ -44,7 +44,7 @@ _REFUSAL_BY_CODE = {
 def refusal_reason(code) -> str | None:
     """The refusal reason of a wire code, or None when the code is no refusal (an upstream fault,
     a cancellation, a drain: those are outcomes, counted in atp_requests)."""
-    return _REFUSAL_BY_CODE.get(int(code))
+    return _REFUSAL_BY_CODE.get(code)      # an ErrorCode hashes and compares as its int
 
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -273,6 +273,11 @@ class Metrics:
         for kind, n in counts.items():
             key = (kind, mode)
             self.redactions[key] = self.redactions.get(key, 0) + n
+
+    def add_models(self, model_ids) -> None:
+        """Label these model ids as themselves from now on (models added through the admin API:
+        configuration too, so the series stay bounded by what operators add)."""
+        self._model_labels = self._model_labels | frozenset(model_ids)
 
     def count_refusal(self, transport: str, reason: str) -> None:
         """One refusal; a reason outside REFUSAL_REASONS is a bug, counted as OTHER."""
