@@ -65,6 +65,7 @@ async def http_refusals(port: int) -> dict:
                                                               "messages": HELLO}) == 402
         assert await status("POST", base + "/v1/messages", headers={"x-api-key": "bad"},
                             json={}) == 401
+        assert await status("POST", chat, headers=AUTH, data=b" " * (4 * 1024 * 1024 + 1)) == 413
         assert await status("POST", chat, headers=AUTH, json={"model": "sim-fast",
                                                               "messages": HELLO}) == 200
         async with s.get(base + "/metrics") as r:
@@ -79,6 +80,7 @@ def test_http_refusals_are_counted_by_reason(server):
     assert got[("http", "method_not_allowed")] == 1
     assert got[("http", "policy")] == 1
     assert got[("http", "limits")] == 1
+    assert got[("http", "too_large")] == 1
     assert {reason for _, reason in got} <= set(REFUSAL_REASONS)
 
 
