@@ -438,7 +438,10 @@ class Admin:
     def _save(self) -> None:
         if self.path is None:
             return
-        doc = {"format": 1, "models": {i: spec_json(s, i not in self.disabled) for i, s in self.specs.items()},
+        # Only what differs from the config file: a model later removed from the file stays removed.
+        configured = {m.id: m for m in self.app.config.models}
+        doc = {"format": 1, "models": {i: spec_json(s, i not in self.disabled) for i, s in self.specs.items()
+                                       if configured.get(i) != s or i in self.disabled},
                "budgets": {n: {f: getattr(r, f) for f in BUDGET_FIELDS} for n, r in self.budgets.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")

@@ -134,6 +134,16 @@ def test_changes_persist_to_the_state_dir_and_survive_a_restart(tmp_path):
     again = build(tmp_path)
     assert "fresh" in again.router.table.index and "cheap" not in again.router.table.index
     assert again.limit_stage.rules[0].usd_per_day == 7.5
+    saved = json.loads((tmp_path / STATE_FILE).read_text())
+    assert set(saved["models"]) == {"fresh", "cheap"}       # only what differs from the config
+
+
+def test_a_bad_state_file_is_skipped_not_fatal(tmp_path):
+    (tmp_path / STATE_FILE).write_text('{"models": {"x": {"id": "x", "provider": "gone"}}}')
+    app = build(tmp_path)
+    assert set(app.router.table.index) == {"cheap", "smart"}
+    (tmp_path / STATE_FILE).write_text("not json")
+    assert set(build(tmp_path).router.table.index) == {"cheap", "smart"}
 
 
 def test_key_create_shows_the_key_once_and_revoke_stops_it(app):
