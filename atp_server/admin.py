@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,7 @@ class Admin:
         self.keyfile = KeyFile(keys_path(cfg), app.auth.tenant_names)
         self.path = state_dir(cfg) / STATE_FILE if self.cfg.persist else None
         self._load()
+        app.reloader.add("admin", self.prepare_reload)
 
     # ---- identity and permission ----------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class Admin:
             raise fault(str(exc)) from None
         self._audit(who, action, target, before, self._model_state(target))
         self._save()
+        self._tell_workers()
 
     def _model_state(self, model_id: str):
         spec = self.specs.get(model_id)
@@ -358,6 +361,7 @@ class Admin:
         self.app.auth.prepare_reload()()
         self._audit(who, "key.create", rec.id, None, {"name": rec.name, "tenant": rec.tenant,
                                                       "models": b.get("models")})
+        self._tell_workers()
         return {"id": rec.id, "name": rec.name, "tenant": rec.tenant, "key": token}
 
     def revoke_key(self, who: Identity, ref: str) -> dict:
@@ -368,6 +372,7 @@ class Admin:
             raise fault(str(exc), status=404) from None
         self.app.auth.prepare_reload()()
         self._audit(who, "key.revoke", rec.id, {"state": "active"}, {"state": "revoked"})
+        self._tell_workers()
         return {"id": rec.id, "name": rec.name, "state": "revoked"}
 
     # ---- budgets -----------------------------------------------------------------------------------
@@ -425,6 +430,7 @@ class Admin:
         self._audit(who, "budget.set", name, {f: getattr(old, f) for f in BUDGET_FIELDS},
                     {f: getattr(new, f) for f in BUDGET_FIELDS})
         self._save()
+        self._tell_workers()
         return {"name": name, **{f: getattr(new, f) for f in BUDGET_FIELDS}}
 
     def _apply_budgets(self) -> None:
@@ -448,27 +454,65 @@ class Admin:
         tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, self.path)      # a crash leaves the old file or the new, never half
 
-    def _load(self) -> None:
-        """Apply <state_dir>/admin.json over the config: a bad entry is logged and skipped (the
-        config's own models still serve), never a server that cannot start."""
+    def _read_state(self) -> tuple[dict, set, dict]:
+        """(specs, disabled ids, budgets): the config's, with <state_dir>/admin.json over them. A
+        bad entry is logged and skipped (the config's own models still serve); an unreadable
+        file raises OSError/ValueError."""
+        cfg = self.app.config
+        specs, disabled = {m.id: m for m in cfg.models}, set()
+        budgets = {r.name: r for r in cfg.limits}
         if self.path is None or not Path(self.path).exists():
-            return
+            return specs, disabled, budgets
+        doc = json.loads(Path(self.path).read_text())
+        if type(doc) is not dict:
+            raise ValueError("must be a JSON object")
+        for i, m in dict(doc.get("models", {})).items():
+            try:
+                specs[i] = self._validated({k: v for k, v in dict(m).items() if k != "enabled"})
+            except AtpError as exc:
+                log.error("admin: %s: models.%s skipped: %s", self.path, i, exc.message)
+                continue
+            if m.get("enabled") is False:
+                disabled.add(i)
+        for n, b in dict(doc.get("budgets", {})).items():
+            if n in budgets:
+                budgets[n] = dataclasses.replace(budgets[n], **{f: b[f] for f in BUDGET_FIELDS if f in b})
+        return specs, disabled, budgets
+
+    def _load(self) -> None:
+        """At start: the state file over the config, or the config alone if the file is bad —
+        never a server that cannot start."""
+        if self.path is None or not Path(self.path).exists():
+            return                     # the config as loaded: no table to rebuild
         try:
-            doc = json.loads(Path(self.path).read_text())
-            for i, m in doc.get("models", {}).items():
-                fields_ = {k: v for k, v in m.items() if k != "enabled"}
-                try:
-                    self.specs[i] = self._validated(fields_)
-                except AtpError as exc:
-                    log.error("admin: %s: models.%s skipped: %s", self.path, i, exc.message)
-                    continue
-                if m.get("enabled") is False:
-                    self.disabled.add(i)
-            for n, b in doc.get("budgets", {}).items():
-                if n in self.budgets:
-                    self.budgets[n] = dataclasses.replace(self.budgets[n], **{
-                        f: b[f] for f in BUDGET_FIELDS if f in b})
-            self._apply_models()
-            self._apply_budgets()
+            self._put(*self._read_state())
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.error("admin: %s ignored: %s", self.path, exc)
+            self._put({m.id: m for m in self.app.config.models}, set(),
+                      {r.name: r for r in self.app.config.limits})
+
+    def _put(self, specs: dict, disabled: set, budgets: dict) -> None:
+        self.specs, self.disabled, self.budgets = specs, disabled, budgets
+        self._apply_models()
+        self._apply_budgets()
+
+    def prepare_reload(self):
+        """The Reloader's part (SIGHUP, `atp reload`): re-read admin.json — how the other workers
+        of `--workers N` pick up a change one of them made. Raises, changing nothing, when the
+        file is unreadable or would leave no model."""
+        if self.path is None:          # persist = false: nothing on disk to follow
+            return lambda: None
+        state = self._read_state()
+        live = [m for i, m in state[0].items() if i not in state[1]]
+        if not live:
+            raise ValueError(f"{self.path}: every model is disabled")
+        from .routing.table import rebuild
+        rebuild(self.app.router.table, live)      # an alias left without its model raises here
+        return lambda: self._put(*state)
+
+    def _tell_workers(self) -> None:
+        """With --workers N, SIGHUP the parent: it forwards it to every worker, which reloads the
+        key store and admin.json (this one too: applying the same state again changes nothing)."""
+        owner = getattr(self.app, "pid_owner", None)
+        if owner is not None:
+            os.kill(owner, signal.SIGHUP)

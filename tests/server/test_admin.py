@@ -3,12 +3,13 @@ policy simulation, audit of every change, persistence to the state dir, precise 
 import asyncio
 import hashlib
 import json
+import signal
 import sqlite3
 
 import pytest
 
 from atp_server import config
-from atp_server.admin import PERMISSIONS, ROLES, STATE_FILE, Admin, Identity
+from atp_server.admin import PERMISSIONS, ROLES, STATE_FILE, Admin, Identity, spec_json
 from atp_server.app import App
 from atp_server.types import AtpError, ChatRequest
 
@@ -207,3 +208,32 @@ def test_connectivity_tests_report_the_provider(app):
     assert asyncio.run(admin.test_provider("sim"))["ok"] is True
     with pytest.raises(AtpError):
         asyncio.run(admin.test_provider("ghost"))
+
+
+def test_another_worker_follows_a_change_on_reload(tmp_path):
+    """Two Apps on one state dir stand for two workers: B reloads (SIGHUP) and serves A's change."""
+    a, b = build(tmp_path), build(tmp_path)
+    a.service.admin.add_model(SUPER, NEW_MODEL)
+    a.service.admin.set_budget(SUPER, "daily", {"usd_per_day": 3.0})
+    made = a.service.admin.create_key(SUPER, {"name": "w"})
+    assert "fresh" not in b.router.table.index
+    assert b.reloader.reload()
+    assert "fresh" in b.router.table.index and b.limit_stage.rules[0].usd_per_day == 3.0
+    assert b.auth.api_key(f"Bearer {made['key']}").name == "w"
+
+
+def test_a_change_signals_the_worker_parent(tmp_path, monkeypatch):
+    app = build(tmp_path)
+    app.pid_owner = 4242
+    sent = []
+    monkeypatch.setattr("atp_server.admin.os.kill", lambda pid, sig: sent.append((pid, sig)))
+    app.service.admin.set_enabled(SUPER, "cheap", False)
+    assert sent == [(4242, signal.SIGHUP)]
+
+
+def test_a_reload_that_would_disable_every_model_is_refused(tmp_path):
+    app = build(tmp_path)
+    (tmp_path / STATE_FILE).write_text(json.dumps({"models": {
+        i: {**spec_json(s), "enabled": False} for i, s in app.router.models.items()}}))
+    assert not app.reloader.reload()
+    assert set(app.router.table.index) == {"cheap", "smart"}
