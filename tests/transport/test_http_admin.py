@@ -1,13 +1,13 @@
 """The admin API over real sockets: admin keys and roles, live model changes the OpenAI routes see
 at once, keys created and revoked, budgets set, precise 400s, 401/403/405, all audited."""
-import asyncio
 import hashlib
 
-import aiohttp
 import pytest
 
 from atp_server.admin import ROLES
 from atp_server.config import DEV_API_KEY
+
+from .api_helpers import call, http_server
 
 ADMIN_TOML = "".join(f"""
 [[admin.keys]]
@@ -26,21 +26,10 @@ def as_(role: str) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from .conftest import ServerHarness, server_config
-    d = tmp_path_factory.mktemp("admin")
-    h = ServerHarness(server_config(d, ADMIN_TOML), str(d / "audit.sqlite")).start(grpc=False, quic=False)
-    yield h
-    h.stop()
-    h.close()
+    with http_server(tmp_path_factory, "admin", ADMIN_TOML) as h:
+        yield h
 
 
-def call(h, method, path, headers=None, **kw):
-    async def go():
-        async with aiohttp.ClientSession() as s:
-            async with s.request(method, f"http://127.0.0.1:{h.ports.http}{path}",
-                                 headers=headers, **kw) as r:
-                return r.status, await r.json(content_type=None)
-    return asyncio.run(go())
 
 
 def test_whoami_names_the_role_and_what_it_may_do(server):

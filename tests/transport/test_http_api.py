@@ -1,25 +1,16 @@
 """The PRD's REST API (/api/v1) over real sockets: routing decisions without a provider call, routed
 requests, per-model status scoped to the caller's key, host resources, health."""
-import asyncio
-
-import aiohttp
 import pytest
 
 from atp_server.config import DEV_API_KEY
 from atp_server.tenants import KeyFile, keys_path
 from atp_server.transport import http_api
 
+from .api_helpers import call
+
 AUTH = {"Authorization": f"Bearer {DEV_API_KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
 
-
-def call(h, method, path, headers=None, **kw):
-    async def go():
-        async with aiohttp.ClientSession() as s:
-            async with s.request(method, f"http://127.0.0.1:{h.ports.http}{path}",
-                                 headers=headers, **kw) as r:
-                return r.status, await r.json(content_type=None)
-    return asyncio.run(go())
 
 
 def test_select_model_decides_without_calling_a_provider(atp_server):

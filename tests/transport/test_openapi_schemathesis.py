@@ -17,7 +17,8 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 from atp_server.config import DEV_API_KEY
 from atp_server.openapi import document
 
-from .conftest import ServerHarness, server_config
+from .api_helpers import http_server
+
 
 # Enough generated requests per operation to reach its error paths (bad types, missing fields,
 # unknown ids), few enough that ~33 operations finish in about a minute.
@@ -39,11 +40,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    d = tmp_path_factory.mktemp("schemathesis")
-    h = ServerHarness(server_config(d, EXTRA), str(d / "audit.sqlite")).start(grpc=False, quic=False)
-    yield h
-    h.stop()
-    h.close()
+    with http_server(tmp_path_factory, "schemathesis", EXTRA) as h:
+        yield h
 
 
 # The document the server serves (test_served_document_is_this_one checks it is the same), loaded
