@@ -147,6 +147,8 @@ class App:
             scrape_token=config.metrics.scrape_token)
         self.service.embed = Embedder(self.router, self.adapters, self.accountant, self.pipeline.policy,
                                       self.pipeline.clock).embed
+        from .admin import Admin
+        self.service.admin = Admin(self)   # /admin/v1 (transport/http_admin.py): its own keys and roles
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
         self.ports = BoundPorts()

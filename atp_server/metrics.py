@@ -22,6 +22,31 @@ OTHER = "other"                    # an outcome or code outside the known set
 _OUTCOMES = frozenset({"ok"} | {c.name for c in ErrorCode})
 _WIRE_CODES = frozenset(str(int(c)) for c in ErrorCode)
 
+# Why a request was refused at the door (auth, parse, routes, policy, limits...): a fixed set, so
+# atp_refusals has at most transports × len(REFUSAL_REASONS) series whatever clients send.
+REFUSAL_REASONS = ("auth", "signature", "forbidden", "parse", "not_found", "method_not_allowed",
+                   "too_large", "unknown_model", "no_route", "policy", "limits", "overload")
+_C = ErrorCode
+_REFUSAL_BY_CODE = {
+    int(_C.UNAUTHENTICATED): "auth", int(_C.UNKNOWN_KEY): "auth",
+    int(_C.BAD_SIGNATURE): "signature", int(_C.REPLAYED_NONCE): "signature",
+    int(_C.STALE_TIMESTAMP): "signature", int(_C.SEQUENCE_REPLAY): "signature",
+    int(_C.FORBIDDEN): "forbidden", int(_C.POLICY_DENIED): "policy",
+    int(_C.INVALID_REQUEST): "parse", int(_C.MALFORMED_FRAME): "parse",
+    int(_C.MALFORMED_PAYLOAD): "parse", int(_C.UNSUPPORTED_VERSION): "parse",
+    int(_C.UNKNOWN_FRAME_TYPE): "parse", int(_C.FRAME_TOO_LARGE): "too_large",
+    int(_C.UNKNOWN_MODEL): "unknown_model", int(_C.NO_ROUTE): "no_route",
+    int(_C.RATE_LIMITED): "limits", int(_C.BUDGET_EXCEEDED): "limits",
+    int(_C.WINDOW_EXCEEDED): "limits", int(_C.OVERLOADED): "overload",
+    int(_C.REPLAY_CACHE_FULL): "overload"}
+
+
+def refusal_reason(code) -> str | None:
+    """The refusal reason of a wire code, or None when the code is no refusal (an upstream fault,
+    a cancellation, a drain: those are outcomes, counted in atp_requests)."""
+    return _REFUSAL_BY_CODE.get(code)      # an ErrorCode hashes and compares as its int
+
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 
@@ -71,6 +96,12 @@ class _RequestCollector:
             for transport, h in table.items():
                 fam.add_metric([transport], h.family_buckets(), h.total)
             yield fam
+        ref = CounterMetricFamily("atp_refusals", "Requests refused at the door by transport and "
+                                  "reason (auth, parse, not_found, policy, limits...)",
+                                  labels=["transport", "reason"])
+        for labels, value in list(m.refusals.items()):
+            ref.add_metric(labels, value)
+        yield ref
         if m.accountant is not None:
             tokens = CounterMetricFamily("atp_tokens", "Tokens by model and direction",
                                          labels=["model", "direction"])
@@ -208,6 +239,7 @@ class Metrics:
         self.request_counts: dict[tuple, int] = {}
         self.durations: dict[str, _Histogram] = {}
         self.overheads: dict[str, _Histogram] = {}
+        self.refusals: dict[tuple, int] = {}       # (transport, REFUSAL_REASONS member) -> requests
         r.register(_RequestCollector(self))
         self.redactions: dict[tuple, int] = {}     # (type, mode) -> values
         self.injections: dict[str, int] = {}       # mode -> requests
@@ -241,6 +273,16 @@ class Metrics:
         for kind, n in counts.items():
             key = (kind, mode)
             self.redactions[key] = self.redactions.get(key, 0) + n
+
+    def add_models(self, model_ids) -> None:
+        """Label these model ids as themselves from now on (models added through the admin API:
+        configuration too, so the series stay bounded by what operators add)."""
+        self._model_labels = self._model_labels | frozenset(model_ids)
+
+    def count_refusal(self, transport: str, reason: str) -> None:
+        """One refusal; a reason outside REFUSAL_REASONS is a bug, counted as OTHER."""
+        key = (transport, reason if reason in REFUSAL_REASONS else OTHER)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
 
     def count_injection(self, mode: str) -> None:
         self.injections[mode] = self.injections.get(mode, 0) + 1

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from codec.errors import ErrorCode
 
+from .metrics import refusal_reason
 from .routing.spec import ModelSpec
 from .auth import Principal
 from .types import AtpError
@@ -76,6 +77,30 @@ class GatewayService:
         return [ModelListing(spec, not health.is_open(spec.id, now))
                 for spec in self._policy.visible_models(principal, self._router.models.values())]
 
+    def model_status(self, principal: Principal) -> list[dict]:
+        """Per model `principal` may use: breaker state, latency percentiles, error rate, in
+        flight and AIMD window, read from the live table (the REST API's models/status)."""
+        now, table, health = self._clock(), self._router.table, self._router.health
+        st, out = table.stats, []
+        for spec in self._policy.visible_models(principal, self._router.models.values()):
+            i = table.index.get(spec.id)
+            if i is None:
+                continue
+            state = health.state(spec.id, now)
+            window = float(st.aimd_window[i])
+            out.append({"id": spec.id, "provider": spec.provider, "healthy": not health.is_open(spec.id, now),
+                        "breaker": state.name.lower(), "latency_p50_ms": round(float(st.lat_p50[i]), 3),
+                        "latency_p95_ms": round(float(st.lat_p95[i]), 3),
+                        "error_rate": round(float(st.err_rate[i]), 6), "in_flight": int(st.inflight[i]),
+                        "answers": int(st.answers[i]),
+                        "window": None if window == float("inf") else window})
+        return out
+
+    def model_health(self) -> list[bool]:
+        """For every configured model: is its circuit closed enough to take calls (health probes)."""
+        now, health = self._clock(), self._router.health
+        return [not health.is_open(m, now) for m in self._router.models]
+
     def feedback(self, principal: Principal, request_id: str, score: float,
                  comment: str | None = None) -> bool:
         """Record a score in [0, 1] for one answer, under the principal's own tenant (never a
@@ -97,3 +122,12 @@ class GatewayService:
     def protocol_error(self, transport: str, code: int) -> None:
         """A session we closed for a protocol error (bad MAC, replay, malformed frame...)."""
         self._metrics.protocol_errors.labels(transport, str(int(code))).inc()
+        self.refused(transport, code)
+
+    def refused(self, transport: str, code: int | None = None, reason: str | None = None) -> None:
+        """Count a refusal at the door in atp_refusals: by `reason` (metrics.REFUSAL_REASONS), else
+        by the wire code's reason; a code that is no refusal (upstream fault, drain) is not
+        counted. Called on error paths only: a request that succeeds pays nothing."""
+        reason = reason or (refusal_reason(code) if code is not None else None)
+        if reason is not None:
+            self._metrics.count_refusal(transport, reason)

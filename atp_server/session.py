@@ -88,6 +88,7 @@ class FrameSession(FrameDriver):
                     request = request_from_payload(event.request)
                 except (TypeError, ValueError, KeyError) as exc:
                     conn.send_error(sid, ErrorCode.INVALID_REQUEST, f"bad request: {exc}")
+                    service.refused(self.transport, reason="parse")
                     self.credits.closed(sid)
                     continue
                 self.tasks[sid] = self._loop.create_task(self._run(sid, request, self.fed_ns))
@@ -128,6 +129,7 @@ class FrameSession(FrameDriver):
                         self._send_end(sid, request, item.usage, item.decision, item.finish_reason,
                                        item.overhead_us)
         except AtpError as exc:
+            service.refused(self.transport, exc.code)
             if not conn.closed and sid in conn.streams:
                 conn.send_error(sid, exc.code, exc.message, exc.retry_after_ms, now_ms=now_ms())
         except asyncio.CancelledError:

@@ -207,6 +207,7 @@ class GrpcTransport:
         return principal
 
     async def _abort(self, context, exc: AtpError, t0: int):
+        self.service.refused("grpc", exc.code)      # counted when the code is a refusal's
         overhead = (time.perf_counter_ns() - t0) // 1000
         await context.abort(grpc_status(exc.code), exc.message,
                             error_metadata(exc) + (("atp-overhead-us", str(overhead)),))

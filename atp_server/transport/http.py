@@ -13,7 +13,7 @@ from codec.errors import ErrorCode
 from ..dialects import openai as dialect
 from ..dialects.openai import STATUS, TIER_ALIASES, bad as _bad, error_body   # noqa: F401 (re-exported)
 from ..types import AtpError, Delta, Done, Routed, ToolCallDelta
-from . import http_anthropic
+from . import http_admin, http_anthropic, http_api
 
 log = logging.getLogger("atp.http")
 
@@ -23,7 +23,8 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 _SHUTDOWN = "atp-http-shutdown"   # cancel() message: the drain grace is over
 # path -> the methods it serves: what the catch-all route answers 405 (with Allow) rather than 404.
 _ROUTES = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/embeddings": "POST",
-           "/v1/models": "GET", "/healthz": "GET", "/metrics": "GET", "/v1/messages": "POST"}
+           "/v1/models": "GET", "/healthz": "GET", "/metrics": "GET", "/v1/messages": "POST",
+           **http_api.ROUTES}
 
 
 def error_response(exc: AtpError, request_id: str = "", status: int = 0, close: bool = False,
@@ -59,6 +60,7 @@ class HttpTransport:
         self._signature_present = service.signature_present
         self._complete = service.complete
         self._stream_events = service.stream
+        self.refused = service.refused            # (transport, code|None, reason|None): atp_refusals
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task] = set()    # chat requests in flight
         self._idle = asyncio.Event()              # set when the last of them ends while draining
@@ -66,6 +68,8 @@ class HttpTransport:
         self.web = web.Application(client_max_size=MAX_BODY)
         self._embed = service.embed or _no_embeddings
         http_anthropic.add_routes(self)   # POST /v1/messages: the Anthropic dialect (before the catch-all)
+        http_api.add_routes(self)         # /api/v1/...: the PRD's REST API
+        http_admin.add_routes(self)       # /admin/v1/...: the admin API (admin keys and roles)
         self.web.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/v1/models", self.models),
                              web.post("/v1/completions", self.completions),
                              web.post("/v1/embeddings", self.embeddings),
@@ -103,6 +107,7 @@ class HttpTransport:
 
     async def metrics(self, request: web.Request) -> web.Response:
         if not self.service.metrics_allowed(request.headers.get("Authorization")):
+            self.refused("http", reason="auth")
             return error_response(AtpError(ErrorCode.UNAUTHENTICATED, "/metrics needs "
                                            "'Authorization: Bearer <[metrics] scrape_token>'"))
         return web.Response(body=self.service.render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -111,6 +116,7 @@ class HttpTransport:
         try:
             principal = self._authenticate(request.headers.get("Authorization"))
         except AtpError as exc:
+            self.refused("http", exc.code)
             return error_response(exc)
         data = [dialect.model_body(row) for row in self.service.models(principal)]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
@@ -123,6 +129,7 @@ class HttpTransport:
             if row is None:
                 raise AtpError(ErrorCode.UNKNOWN_MODEL, f"the model {wanted!r} does not exist")
         except AtpError as exc:
+            self.refused("http", exc.code)
             return error_response(exc)
         return web.Response(body=orjson.dumps(dialect.model_body(row)), content_type=_JSON)
 
@@ -130,8 +137,10 @@ class HttpTransport:
         """Every path and method not served above: an OpenAI-shaped 404, or 405 naming what is allowed."""
         allowed = _ROUTES.get(request.path) or ("GET" if request.path.startswith("/v1/models/") else None)
         if allowed:
+            self.refused("http", reason="method_not_allowed")
             return error_response(_bad(f"{request.method} is not allowed on {request.path}; use {allowed}"),
                                   status=405, headers={"Allow": allowed})
+        self.refused("http", reason="not_found")
         return error_response(AtpError(ErrorCode.INVALID_REQUEST, f"no route for {request.method} {request.path}"),
                               status=404)
 
@@ -162,8 +171,10 @@ class HttpTransport:
             emb, encoding = dialect.parse_embeddings(data)
             result, model_id, usage = await self._embed(emb, principal)
         except AtpError as exc:
+            self.refused("http", exc.code)
             return error_response(exc)
         except web.HTTPRequestEntityTooLarge:
+            self.refused("http", reason="too_large")
             return error_response(_bad(f"request body over {MAX_BODY} bytes"), status=413, close=True)
         except Exception:     # a bug costs one request, with a proper error, never the server
             log.exception("http: embeddings request failed")
@@ -195,8 +206,10 @@ class HttpTransport:
                 "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
                 **route_headers(d)})
         except AtpError as exc:
+            self.refused("http", exc.code)
             return error_response(exc, chat.request_id if chat else "")
         except web.HTTPRequestEntityTooLarge:
+            self.refused("http", reason="too_large")
             return error_response(_bad(f"request body over {MAX_BODY} bytes"), status=413, close=True)
         except asyncio.CancelledError as exc:
             if exc.args != (_SHUTDOWN,):
@@ -253,6 +266,7 @@ class HttpTransport:
                 log.exception("http: stream failed")
                 err = AtpError(ErrorCode.INTERNAL, "internal error")
             if resp is None:
+                self.refused("http", err.code)
                 return error_response(err, chat.request_id)
             # A stream that dies is an error event and no [DONE], never a silent success.
             await self._write_quietly(resp, b"data: " + error_body(err) + b"\n\n")

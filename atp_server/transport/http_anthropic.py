@@ -55,6 +55,7 @@ async def messages(t, request: web.Request) -> web.StreamResponse:
         headers = request.headers
         principal = t._authenticate(_authorization(headers))
         if (request.content_length or 0) > t.web._client_max_size:
+            t.refused("http", reason="too_large")
             return error_response(dialect.bad("request body too large"), status=413)
         body = await request.read()
         if t._require_signature or t._signature_present(headers):
@@ -77,8 +78,10 @@ async def messages(t, request: web.Request) -> web.StreamResponse:
             "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
             "request-id": c.request_id})
     except AtpError as exc:
+        t.refused("http", exc.code)
         return error_response(exc, chat.request_id if chat else "")
     except web.HTTPRequestEntityTooLarge:
+        t.refused("http", reason="too_large")
         return error_response(dialect.bad("request body too large"), status=413)
     except asyncio.CancelledError:
         raise                 # the client hung up (or shutdown: the transport ends every request)
@@ -123,6 +126,7 @@ async def _stream(t, request, chat, principal, t0: int):
         if not isinstance(exc, AtpError):
             log.exception("http: messages stream failed")
         if resp is None:
+            t.refused("http", err.code)
             return error_response(err, chat.request_id)
         with suppress(ConnectionResetError, RuntimeError):   # an error event and no message_stop
             await resp.write(enc.error(err))

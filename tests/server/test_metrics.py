@@ -28,3 +28,18 @@ def test_protocol_error_codes_are_bounded_to_the_wire_codes():
     lines = series(m, "atp_protocol_errors_total")
     assert len(lines) == 2
     assert any('code="200"' in line for line in lines) and any('code="other"' in line for line in lines)
+
+
+def test_refusal_reasons_come_from_a_fixed_set():
+    from atp_server.metrics import REFUSAL_REASONS, refusal_reason
+    m = Metrics()
+    for code in ErrorCode:
+        if (reason := refusal_reason(code)) is not None:
+            m.count_refusal("http", reason)
+    for i in range(1000):
+        m.count_refusal("http", f"made-up-{i}")
+    assert {reason for _, reason in m.refusals} <= set(REFUSAL_REASONS) | {"other"}
+    assert m.refusals[("http", "other")] == 1000
+    assert refusal_reason(ErrorCode.UPSTREAM_ERROR) is None and refusal_reason(ErrorCode.UNAVAILABLE) is None
+    assert refusal_reason(ErrorCode.POLICY_DENIED) == "policy" and refusal_reason(302) == "limits"
+    assert len(series(m, "atp_refusals_total")) == len(m.refusals)
