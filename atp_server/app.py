@@ -117,6 +117,8 @@ class App:
             self.metrics.track_audit(self.audit)
             self.router.on_verdict = audit_verdicts(self.audit)   # champion/challenger verdicts
         self.stores = open_stores(config.state)   # shared state: memory, or Redis when configured
+        if self.stores.shared:    # one replay window for every worker (auth.check_shared_nonce)
+            self.auth.shared_nonces = self.stores.nonces
         self.limit_stage = None
         if config.limits:
             self.limit_stage = LimitsStage(config.limits, self.stores, self.router.models)
