@@ -151,6 +151,7 @@ class App:
                                       self.pipeline.clock).embed
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
+        self.learning = None      # state.learning.LearningSync: workers merge what routing learnt
         self.ports = BoundPorts()
         self.pid_owner: int | None = None        # the pid `atp reload` signals, when not ours
 
@@ -171,6 +172,10 @@ class App:
             self.router.load(state_dir(self.config) / POSTERIORS)
         if self.audit is not None:
             self.audit.start()
+        if self.stores.learning is not None and self.config.state.merge_interval_ms and self.learning is None:
+            from .state.learning import start_sync
+            self.learning = start_sync(self.router, self.stores.learning,
+                                       self.config.state.merge_interval_ms / 1000, self.pipeline.clock)
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)
@@ -204,6 +209,9 @@ class App:
         await asyncio.gather(*(t.stop(grace) for t in self.transports), return_exceptions=True)
         self.transports.clear()
         self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now
+        if self.learning is not None:     # a last merge, so the saved posteriors hold it too
+            await self.learning.stop()
+            self.learning = None
         if self.config.routing.persist:
             self.router.save(state_dir(self.config) / POSTERIORS)
         for adapter in self.adapters.values():
