@@ -57,10 +57,11 @@ end
 return 0
 """
 
+# `0 - x`, not `-x`: -0 would reach Redis as "-0", which HINCRBY refuses as not an integer.
 _SETTLE = """
 local actual = ARGV[#ARGV]
 for i = 1, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[i]))
+  redis.call('HINCRBY', KEYS[i], 'reserved', 0 - tonumber(ARGV[i]))
   redis.call('HINCRBY', KEYS[i], 'spent', actual)
 end
 return 0
