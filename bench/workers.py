@@ -46,6 +46,9 @@ def add_arguments(p) -> None:
     p.add_argument("--rounds", type=int, default=3, help="1-worker/2-worker pairs (default 3; medians reported)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    p.add_argument("--redis-timeout-ms", type=int, default=50,
+                   help="[state] timeout_ms (default 50, the server's default; a loaded machine needs more, "
+                        "else budgets fail closed and show up as bad responses)")
     p.add_argument("--json", default=str(WORK / "workers.json"), help="where to write the results")
 
 
@@ -76,10 +79,11 @@ class RedisProc:
         self.popen.stdout.close()
 
 
-def write_config(upstream_base_url: str, redis_url: str | None):
+def write_config(upstream_base_url: str, redis_url: str | None, timeout_ms: int):
     path = atp.write_config(upstream_base_url, WORK / "atp-workers.toml", audit=False)
     if redis_url:
-        path.write_text(path.read_text() + f'\n[state]\nredis_url = "{redis_url}"\n' + LIMIT_RULE)
+        path.write_text(path.read_text() + f'\n[state]\nredis_url = "{redis_url}"\n'
+                        f'timeout_ms = {timeout_ms}\n' + LIMIT_RULE)
     return path
 
 
@@ -120,7 +124,7 @@ def main(args) -> int:
     try:
         if args.redis:
             redis = RedisProc()
-        conf = write_config(upstream_proc.base_url, redis.url if redis else None)
+        conf = write_config(upstream_proc.base_url, redis.url if redis else None, args.redis_timeout_ms)
         for rnd in range(args.rounds):
             order = (1, 2) if rnd % 2 == 0 else (2, 1)
             for workers in order:
@@ -132,10 +136,11 @@ def main(args) -> int:
     one = statistics.median(r["rps"] for r in rows if r["workers"] == 1)
     two = statistics.median(r["rps"] for r in rows if r["workers"] == 2)
     bad = sum(r["bad"] for r in rows)
-    summary = {"redis": bool(args.redis), "duration_s": args.duration, "rounds": args.rounds,
-               "connections": args.connections, "cpus": os.cpu_count(), "rps_1_worker": one,
-               "rps_2_workers": two, "speedup": round(two / one, 3) if one else None,
-               "bad_responses": bad, "target": 1.7, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    summary = {"redis": bool(args.redis), "redis_timeout_ms": args.redis_timeout_ms,
+               "duration_s": args.duration, "rounds": args.rounds, "connections": args.connections,
+               "cpus": os.cpu_count(), "rps_1_worker": one, "rps_2_workers": two,
+               "speedup": round(two / one, 3) if one else None, "bad_responses": bad, "target": 1.7,
+               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "runs": rows}
     path = args.json
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
