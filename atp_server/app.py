@@ -117,6 +117,8 @@ class App:
             self.metrics.track_audit(self.audit)
             self.router.on_verdict = audit_verdicts(self.audit)   # champion/challenger verdicts
         self.stores = open_stores(config.state)   # shared state: memory, or Redis when configured
+        if self.stores.shared:    # one replay window for every worker (auth.check_shared_nonce)
+            self.auth.shared_nonces = self.stores.nonces
         self.limit_stage = None
         if config.limits:
             self.limit_stage = LimitsStage(config.limits, self.stores, self.router.models)
@@ -151,6 +153,7 @@ class App:
         self.service.admin = Admin(self)   # /admin/v1 (transport/http_admin.py): its own keys and roles
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
+        self.learning = None      # state.learning.LearningSync: workers merge what routing learnt
         self.ports = BoundPorts()
         self.pid_owner: int | None = None        # the pid `atp reload` signals, when not ours
 
@@ -171,6 +174,10 @@ class App:
             self.router.load(state_dir(self.config) / POSTERIORS)
         if self.audit is not None:
             self.audit.start()
+        if self.stores.learning is not None and self.config.state.merge_interval_ms and self.learning is None:
+            from .state.learning import start_sync
+            self.learning = start_sync(self.router, self.stores.learning,
+                                       self.config.state.merge_interval_ms / 1000, self.pipeline.clock)
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)
@@ -204,6 +211,9 @@ class App:
         await asyncio.gather(*(t.stop(grace) for t in self.transports), return_exceptions=True)
         self.transports.clear()
         self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now
+        if self.learning is not None:     # a last merge, so the saved posteriors hold it too
+            await self.learning.stop()
+            self.learning = None
         if self.config.routing.persist:
             self.router.save(state_dir(self.config) / POSTERIORS)
         for adapter in self.adapters.values():

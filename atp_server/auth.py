@@ -86,6 +86,9 @@ class Authenticator:
         self.keyring = Keyring({k.id: k.secret for k in cfg.hmac_keys},
                                current_id=cfg.hmac_keys[0].id if cfg.hmac_keys else None)
         self.nonce_cache = NonceCache(cfg.nonce_cache, cfg.skew_ms)
+        # A NonceStore shared with other workers/hosts (state/): set by the App when [state]
+        # redis_url is; None = this process's cache is the whole replay window.
+        self.shared_nonces = None
         self._nonces_loaded = False     # save only what a load_nonces() start has guarded
 
     def new_keyring(self) -> Keyring:
@@ -165,11 +168,14 @@ class Authenticator:
                 or get(SIG_NONCE) is not None or get(SIG_SIGNATURE) is not None)
 
     def check_signature(self, headers, method: str, path: str, body: bytes, now_ms: int,
-                        principal: "Principal | None" = None) -> None:
+                        principal: "Principal | None" = None):
         """Verify the request signature of PROTOCOL.md §9.4: optional unless
         auth.require_signature, all four headers or none, each in its exact syntax; then key,
         MAC, the key's tenant against `principal`'s (the API key's), timestamp, nonce, in that
-        order. Raises AtpError with the wire code."""
+        order. Raises AtpError with the wire code.
+
+        Returns None, or — with a shared nonce store — an awaitable the caller must await before
+        acting on the request: the same nonce checked in the store every worker sees."""
         values = [headers.get(h) for h in SIG_HEADERS]
         if values == [None, None, None, None]:
             if self.cfg.require_signature:
@@ -199,10 +205,23 @@ class Authenticator:
             # message names neither tenant (it would tell a caller who owns key ids it probes).
             raise AtpError(ErrorCode.FORBIDDEN, f"{SIG_KEY_ID} {key_id} is not a key of the API "
                            "key's tenant: sign with a key bound to the same tenant")
+        nonce, timestamp = bytes.fromhex(nonce_hex), int(timestamp_text)
         try:
-            self.nonce_cache.check_and_add(bytes.fromhex(nonce_hex), int(timestamp_text), now_ms)
+            self.nonce_cache.check_and_add(nonce, timestamp, now_ms)
         except AuthError as exc:
             raise AtpError(exc.code, str(exc.args[0])) from None
+        if self.shared_nonces is not None:
+            return self.check_shared_nonce(nonce, timestamp, now_ms)
+        return None
+
+    async def check_shared_nonce(self, nonce: bytes, timestamp_ms: int, now_ms: int) -> None:
+        """The second, cross-worker half of the nonce check (after the local cache passed it):
+        record the nonce in the shared store until timestamp + skew, as the local cache does.
+        Raises REPLAYED_NONCE when another worker recorded it first, or the store's retryable
+        UNAVAILABLE when it is unreachable and fails closed (state.nonces_on_error)."""
+        ttl_s = max(1, timestamp_ms + self.cfg.skew_ms - now_ms) / 1000
+        if not await self.shared_nonces.add(nonce, ttl_s, now_ms / 1000):
+            raise AtpError(ErrorCode.REPLAYED_NONCE, f"nonce {nonce.hex()} was already used")
 
     # ---- the nonce cache across a restart (PROTOCOL.md §10.1) -----------------------------------
 

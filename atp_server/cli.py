@@ -246,9 +246,9 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
 
     Forked before any gRPC object exists (gRPC's threads do not survive a fork). QUIC runs in
     worker 0 only: UDP port sharing would break a connection whose packets hash to another worker.
-    Per-process state is not shared between workers yet: config.check_workers refuses N > 1 when
-    that would break a guarantee (HMAC keys: the nonce cache); the README's "Workers" note lists
-    what else is per worker.
+    Limits, budgets, replay nonces and learning are shared through [state] redis_url; without it
+    config.check_workers refuses N > 1 when a worker of its own would break a guarantee (HMAC
+    keys: the nonce cache; [[limits]]); the README's "Workers" note lists what stays per worker.
     """
     import signal as _signal
     children = []

@@ -598,28 +598,26 @@ def _parse_dispatch(t) -> DispatchConfig:
 def check_workers(cfg: Config, workers: int, key: str) -> None:
     """Refuse N > 1 worker processes when a worker of its own would break a guarantee.
 
-    [[limits]] (rate limits, budgets) hold across workers only in a shared store: refused without
-    [state] redis_url. The other state whose split breaks correctness is the anti-replay nonce
-    cache, not in the shared store yet, used by everything an HMAC key enables:
-    frame sessions (gRPC Session, QUIC HELLO) and request signatures (HTTP, typed gRPC). Without
-    [[auth.hmac_keys]] no session can open and no signature can verify, so nothing reaches a nonce
-    cache. What else is per worker is documented (README, "Workers"): admission limits, health
-    and breakers, accounting and /metrics, feedback.
+    With [state] redis_url the workers share what must be one: [[limits]] (rate limits, budgets)
+    and the anti-replay nonces (state/, auth.check_shared_nonce). Without it each worker would
+    keep its own, so N > 1 is refused while any [[limits]] or [[auth.hmac_keys]] is configured
+    (an HMAC key enables frame sessions and request signatures, the users of the nonce cache;
+    without one nothing reaches it). What stays per worker is documented (README, "Workers").
     """
-    if workers > 1 and cfg.limits and not cfg.state.redis_url:
-        _fail(f"{key} {workers}" if key.startswith("--") else key,
-              f"{workers} worker processes would each count [[limits]] (rate limits, budgets) on "
+    if workers <= 1 or cfg.state.redis_url:
+        return
+    where = f"{key} {workers}" if key.startswith("--") else key
+    if cfg.limits:
+        _fail(where, f"{workers} worker processes would each count [[limits]] (rate limits, budgets) on "
               "their own, letting a tenant spend up to N times its budget. Set [state] redis_url "
               "to share them, or run one worker (--workers 1)")
-    if workers <= 1 or not cfg.auth.hmac_keys:
-        return
-    _fail(f"{key} {workers}" if key.startswith("--") else key,
-          f"{workers} worker processes would each keep their own anti-replay nonce cache, and "
-          f"{len(cfg.auth.hmac_keys)} [[auth.hmac_keys]] are configured: they enable signed frame "
-          "sessions (gRPC Session, QUIC) and HMAC request signatures (HTTP, typed gRPC), so a "
-          "signed request or session HELLO replayed to another worker would be accepted. Run one "
-          "worker (--workers 1), or serve API-key traffic only (remove every [[auth.hmac_keys]]) "
-          "from several; there is no shared state store yet")
+    if cfg.auth.hmac_keys:
+        _fail(where, f"{workers} worker processes would each keep their own anti-replay nonce cache, "
+              f"and {len(cfg.auth.hmac_keys)} [[auth.hmac_keys]] are configured: they enable signed "
+              "frame sessions (gRPC Session, QUIC) and HMAC request signatures (HTTP, typed gRPC), "
+              "so a signed request or session HELLO replayed to another worker would be accepted. "
+              "Set [state] redis_url to share one replay window, run one worker (--workers 1), or "
+              "serve API-key traffic only (remove every [[auth.hmac_keys]])")
 
 
 def loads(text: str) -> Config:

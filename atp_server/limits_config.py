@@ -20,6 +20,9 @@ class StateConfig:
     limits_on_error: str = "open"
     budgets_on_error: str = "closed"
     nonces_on_error: str = "closed"
+    # How often each worker merges what the router learnt (posteriors, latency, breakers) with
+    # the others through Redis (state/learning.py, which says why 2 s); 0 = never.
+    merge_interval_ms: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,7 @@ def parse_state(t) -> StateConfig:
         if "redis_url" in v:
             _fail("state.redis_url_env", "give redis_url or redis_url_env, not both")
         v["redis_url"] = _env("state.redis_url_env", v.pop("redis_url_env"))
-    _check("state", v, {"timeout_ms": (">=", 1)})
+    _check("state", v, {"timeout_ms": (">=", 1), "merge_interval_ms": (">=", 0)})
     url = v.get("redis_url", "")
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
         _fail("state.redis_url", f"must be a redis://, rediss:// or unix:// URL, got {url!r}")

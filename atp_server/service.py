@@ -47,6 +47,8 @@ class GatewayService:
         # frame sessions (session.FrameSession)
         self.keyring = auth.keyring
         self.nonce_cache = auth.nonce_cache
+        # (nonce, timestamp_ms, now_ms) -> awaitable, when nonces are shared across workers; else None
+        self.check_shared_nonce = auth.check_shared_nonce if auth.shared_nonces is not None else None
         self.limits = limits
         self.connection_config = connection_config
         self.session_principal = auth.session_principal

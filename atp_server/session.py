@@ -59,6 +59,10 @@ class FrameSession(FrameDriver):
         self.principal = None
         self.tasks: dict[int, asyncio.Task] = {}
         self._ended = 0                 # streams ended since the last flush
+        # True while the HELLO's nonce is being checked in the shared store ([state] redis_url):
+        # nothing is dispatched or sent until it answers (see _check_shared_nonce).
+        self._held = False
+        self._nonce_task = None         # that check (referenced: a bare task may be collected)
         # Returns closed streams' credit, the request credit sized by dispatch capacity (credits.py).
         self.credits = CreditPacer(self.conn, service.credit_target, self.conn.config.initial_window[0])
         service.session_opened(transport)
@@ -73,6 +77,8 @@ class FrameSession(FrameDriver):
         self.finish()
 
     def _dispatch(self) -> None:
+        if self._held:
+            return
         conn, service = self.conn, self.service
         while (event := conn.next_event()) is not None:
             kind = type(event)
@@ -98,12 +104,38 @@ class FrameSession(FrameDriver):
                     task.cancel()
             elif kind is ev.SessionStarted:
                 self.principal = service.session_principal(event.key_id)
+                if service.check_shared_nonce is not None:
+                    self._held = True       # later events wait in the codec's queue
+                    self._nonce_task = self._loop.create_task(self._check_shared_nonce(event))
+                    return
             elif kind is ev.ConnectionTerminated:
                 if not event.by_peer and event.code != ErrorCode.NO_ERROR:
                     service.protocol_error(self.transport, event.code)
                     log.info("%s session closed: %s (%d)", self.transport, event.message, event.code)
                 for task in list(self.tasks.values()):
                     task.cancel()
+
+    async def _check_shared_nonce(self, started: ev.SessionStarted) -> None:
+        """The codec checked the opening nonce in this process's cache; workers sharing a Redis
+        also need it checked there. The codec stays sans-I/O, so the shell does it: the session
+        is held (no request dispatched, nothing sent) until the store answers; a nonce another
+        worker already recorded closes the session with REPLAYED_NONCE, as a local replay would
+        (an unreachable store failing closed: the retryable UNAVAILABLE)."""
+        try:
+            await self.service.check_shared_nonce(started.nonce, started.timestamp_ms, now_ms())
+            refusal = None
+        except AtpError as exc:
+            refusal = exc
+        self._held = False
+        if self.finished:
+            return
+        if refusal is not None:
+            while self.conn.next_event() is not None:   # requests that came with the HELLO
+                pass
+            self.close(refusal.code, refusal.message)
+            return
+        self._dispatch()
+        self.schedule_flush()
 
     async def _run(self, sid: int, request: ChatRequest, started_ns: int) -> None:
         conn, service = self.conn, self.service
@@ -160,6 +192,9 @@ class FrameSession(FrameDriver):
     # ---- output ----------------------------------------------------------------------------------
 
     def flush(self) -> None:
+        if self._held:                  # the HELLO reply waits for the shared nonce check
+            self._flush_pending = False
+            return
         self._ended = 0
         if not self.finished:   # the CONGESTION flag rides on the frames about to leave
             self.conn.congested = self.service.congested()

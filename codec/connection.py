@@ -183,7 +183,7 @@ class Connection:
             self.window = CreditWindow(*(g - c for g, c in zip(granted, self._consumed)))
             window = tuple(granted)
         self._events.append(ev.SessionStarted(p.get("agent", ""), window, p.get("hb_ms", 0),
-                                              frame.key_id))
+                                              frame.key_id, frame.nonce, frame.timestamp_ms))
 
     def _require_established(self, frame) -> None:
         if not self.established:

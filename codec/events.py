@@ -14,6 +14,11 @@ class SessionStarted(Event):
     window: tuple[int, int, int]     # server's grant (requests, tokens, usd micros); (0,0,0) from a client
     heartbeat_ms: int
     key_id: int = 0                  # the key the peer's HELLO was signed with (identifies the tenant)
+    # The HELLO's nonce and timestamp: what a server's I/O shell needs to check the nonce in a
+    # store shared with other processes (PROTOCOL.md §10.1). Not compared: equality is about the
+    # session's terms, and a test cannot know the timestamp.
+    nonce: bytes = field(default=b"", compare=False)
+    timestamp_ms: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,7 @@ class Circuit:
     state: State = _CLOSED
     failures: int = 0             # consecutive upstream faults while CLOSED
     opened_at: float = 0.0
+    closed_at: float = 0.0        # last re-close after a trip: what other workers adopt (adopt())
 
 
 @dataclass(slots=True)
@@ -221,7 +222,36 @@ class HealthBoard:
             if self.on_change is not None:   # logs/events outside routing (app.py wires it)
                 self.on_change(model_id, stored, state)
             if state is _CLOSED:
+                c.closed_at = now
                 self.not_closed.discard(model_id)
             else:
                 self.not_closed.add(model_id)
         return action
+
+    # ---- another worker's breaker (state/learning.py merges them through the shared store) ------
+
+    def adopt(self, model_id: str, opened_at: float, closed_at: float) -> None:
+        """Take over the latest breaker event any worker saw for this model (times on our
+        clock): a trip after our last one opens our circuit from that moment; a close after our
+        last trip closes it. A probe of ours in flight is left to answer for itself."""
+        c = self.circuits.get(model_id)
+        if c is None:
+            c = self.circuits[model_id] = Circuit()
+        stored = c.state
+        if stored is _PROBING:
+            return
+        if opened_at > closed_at:
+            if opened_at <= c.opened_at:
+                return
+            c.state, c.failures, c.opened_at = _OPEN, 0, opened_at
+        elif closed_at > c.opened_at and stored is not _CLOSED:
+            c.state, c.failures, c.closed_at = _CLOSED, 0, closed_at
+        else:
+            return
+        if c.state is not stored:
+            if self.on_change is not None:
+                self.on_change(model_id, stored, c.state)
+            if c.state is _CLOSED:
+                self.not_closed.discard(model_id)
+            else:
+                self.not_closed.add(model_id)

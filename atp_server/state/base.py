@@ -143,6 +143,7 @@ class Stores:
                  kind: str, closer=None):
         self.counters, self.budgets, self.nonces = counters, budgets, nonces
         self.kind = kind                 # "memory" | "redis": what --workers may rely on
+        self.learning = None             # shared: the router-learning merge (state/learning.py)
         self._closer = closer
 
     @property

@@ -57,10 +57,11 @@ end
 return 0
 """
 
+# `0 - x`, not `-x`: -0 would reach Redis as "-0", which HINCRBY refuses as not an integer.
 _SETTLE = """
 local actual = ARGV[#ARGV]
 for i = 1, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[i]))
+  redis.call('HINCRBY', KEYS[i], 'reserved', 0 - tonumber(ARGV[i]))
   redis.call('HINCRBY', KEYS[i], 'spent', actual)
 end
 return 0
@@ -297,12 +298,84 @@ class RedisNonces(NonceStore):
         return bool(ok)
 
 
+# One merge of the router's learning (state/learning.py) for every model, in one round trip.
+# KEYS: per model its statistics hash, then its breaker hash. ARGV: worker id, now, stale after,
+# then per model: base succ, fail, answers (set only when the hash is new: the posteriors every
+# worker loaded), their deltas since this worker's last merge, its latency EWMA and error rate,
+# its last trip and last close (wall seconds, 0 = none). Sums are exact merges (each worker adds
+# only what it saw); latency and error rate are the mean over workers heard from within `stale`
+# seconds (one value per worker, so a dead worker's fades out); breaker times keep the latest.
+# Returns per model {succ, fail, answers, latency, error rate, opened, closed} as strings (a Lua
+# number would come back truncated to an integer).
+_MERGE = """
+local wid, now, stale = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local m = #KEYS / 2
+local out = {}
+for i = 1, m do
+  local a = 3 + (i - 1) * 10
+  local k = KEYS[i]
+  if redis.call('EXISTS', k) == 0 then
+    redis.call('HSET', k, 'succ', ARGV[a + 1], 'fail', ARGV[a + 2], 'answers', ARGV[a + 3])
+  end
+  local succ = redis.call('HINCRBYFLOAT', k, 'succ', ARGV[a + 4])
+  local fail = redis.call('HINCRBYFLOAT', k, 'fail', ARGV[a + 5])
+  local answers = redis.call('HINCRBYFLOAT', k, 'answers', ARGV[a + 6])
+  redis.call('HSET', k, 'lat:' .. wid, ARGV[a + 7], 'err:' .. wid, ARGV[a + 8], 'at:' .. wid, ARGV[2])
+  local flat = redis.call('HGETALL', k)
+  local lat, err, n = 0, 0, 0
+  for j = 1, #flat, 2 do
+    local f = flat[j]
+    if string.sub(f, 1, 3) == 'at:' then
+      local w = string.sub(f, 4)
+      if tonumber(flat[j + 1]) >= now - stale then
+        lat = lat + tonumber(redis.call('HGET', k, 'lat:' .. w))
+        err = err + tonumber(redis.call('HGET', k, 'err:' .. w))
+        n = n + 1
+      else
+        redis.call('HDEL', k, f, 'lat:' .. w, 'err:' .. w)
+      end
+    end
+  end
+  local h = KEYS[m + i]
+  local s = redis.call('HMGET', h, 'opened', 'closed')
+  local opened = math.max(tonumber(s[1]) or 0, tonumber(ARGV[a + 9]))
+  local closed = math.max(tonumber(s[2]) or 0, tonumber(ARGV[a + 10]))
+  redis.call('HSET', h, 'opened', tostring(opened), 'closed', tostring(closed))
+  out[i] = {succ, fail, answers, tostring(lat / n), tostring(err / n), tostring(opened),
+            tostring(closed)}
+end
+return out
+"""
+
+
+class RedisLearning:
+    """The merge of state/learning.py on Redis; `merge` returns None when Redis is down (learning
+    is best effort: it always fails open, and the deltas wait for the next merge)."""
+
+    def __init__(self, client, prefix: str, guard: _Guard):
+        self.prefix, self.guard = prefix, guard
+        self._merge = client.register_script(_MERGE)
+
+    async def merge(self, worker: str, now: float, stale_s: float, rows) -> list | None:
+        """rows: per model (id, base (3), delta (3), latency, error rate, opened, closed)."""
+        keys = [self.prefix + "l:" + row[0] for row in rows] + [self.prefix + "h:" + row[0] for row in rows]
+        args = [worker, repr(now), repr(stale_s)]
+        for _, base, delta, lat, err, opened, closed in rows:
+            args += [repr(float(x)) for x in (*base, *delta, lat, err, opened, closed)]
+        out = await self.guard.call(lambda: self._merge(keys, args), None)
+        if out is None:
+            return None
+        return [tuple(float(x) for x in row) for row in out]
+
+
 class RedisStores(Stores):
     """The stores on one client, with `admit` as one script (see _ADMIT)."""
 
-    def __init__(self, client, counters: RedisCounters, budgets: RedisBudgets, nonces: RedisNonces):
+    def __init__(self, client, counters: RedisCounters, budgets: RedisBudgets, nonces: RedisNonces,
+                 learning: RedisLearning | None = None):
         super().__init__(counters, budgets, nonces, "redis", closer=client.aclose)
         self._admit = client.register_script(_ADMIT)
+        self.learning = learning
 
     async def admit(self, buckets, costs, now, gauges, holds, amount):
         c, b = self.counters, self.budgets
@@ -328,4 +401,5 @@ def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:"
     return RedisStores(
         client, RedisCounters(client, prefix + "c:", _Guard("limits", fail["limits"], timeout_s)),
         RedisBudgets(client, prefix + "b:", _Guard("budgets", fail["budgets"], timeout_s)),
-        RedisNonces(client, prefix + "n:", _Guard("nonces", fail["nonces"], timeout_s)))
+        RedisNonces(client, prefix + "n:", _Guard("nonces", fail["nonces"], timeout_s)),
+        RedisLearning(client, prefix, _Guard("learning", FAIL_OPEN, timeout_s)))

@@ -199,11 +199,13 @@ class GrpcTransport:
 
     # ---- helpers --------------------------------------------------------------------------------
 
-    def _authenticate(self, context, method: str, raw: bytes):
+    async def _authenticate(self, context, method: str, raw: bytes):
         md = {k: v for k, v in context.invocation_metadata() if not k.endswith("-bin")}
         principal = self.service.authenticate(md.get("authorization"))
-        self.service.check_signature(md, "POST", f"/{SERVICE}/{method}", raw,
-                                     int(time.time() * 1000), principal)
+        shared = self.service.check_signature(md, "POST", f"/{SERVICE}/{method}", raw,
+                                              int(time.time() * 1000), principal)
+        if shared is not None:      # [state] redis_url: the nonce checked across workers too
+            await shared
         return principal
 
     async def _abort(self, context, exc: AtpError, t0: int):
@@ -219,7 +221,7 @@ class GrpcTransport:
         async def handler(self, req, context):
             t0 = time.perf_counter_ns()
             try:
-                response = await fn(self, req[0], self._authenticate(context, name, req[1]), t0)
+                response = await fn(self, req[0], await self._authenticate(context, name, req[1]), t0)
             except AtpError as exc:
                 await self._abort(context, exc, t0)
             except Exception:   # a bug costs this call, with a wire code, not an opaque UNKNOWN
@@ -263,7 +265,7 @@ class GrpcTransport:
     async def Stream(self, req, context):
         t0 = time.perf_counter_ns()
         try:
-            principal = self._authenticate(context, "Stream", req[1])
+            principal = await self._authenticate(context, "Stream", req[1])
             request = to_chat_request(req[0])
         except AtpError as exc:
             await self._abort(context, exc, t0)

@@ -158,8 +158,10 @@ class HttpTransport:
             raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
         body = await request.read()
         if self._require_signature or self._signature_present(headers):
-            self._check_signature(headers, request.method, request.path, body, time.time_ns() // 1_000_000,
-                                  principal)   # the signing key must belong to the API key's tenant
+            shared = self._check_signature(headers, request.method, request.path, body,
+                                           time.time_ns() // 1_000_000, principal)   # key of its tenant
+            if shared is not None:      # [state] redis_url: the nonce checked across workers too
+                await shared
         try:
             return principal, orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -59,8 +59,10 @@ async def messages(t, request: web.Request) -> web.StreamResponse:
             return error_response(dialect.bad("request body too large"), status=413)
         body = await request.read()
         if t._require_signature or t._signature_present(headers):
-            t._check_signature(headers, request.method, request.path, body, time.time_ns() // 1_000_000,
-                               principal)   # the signing key must belong to the API key's tenant
+            shared = t._check_signature(headers, request.method, request.path, body,
+                                        time.time_ns() // 1_000_000, principal)   # key of its tenant
+            if shared is not None:      # [state] redis_url: the nonce checked across workers too
+                await shared
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -152,3 +152,18 @@ def test_admit_is_all_or_nothing_across_buckets_gauges_and_budgets(make_stores):
         limited = await s.admit((rpm,), (1,), 0.0, (), (), 0)
         assert limited.refused == "rate" and limited.denial.retry_after_ms == 0
     run(make_stores, body)
+
+
+def test_a_free_request_settles_without_an_error(make_stores):
+    # Regression: a model with no price reserves 0; the Redis settle script sent HINCRBY "-0",
+    # which Redis refuses as "not an integer", so the budgets store went "down" (failing closed)
+    # for its back-off after every free request (found by `python -m bench workers --redis`).
+    async def body(s):
+        h = Hold("usd:free:day", limit=1000, ttl_s=3600)
+        assert (await s.budgets.reserve((h,), 0))[0] is None
+        s.budgets.settle((h,), 0, 0)
+        await s.drain()
+        assert await s.budgets.usage("usd:free:day") == (0, 0)
+        guard = getattr(s.budgets, "guard", None)
+        assert guard is None or (guard.problem is None and guard.failures == 0)
+    run(make_stores, body)

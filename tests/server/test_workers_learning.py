@@ -1,0 +1,110 @@
+"""Two workers learn together through Redis: failures one worker saw move the other's quality
+posterior, and a breaker one worker opens is open in the other within one merge interval."""
+import http.client
+import re
+import time
+
+import orjson
+import pytest
+
+from atp_server import config as atp_config
+
+from ..state.redis_server import RedisServer
+from .workers_helpers import serving, workers_toml
+
+INTERVAL_S = 0.3
+DEAD = f"""
+[[providers]]
+name = "dead"
+type = "simulated"
+failure_rate = 1.0
+
+[[models]]
+id = "sim-dead"
+provider = "dead"
+price_in_per_mtok = 0.10
+price_out_per_mtok = 0.40
+quality = 0.6
+latency_ms = 150
+context_window = 8192
+"""
+STATE = f"merge_interval_ms = {int(INTERVAL_S * 1000)}\n"
+AUTH = {"Authorization": f"Bearer {atp_config.DEV_API_KEY}"}
+BODY = orjson.dumps({"model": "sim-dead", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def toml(tmp_path, url: str) -> str:
+    # [state] is the last table workers_toml writes: the merge interval joins it
+    return workers_toml(tmp_path, url, hmac=False) + STATE + DEAD
+
+
+def fresh(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One request on a new connection: either worker may answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body, {**AUTH, "Connection": "close", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def posterior(port: int) -> float:
+    _, text = fresh(port, "GET", "/metrics")
+    m = re.search(rb'atp_routing_quality_posterior\{model="sim-dead"\} ([0-9.e-]+)', text)
+    return float(m.group(1))
+
+
+def unhealthy(port: int) -> bool:
+    _, body = fresh(port, "GET", "/v1/models")
+    return not next(m for m in orjson.loads(body)["data"] if m["id"] == "sim-dead")["atp"]["healthy"]
+
+
+def every_worker_says(check, deadline_s: float, in_a_row: int = 10) -> float:
+    """Seconds until `in_a_row` answers on fresh connections in a row pass `check` (10 in a
+    row: both workers answered, unless the kernel sent all ten to one, odds 2**-9)."""
+    started, streak = time.monotonic(), 0
+    while streak < in_a_row:
+        assert time.monotonic() - started < deadline_s, "the workers did not agree in time"
+        streak = streak + 1 if check() else 0
+    return time.monotonic() - started
+
+
+def test_failures_and_a_breaker_seen_by_one_worker_reach_the_other(tmp_path, redis_server):
+    q = 0.6                          # the model's configured quality: its prior mean
+    with serving(tmp_path, toml(tmp_path, redis_server.url)) as s:
+        assert abs(posterior(s.http) - q) < 1e-9
+        one = http.client.HTTPConnection("127.0.0.1", s.http, timeout=10)   # one worker only
+
+        def send() -> int:
+            one.request("POST", "/v1/chat/completions", BODY, {**AUTH, "Content-Type": "application/json"})
+            r = one.getresponse()
+            r.read()
+            return r.status
+
+        assert send() >= 500          # its dispatch retries: faults below the breaker threshold
+        seen = []                     # whichever worker answers ...
+
+        def merged() -> bool:
+            value = posterior(s.http)
+            if value >= q:
+                return False
+            seen.append(value)
+            return abs(value - seen[0]) < 1e-9
+        every_worker_says(merged, 10)
+        # ... all of them hold the lower posterior, though only one saw the failures
+        statuses = [send()]
+        while len(statuses) < 12 and statuses[-1] != 503:
+            statuses.append(send())
+        one.close()
+        assert statuses[-1] == 503, statuses          # that worker's circuit is open
+        took = every_worker_says(lambda: unhealthy(s.http), 10)
+    # pushed at once by the worker that tripped, pulled by the other at its next merge
+    assert took < INTERVAL_S + 1.0, took
