@@ -19,6 +19,7 @@ ordinary row of the table whose adapter happens to be another router. What this 
 """
 import asyncio
 import logging
+import time
 from contextlib import aclosing
 
 from codec.errors import ErrorCode
@@ -101,6 +102,10 @@ class Forwarding:
         self.paths: dict[str, str] = {}            # model -> "federation path A>B>C"
         self.adapter = FederatedAdapter(self)
         self._timer = None
+        # Per next hop (router ids: bounded by the trust store): when a request last went to it
+        # first, and how many requests moved on from it to another hop before their first item.
+        self.first_tried_at: dict[str, float] = {}
+        self.failovers: dict[str, int] = {}
 
     # ---- the control plane's side --------------------------------------------------------------
 
@@ -204,7 +209,10 @@ class Forwarding:
         """Async generator: TextDelta..., one Finish, from the first next hop that answers."""
         payload = self.payload(model, request, stream)
         tried = []
-        for hop in self.next_hops(model):
+        hops = self.next_hops(model)
+        if hops:
+            self.first_tried_at[hops[0]] = self.clock()
+        for hop in hops:
             client = self.clients.get(hop)
             if client is None:
                 tried.append(f"{hop}: no [[federation.forward]] entry")
@@ -216,6 +224,7 @@ class Forwarding:
                     if not exc.retryable:
                         raise
                     tried.append(f"{hop}: {exc.name}")
+                    self.failovers[hop] = self.failovers.get(hop, 0) + 1
                     log.info("forward %s: %s failed before the first byte (%s), next hop",
                              request.request_id, hop, exc)
                     continue
@@ -239,7 +248,6 @@ def install(cfg, router, adapters: dict) -> Forwarding:
     """Wire forwarding into a server being built (App, before its pipeline): the "federation"
     adapter joins `adapters`, Router.choose gains the path reason. Nothing of it exists without
     [federation]."""
-    import time
     if FEDERATED in adapters:
         from ..config import ConfigError
         raise ConfigError(f"providers: the name {FEDERATED!r} is reserved for forwarding when "

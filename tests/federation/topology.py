@@ -36,9 +36,10 @@ def router_toml(tmp_path, name, models, *, ports, pubs, links, extra="", provide
              provider or '[[providers]]\nname = "sim"\ntype = "simulated"\noutput_tokens = 8\n',
              # every router has a local model: the router needs at least one
              f'[[models]]\nid = "local-{name.lower()}"\nprovider = "sim"\n']
-    for i, m in enumerate(models):
-        lines.append(f'[[models]]\nid = "{m}"\nprovider = "sim"\nprice_in_per_mtok = {1.0 + i}\n'
-                     f'price_out_per_mtok = {2.0 + i}\n')
+    for m in models:
+        m, price = m if isinstance(m, tuple) else (m, 1.0)   # ("m", 5.0): a dearer copy
+        lines.append(f'[[models]]\nid = "{m}"\nprovider = "sim"\nprice_in_per_mtok = {price}\n'
+                     f'price_out_per_mtok = {2 * price}\n')
     lines.append(extra)
     lines.append(f'[federation]\nrouter_id = "{name}"\nlisten = "127.0.0.1:{agp_port}"\n')
     for a, b in links:
