@@ -165,3 +165,34 @@ def test_without_federation_nothing_is_installed(tmp_path):
     app = App(atp_config.loads(atp_config.DEFAULT_TOML))
     assert app.forwarding is None and "federation" not in app.adapters
     assert type(app.router).choose is getattr(app.router.choose, "__func__", None)
+
+
+@pytest.mark.parametrize("entry,key", [
+    ('address = "127.0.0.1:1"\nkey_id = 9\nsecret = "s" ', "federation.forward[0].router_id"),
+    ('router_id = "b"\naddress = "nowhere"\nkey_id = 9\nsecret = "0123456789abcdef"',
+     "federation.forward[0].address"),
+    ('router_id = "b"\naddress = "127.0.0.1:1"\nsecret = "0123456789abcdef"',
+     "federation.forward[0].key_id"),
+    ('router_id = "b"\naddress = "127.0.0.1:1"\nkey_id = 9\nsecret = "short"',
+     "federation.forward[0].secret"),
+    ('router_id = "b"\naddress = "127.0.0.1:1"\nkey_id = 9', "federation.forward[0]"),
+    ('router_id = "b"\naddress = "127.0.0.1:1"\nkey_id = 9\nsecret_env = "ATP_NOT_SET_ANYWHERE"',
+     "federation.forward[0].secret_env"),
+    ('router_id = "b"\naddress = "127.0.0.1:1"\nkey_id = 9\nsecret = "0123456789abcdef"\nx = 1',
+     "federation.forward[0].x"),
+])
+def test_forward_config_errors_name_the_key(entry, key):
+    text = (atp_config.DEFAULT_TOML + '\n[federation]\nrouter_id = "a"\n[[federation.forward]]\n'
+            + entry + "\n")
+    with pytest.raises(atp_config.ConfigError) as info:
+        atp_config.loads(text)
+    assert str(info.value).startswith(key)
+
+
+def test_a_provider_named_federation_is_refused_with_federation_on():
+    text = (atp_config.DEFAULT_TOML + '\n[[providers]]\nname = "federation"\ntype = "simulated"\n'
+            '[federation]\nrouter_id = "a"\n')
+    from atp_server.app import App
+    with pytest.raises(atp_config.ConfigError) as info:
+        App(atp_config.loads(text))
+    assert str(info.value).startswith("providers")
