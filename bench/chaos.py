@@ -17,7 +17,8 @@ half-way, keeps the load on for the rest of the phase, then stops the edge route
   netem     20 ms delay, 1% loss on lo for a phase (needs the sch_netem module and CAP_NET_ADMIN).
 
 lost = sent, never answered (client timeout); errors = answered with an error or a reset
-connection; recover = from the kill to the last client-visible error (0: none).
+connection; recover = from the kill to the last client-visible error (0: none; -1: never, no
+request succeeded after it).
 """
 import argparse
 import asyncio
@@ -168,7 +169,7 @@ class Report:
     ok: int = 0
     errors: int = 0
     lost: int = 0
-    recover_ms: float = 0.0
+    recover_ms: float = 0.0               # kill -> last client-visible error; -1: never recovered
     missing_from_audit: int = -1          # -1: not checked
     note: str = ""
     error_kinds: dict = field(default_factory=dict)
@@ -180,6 +181,7 @@ class Load:
     def __init__(self, url: str, model: str, phase: str):
         self.url, self.model, self.phase = url, model, phase
         self.acked: list[str] = []               # request ids answered 200 (complete)
+        self.acked_at: list[float] = []
         self.errors: list[tuple[float, str]] = []
         self.lost = 0
         self.sent = 0
@@ -200,6 +202,7 @@ class Load:
                     await r.read()
                     if r.status == 200:
                         self.acked.append(rid)
+                        self.acked_at.append(time.monotonic())
                     else:
                         self.errors.append((time.monotonic(), f"HTTP {r.status}"))
             except asyncio.TimeoutError:
@@ -222,8 +225,10 @@ class Load:
             kinds[k] = kinds.get(k, 0) + 1
         last = max((t for t, _ in self.errors), default=None)
         recover = (last - killed_at) * 1000 if last is not None and killed_at is not None else 0.0
+        if last is not None and not any(t > last for t in self.acked_at):
+            recover = -1.0               # nothing succeeded after the last error
         return Report(phase, victim, self.sent, len(self.acked), len(self.errors), self.lost,
-                      round(max(0.0, recover), 1), error_kinds=kinds)
+                      round(max(0.0, recover), 1) if recover >= 0 else -1.0, error_kinds=kinds)
 
 
 async def under_load(url: str, model: str, phase: str, seconds: float, victim: str, kill,
@@ -231,7 +236,6 @@ async def under_load(url: str, model: str, phase: str, seconds: float, victim: s
     """Load for `seconds`; `kill()` at the half; `after_kill()` (a coroutine) a quarter later."""
     load, stop = Load(url, model, phase), asyncio.Event()
     runner = asyncio.create_task(load.run_until(stop))
-    loop = asyncio.get_running_loop()
     await asyncio.sleep(seconds / 2)        # the phase's schedule, not a synchronisation
     killed_at = time.monotonic()
     kill()
@@ -243,7 +247,6 @@ async def under_load(url: str, model: str, phase: str, seconds: float, victim: s
         await asyncio.sleep(seconds / 2)
     stop.set()
     await runner
-    del loop
     return load.report(phase, victim, killed_at), load
 
 
