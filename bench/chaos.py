@@ -11,6 +11,8 @@ half-way, keeps the load on for the rest of the phase, then stops the edge route
   provider  the edge serves `m` from two upstream processes (two models, one routed chain);
             kill -9 one upstream: the dispatch fails over to the other model.
   router    edge A forwards `m` to B (cheaper) or C over AGP; kill -9 B: A moves to C.
+  router-hang  the same, but B is frozen (SIGSTOP): no reset, A notices by its timers alone
+            (the hop session's 3 s idle timeout, AGP's 3 s hold time).
   worker    `atp serve --workers 2` on shared ports; kill -9 one worker.
   redis     the edge keeps its rate-limit counters in Redis (limits_on_error = open);
             kill -9 redis-server, restart it on the same port half a phase later.
@@ -36,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HELP = "kill -9 a provider, a router, a worker and Redis under load; lost, errors, recovery, audit"
-PHASES = ("provider", "router", "worker", "redis", "netem")
+PHASES = ("provider", "router", "router-hang", "worker", "redis", "netem")
 CONCURRENCY = 8
 # A request unanswered after this long is lost (the simulated answers take milliseconds).
 CLIENT_TIMEOUT_S = 10.0
@@ -65,6 +67,7 @@ class Proc:
                                   env={**os.environ, **(env or {})}, text=True, bufsize=1,
                                   start_new_session=True)
         self.lines: list[str] = []
+        self.stamped: list[tuple[float, str]] = []   # (monotonic arrival, line) of notable lines
         self.ended = False
         self._loop = asyncio.get_running_loop()
         self._news = asyncio.Event()
@@ -81,6 +84,8 @@ class Proc:
         else:
             self.lines.append(line)
             del self.lines[:-2000]       # bounded: a chatty process cannot grow this
+            if "federation" in line and len(self.stamped) < 2000:
+                self.stamped.append((time.monotonic(), line))
         self._news.set()
 
     async def ready(self, marker: str, n: int = 1) -> None:
@@ -171,6 +176,8 @@ class Report:
     lost: int = 0
     recover_ms: float = 0.0               # kill -> last client-visible error; -1: never recovered
     missing_from_audit: int = -1          # -1: not checked
+    convergence_ms: float = -1.0          # router phases: kill -> the edge withdrew the victim
+    slowest_ms: float = 0.0               # the slowest answered request (a failover's cost)
     note: str = ""
     error_kinds: dict = field(default_factory=dict)
 
@@ -184,6 +191,8 @@ class Load:
         self.acked_at: list[float] = []
         self.errors: list[tuple[float, str]] = []
         self.lost = 0
+        self.killed_at: float | None = None
+        self.slowest = 0.0
         self.sent = 0
         self._stop = asyncio.Event()
         self._n = 0
@@ -194,6 +203,7 @@ class Load:
             self._n += 1
             rid = f"chaos-{self.phase}-{os.getpid()}-{self._n}"
             self.sent += 1
+            t0 = time.monotonic()
             try:
                 async with session.post(self.url, headers={"Authorization": f"Bearer {KEY}",
                                                            "X-Request-Id": rid},
@@ -203,6 +213,7 @@ class Load:
                     if r.status == 200:
                         self.acked.append(rid)
                         self.acked_at.append(time.monotonic())
+                        self.slowest = max(self.slowest, time.monotonic() - t0)
                     else:
                         self.errors.append((time.monotonic(), f"HTTP {r.status}"))
             except asyncio.TimeoutError:
@@ -228,7 +239,8 @@ class Load:
         if last is not None and not any(t > last for t in self.acked_at):
             recover = -1.0               # nothing succeeded after the last error
         return Report(phase, victim, self.sent, len(self.acked), len(self.errors), self.lost,
-                      round(max(0.0, recover), 1) if recover >= 0 else -1.0, error_kinds=kinds)
+                      round(max(0.0, recover), 1) if recover >= 0 else -1.0, error_kinds=kinds,
+                      slowest_ms=round(self.slowest * 1000, 1))
 
 
 async def under_load(url: str, model: str, phase: str, seconds: float, victim: str, kill,
@@ -247,7 +259,16 @@ async def under_load(url: str, model: str, phase: str, seconds: float, victim: s
         await asyncio.sleep(seconds / 2)
     stop.set()
     await runner
+    load.killed_at = killed_at
     return load.report(phase, victim, killed_at), load
+
+
+def convergence(edge: Proc, killed_at: float, victim: str) -> float:
+    """ms from the kill to the edge's log saying it dropped the victim's session (and routes)."""
+    for at, line in edge.stamped:
+        if at >= killed_at and "peer_down" in line and f"peer={victim}" in line:
+            return round((at - killed_at) * 1000, 1)
+    return -1.0
 
 
 def audit_missing(db: Path, acked: list[str]) -> int:
@@ -286,7 +307,7 @@ async def phase_provider(d: Path, seconds: float) -> Report:
     return rep
 
 
-async def phase_router(d: Path, seconds: float) -> Report:
+async def phase_router(d: Path, seconds: float, hang: bool = False) -> Report:
     from atp_server.federation.config import load_key, public_b64
     names = ("A", "B", "C")
     ports = {n: (free_port(), free_port(), free_port()) for n in names}   # http, grpc, agp
@@ -316,10 +337,16 @@ async def phase_router(d: Path, seconds: float) -> Report:
             await procs[n].ready("ATP serving")
         # A knows `m` once it logs its best route; wait for that line (B's: cheaper)
         await procs["A"].ready("best_changed model=m via=B")
+        victim = procs["B"]
+        stop = ((lambda: os.kill(victim.p.pid, signal.SIGSTOP)) if hang else victim.kill9)
         rep, load = await under_load(f"http://127.0.0.1:{ports['A'][0]}/v1/chat/completions", "m",
-                                     "router", seconds, "router B (best route for m)",
-                                     procs["B"].kill9)
+                                     "router-hang" if hang else "router", seconds,
+                                     "router B " + ("stopped (SIGSTOP: silent, no reset)" if hang
+                                                    else "(best route for m)"), stop)
+        rep.convergence_ms = convergence(procs["A"], load.killed_at, "B")
     finally:
+        if hang and victim.p.poll() is None:
+            os.kill(victim.p.pid, signal.SIGKILL)
         for p in procs.values():
             await p.stop()
     rep.missing_from_audit = audit_missing(d / "A" / "audit.sqlite", load.acked)
@@ -404,7 +431,12 @@ async def phase_netem(d: Path, seconds: float) -> Report:
         subprocess.run([tc, "qdisc", "del", "dev", "lo", "root"], capture_output=True)
 
 
-RUNNERS = {"provider": phase_provider, "router": phase_router, "worker": phase_worker,
+async def phase_router_hang(d: Path, seconds: float) -> Report:
+    return await phase_router(d, seconds, hang=True)
+
+
+RUNNERS = {"provider": phase_provider, "router": phase_router, "router-hang": phase_router_hang,
+           "worker": phase_worker,
            "redis": phase_redis, "netem": phase_netem}
 
 
@@ -416,12 +448,15 @@ async def run(phases, seconds: float, workdir: Path) -> list[Report]:
 
 
 def table(reports: list[Report]) -> str:
-    rows = ["| phase | victim | sent | ok | errors | lost | recover ms | missing from audit | note |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| phase | victim | sent | ok | errors | lost | recover ms | convergence ms "
+            "| slowest ok ms | missing from audit | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         kinds = ", ".join(f"{k} {v}" for k, v in r.error_kinds.items())
         rows.append(f"| {r.phase} | {r.victim} | {r.sent} | {r.ok} | {r.errors}"
-                    f"{f' ({kinds})' if kinds else ''} | {r.lost} | {r.recover_ms:g} | "
+                    f"{f' ({kinds})' if kinds else ''} | {r.lost} | "
+                    f"{'never' if r.recover_ms < 0 else f'{r.recover_ms:g}'} | "
+                    f"{r.convergence_ms if r.convergence_ms >= 0 else '-'} | {r.slowest_ms:g} | "
                     f"{r.missing_from_audit if r.missing_from_audit >= 0 else '-'} | {r.note} |")
     return "\n".join(rows)
 
