@@ -223,7 +223,7 @@ class Forwarding:
                 except AtpError as exc:
                     if not exc.retryable:
                         raise
-                    tried.append(f"{hop}: {exc.name}")
+                    tried.append(f"{hop}: {exc.name}: {exc.message[:200]}")
                     self.failovers[hop] = self.failovers.get(hop, 0) + 1
                     log.info("forward %s: %s failed before the first byte (%s), next hop",
                              request.request_id, hop, exc)

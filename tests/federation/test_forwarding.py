@@ -196,3 +196,30 @@ def test_a_provider_named_federation_is_refused_with_federation_on():
     with pytest.raises(atp_config.ConfigError) as info:
         App(atp_config.loads(text))
     assert str(info.value).startswith("providers")
+
+
+def test_a_hop_that_refuses_the_forwarding_credentials_is_a_clear_unavailable(tmp_path):
+    """A signs with a secret B does not know: B closes the session; A's client gets a retryable
+    UNAVAILABLE that names the hop and B's reason, and A keeps serving its local model."""
+    import dataclasses
+
+    async def main():
+        topo = Topology(tmp_path, LINE, links=[("A", "B"), ("B", "C")])
+        a = topo.configs["A"]
+        wrong = tuple(dataclasses.replace(f, secret=b"not-the-secret-B-knows!") for f in a.federation.forward)
+        topo.configs["A"] = dataclasses.replace(a, federation=dataclasses.replace(a.federation, forward=wrong))
+        await topo.start()
+        await topo.wait_best("A", "only-c", path=("B", "C"))
+        await topo.until(lambda: "only-c" in topo.apps["A"].router.models)
+        try:
+            async with AsyncGrpcClient(topo.grpc("A"), KEY) as client:
+                with pytest.raises(AtpClientError) as info:
+                    await client.complete("x", model="only-c")
+                local = await client.complete("x", model="local-a")
+                return info.value, local
+        finally:
+            await topo.stop()
+    exc, local = run(main())
+    assert exc.code == ErrorCode.UNAVAILABLE and exc.retryable
+    assert "B: UNAVAILABLE" in exc.message and "session to B closed" in exc.message
+    assert local.text
