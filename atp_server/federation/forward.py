@@ -42,6 +42,9 @@ FORWARDABLE = frozenset({"chat", "streaming", "long_context"})
 # Routes advertise no context window: a remote row admits up to this many tokens and the origin
 # router, which knows its model, refuses what does not fit with a precise code.
 REMOTE_CONTEXT = 1 << 20
+# Routes advertise no quality: a remote row starts at the neutral prior, and the bandit learns
+# its quality from the answers and feedback like any other row's.
+REMOTE_QUALITY = 0.5
 
 
 def incoming(request: ChatRequest) -> tuple[int, tuple[str, ...]]:
@@ -128,7 +131,7 @@ class Forwarding:
             r = c.route
             rows[model] = ModelSpec(model, FEDERATED, model, r.total_price_in, r.total_price_out,
                                     REMOTE_CONTEXT, frozenset(r.capabilities) & FORWARDABLE | {"chat"},
-                                    0.5, c.latency_ms)
+                                    REMOTE_QUALITY, c.latency_ms)
             paths[model] = "federation path " + ">".join((self.router_id,) + r.path)
         for model, spec in self.remote.items():
             if model not in rows:
