@@ -129,6 +129,10 @@ class App:
         self.policy.redaction_available = config.redaction.enabled
         self.metrics.track_policy(self.policy)
         self.metrics.track_privacy(privacy_ledger(config), config.privacy)
+        self.forwarding = None    # federation/forward.py: remote models served through next hops
+        if config.federation.enabled:
+            from .federation.forward import install
+            self.forwarding = install(config.federation, self.router, self.adapters)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, policy=self.policy,
                                  dispatch=config.dispatch, windows=self.windows,
@@ -199,6 +203,7 @@ class App:
             from .federation.config import load_key
             self.federation, self.ports.agp = await federation.start(
                 self.config.federation, load_key(federation_key(self.config)), self.config.models)
+            self.forwarding.attach(self.federation)
         return self.ports
 
     async def stop(self, grace_s: float | None = None) -> None:

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "policy": "bench.policy_eval",   # µs per policy decision, 20 rules: compiled closures vs cedarpy
     "audit": "bench.audit.cli",      # req/s with the audit log off / on (durable) / synchronous=full
     "workers": "bench.workers",      # HTTP req/s, --workers 1 vs 2 (--redis: shared state in Redis)
+    "chaos": "bench.chaos",          # kill -9 provider, router, worker, Redis under load: lost, errors, audit
 }
 
 

@@ -20,6 +20,17 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """How this router sends requests to a next hop (docs/FEDERATION.md §8): the hop's ATP gRPC
+    listener and the HMAC key its frame sessions are signed with (a key the hop knows in its
+    [[auth.hmac_keys]]; the tenant it maps to there is what the hop bills and polices)."""
+    router_id: str
+    address: str          # host:port of the hop's ATP gRPC port (not its AGP listener)
+    key_id: int
+    secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class FederationConfig:
     enabled: bool = False
     router_id: str = ""
@@ -34,6 +45,7 @@ class FederationConfig:
     advertise: tuple[str, ...] | None = None   # model ids to offer; None = every configured model
     peers: tuple[PeerConfig, ...] = ()
     trust: dict = field(default_factory=dict)   # router id -> Ed25519PublicKey
+    forward: tuple[ForwardConfig, ...] = ()     # [[federation.forward]]: credentials per next hop
 
 
 _DEFAULTS = {name: f.default for name, f in FederationConfig.__dataclass_fields__.items()}
@@ -125,6 +137,9 @@ def parse(t, model_ids: set) -> FederationConfig:
             _fail(where, "must be a table with router_id and public_key")
         trust[_str(e, "router_id", "", where)] = public_key(_str(e, "public_key", "", where),
                                                             f"{where}.public_key")
+    forward = tuple(_forward(i, e) for i, e in enumerate(t.get("forward", [])))
+    if len({f.router_id for f in forward}) != len(forward):
+        _fail("federation.forward", "one entry per router_id")
     missing = [p.router_id for p in peers if p.router_id not in trust]
     if missing:
         _fail("federation.trust", f"no public key for peer(s) {', '.join(missing)}: a peer "
@@ -135,7 +150,44 @@ def parse(t, model_ids: set) -> FederationConfig:
                             bool(t.get("reflector", False)), float(nums["overhead_per_mtok"]),
                             float(nums["hop_latency_ms"]), int(nums["hold_time_ms"]),
                             int(nums["keepalive_ms"]), _str(t, "key", "", "federation"),
-                            advertise, tuple(peers), trust)
+                            advertise, tuple(peers), trust, forward)
+
+
+# At least 16 bytes, as [[auth.hmac_keys]] requires of the key it must match on the other side.
+MIN_SECRET = 16
+
+
+def _forward(i: int, e) -> ForwardConfig:
+    where = f"federation.forward[{i}]"
+    if not isinstance(e, dict):
+        _fail(where, "must be a table ([[federation.forward]])")
+    known = {"router_id", "address", "key_id", "secret", "secret_hex", "secret_env"}
+    extra = set(e) - known
+    if extra:
+        _fail(f"{where}.{sorted(extra)[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+    rid = _str(e, "router_id", "", where) or _fail(f"{where}.router_id", "is required")
+    address = _host_port(_str(e, "address", "", where), f"{where}.address")
+    key_id = e.get("key_id")
+    if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 <= key_id < 2**32:
+        _fail(f"{where}.key_id", "must be the u32 id of an HMAC key the hop knows")
+    sources = [k for k in ("secret", "secret_hex", "secret_env") if k in e]
+    if len(sources) != 1:
+        _fail(where, "give exactly one of secret, secret_hex, secret_env")
+    raw = _str(e, sources[0], "", where)
+    if sources[0] == "secret_hex":
+        try:
+            secret = bytes.fromhex(raw)
+        except ValueError:
+            _fail(f"{where}.secret_hex", "is not valid hex")
+    elif sources[0] == "secret_env":
+        if raw not in os.environ:
+            _fail(f"{where}.secret_env", f"environment variable {raw} is not set")
+        secret = os.environ[raw].encode()
+    else:
+        secret = raw.encode()
+    if len(secret) < MIN_SECRET:
+        _fail(f"{where}.{sources[0]}", f"an HMAC secret is at least {MIN_SECRET} bytes")
+    return ForwardConfig(rid, address, key_id, secret)
 
 
 def load_key(path: str | os.PathLike) -> Ed25519PrivateKey:
