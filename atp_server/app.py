@@ -136,6 +136,9 @@ class App:
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
                                   ("policy", self.policy.prepare_reload)], state_dir(config))
+        from .routing.control import OperatorControl    # `atp router promote|rollback|pin`
+        self.router_control = OperatorControl(self.router, state_dir(config), self.audit)
+        self.reloader.add("router", self.router_control.prepare)
         self.feedback = FeedbackLog(on_score=lambda tenant, rid, score: self.router.feedback(
             tenant, rid, score, self.pipeline.clock()))
         # The transports' one way in (service.py): they never reach the parts above directly.
@@ -169,6 +172,7 @@ class App:
             self.router.load(state_dir(self.config) / POSTERIORS)
         if self.audit is not None:
             self.audit.start()
+        self.router_control.write_state()    # what `atp router status` reads
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)

@@ -105,6 +105,7 @@ class Router:
         self.challenger_table = None
         self.verdicts: list = []        # every ended experiment (champion.Verdict), oldest first
         self.on_verdict = None          # fn(Verdict): the App logs it and writes it to the audit trail
+        self.pinned = False             # an operator froze the champion (`atp router pin`)
 
     def _bandit(self, n_models: int):
         if self.policy.bandit != "linucb":
@@ -199,20 +200,36 @@ class Router:
         from .champion import Experiment
         if self.experiment is not None and self.experiment.running:
             raise ValueError(f"an experiment on {self.experiment.challenger} is running")
-        exp = Experiment(name, share)
+        exp = Experiment(name, share, pinned=self.pinned)
         t = self.ref.table
         ch = rebuild(t, t.specs, predictor=predictor)
         ch.stats = t.stats              # one set of statistics: both policies learn the same models
         self.experiment, self.challenger_table = exp, ch
         log.warning("routing: challenger %s takes %.0f%% of decisions", name, 100 * share)
 
-    def operator(self, action: str) -> None:
-        """promote | rollback | pin | unpin the running experiment (atp router ...)."""
-        if self.experiment is None:
-            raise ValueError("no champion/challenger experiment")
-        verdict = self.experiment.operator(action)
-        if verdict is not None:
-            self._settle(verdict)
+    def operator(self, action: str):
+        """promote | rollback | pin | unpin (`atp router ...`); the verdict when one ends the
+        experiment. pin freezes the champion: no decision by the challenger and no automatic
+        promotion until unpin; it holds with no experiment too (for one started later).
+        ValueError says why an action cannot apply."""
+        exp = self.experiment
+        if action in ("pin", "unpin"):
+            self.pinned = action == "pin"
+            if exp is not None and exp.running:
+                exp.operator(action)
+            return None
+        if action not in ("promote", "rollback"):
+            raise ValueError(f"unknown operator action {action!r}")
+        if exp is None:
+            raise ValueError("no challenger registered")
+        if not exp.running:
+            raise ValueError(f"no challenger running: the experiment on {exp.challenger} ended "
+                             f"({exp.verdict.action})")
+        if action == "promote" and self.pinned:
+            raise ValueError("the champion is pinned: `atp router unpin` first")
+        verdict = exp.operator(action)
+        self._settle(verdict)
+        return verdict
 
     def _settle(self, verdict) -> None:
         if verdict.action == "promote":
