@@ -84,7 +84,7 @@ class App:
         if config.routing.challenger:     # champion/challenger from the start (routing/champion.py)
             self.router.challenge(config.routing.challenger,
                                   load_predictor(config.routing, "challenger"),
-                                  config.routing.challenger_share)
+                                  config.routing.challenger_share, config.routing.challenger_shadow)
         self.admission = Admission(config.server.max_inflight, config.server.max_queue,
                                    scheduling=config.scheduling,
                                    high_watermark=config.server.congestion_watermark)
@@ -127,11 +127,20 @@ class App:
         self.policy.redaction_available = config.redaction.enabled
         self.metrics.track_policy(self.policy)
         self.metrics.track_privacy(privacy_ledger(config), config.privacy)
+        self.shadow = None          # shadow.ShadowMirror when the challenger is a shadow
+        shadow_stage = None
+        if config.routing.challenger and config.routing.challenger_shadow:
+            from .shadow import ShadowMirror, ShadowStage
+            r = config.routing
+            self.shadow = ShadowMirror(self.router, self.adapters, self.accountant, self.audit,
+                                       max_inflight=r.shadow_max_inflight, timeout_s=r.shadow_timeout_s)
+            shadow_stage = ShadowStage(self.shadow, r.challenger_share)
+            self.metrics.registry.register(self.shadow.collector())
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, policy=self.policy,
                                  dispatch=config.dispatch, windows=self.windows,
                                  limits=self.limit_stage, redaction=config.redaction,
-                                 guard=config.guard)
+                                 guard=config.guard, shadow=shadow_stage)
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
@@ -208,6 +217,8 @@ class App:
         self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now
         if self.config.routing.persist:
             self.router.save(state_dir(self.config) / POSTERIORS)
+        if self.shadow is not None:
+            await self.shadow.close()        # cancel shadow calls before their adapters close
         for adapter in self.adapters.values():
             await adapter.aclose()
         if self.audit is not None:

@@ -77,7 +77,9 @@ def report(db: sqlite3.Connection, by: str, since_ts: float | None = None,
     clip_tokens, clip_micros = clip
     if by not in GROUPS:
         raise ValueError(f"--by must be one of {', '.join(GROUPS)}, not {by!r}")
-    query = "SELECT ts, tenant, principal, model, record FROM audit WHERE transport != 'admin'"
+    # shadow rows (shadow.py) are spend of the operator's experiment, not of a tenant's requests
+    query = ("SELECT ts, tenant, principal, model, record FROM audit "
+             "WHERE transport NOT IN ('admin', 'shadow')")
     args: tuple = ()
     if since_ts is not None:
         query, args = query + " AND ts >= ?", (since_ts,)

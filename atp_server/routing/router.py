@@ -106,6 +106,7 @@ class Router:
         self.verdicts: list = []        # every ended experiment (champion.Verdict), oldest first
         self.on_verdict = None          # fn(Verdict): the App logs it and writes it to the audit trail
         self.pinned = False             # an operator froze the champion (`atp router pin`)
+        self.shadow = False             # the challenger only sees mirrored requests (shadow.py)
 
     def _bandit(self, n_models: int):
         if self.policy.bandit != "linucb":
@@ -134,7 +135,7 @@ class Router:
 
     def choose(self, request, now: float):
         exp = self.experiment
-        if exp is not None and exp.assign(float(self.rng.rng.random())):
+        if exp is not None and not self.shadow and exp.assign(float(self.rng.rng.random())):
             d = choose_core(request, self.challenger_table, now, self.rng)
             d = d._replace(trace=d.trace._replace(challenger=True))
         else:
@@ -186,7 +187,7 @@ class Router:
             base = float(trace.base[table.index[model]])
         report(table, Scored(model, score, trace.features if trace else None, base), now)
         self.feedback_applied += 1
-        if self.experiment is not None and trace is not None:
+        if self.experiment is not None and trace is not None and not self.shadow:
             verdict = self.experiment.observe(trace.challenger, score)
             if verdict is not None:
                 self._settle(verdict)
@@ -194,9 +195,11 @@ class Router:
 
     # ---- champion / challenger -------------------------------------------------------------------
 
-    def challenge(self, name: str, predictor, share: float) -> None:
+    def challenge(self, name: str, predictor, share: float, shadow: bool = False) -> None:
         """Start an experiment: a share of decisions made with `predictor` (another router.bin)
-        over the same models and the same learned statistics; feedback decides (champion.py)."""
+        over the same models and the same learned statistics; feedback decides (champion.py).
+        shadow: the challenger decides no live request; the shadow mirror (shadow.py) asks it
+        about a share of them instead and reports paired scores (shadow_observe)."""
         from .champion import Experiment
         if self.experiment is not None and self.experiment.running:
             raise ValueError(f"an experiment on {self.experiment.challenger} is running")
@@ -204,8 +207,28 @@ class Router:
         t = self.ref.table
         ch = rebuild(t, t.specs, predictor=predictor)
         ch.stats = t.stats              # one set of statistics: both policies learn the same models
-        self.experiment, self.challenger_table = exp, ch
-        log.warning("routing: challenger %s takes %.0f%% of decisions", name, 100 * share)
+        self.experiment, self.challenger_table, self.shadow = exp, ch, shadow
+        log.warning("routing: challenger %s %s %.0f%% of decisions", name,
+                    "shadows" if shadow else "takes", 100 * share)
+
+    def shadow_choice(self, request, now: float):
+        """What the shadow challenger would decide for a request, or None when no shadow
+        experiment is running (or it is pinned)."""
+        exp = self.experiment
+        if not self.shadow or exp is None or not exp.running or exp.pinned:
+            return None
+        return choose_core(request, self.challenger_table, now, self.rng)
+
+    def shadow_observe(self, champion_score: float, challenger_score: float) -> None:
+        """One mirrored request's paired scores: the champion's, then the challenger's (paired
+        with it by the test: nothing else feeds a shadow experiment)."""
+        exp = self.experiment
+        if exp is None or not exp.running:
+            return
+        exp.observe(False, champion_score)
+        verdict = exp.observe(True, challenger_score)
+        if verdict is not None:
+            self._settle(verdict)
 
     def operator(self, action: str):
         """promote | rollback | pin | unpin (`atp router ...`); the verdict when one ends the
