@@ -151,28 +151,42 @@ class Router:
         report(self.ref.table, Started(decision.model), 0.0)
 
     def finished(self, ctx, now: float) -> None:
-        """Report how a dispatched request ended: failed-over attempts, then the last one."""
+        """Report how a dispatched request ended: failed-over attempts, then the last one.
+        Each carries the decision's prompt features, so LinUCB learns from failures too."""
         table, d = self.ref.table, ctx.decision
         first = True
         failures = ctx.failures                      # "model: CODE" per failed attempt
-        code = ctx.code
-        if code and failures and failures[-1] == f"{d.model}: {ctx.outcome}":
-            failures = failures[:-1]                 # dispatch listed the last attempt too: once
+        code, last = ctx.code, d.model
+        if code and failures and failures[-1].rpartition(": ")[2] == ctx.outcome:
+            # dispatch listed the last attempt too (the error raised is the last failure): once,
+            # as the end of the request, under the model that made it (not the first choice)
+            last = failures[-1].rpartition(": ")[0]
+            failures = failures[:-1]
+        trace = d.trace if hasattr(d, "trace") else None
+        features = trace.features if trace is not None else None
+        base = trace.base if features is not None else None
+        index = table.index
+
+        def context(model: str) -> dict:
+            if base is None or model not in index:
+                return {}
+            return {"features": features, "base": float(base[index[model]])}
         for failure in failures:
-            report(table, Failed(failure.rpartition(": ")[0], release=first), now)
+            failed = failure.rpartition(": ")[0]
+            report(table, Failed(failed, release=first, **context(failed)), now)
             first = False
         if code == 0 and ctx.finished:
             report(table, Answered(d.model, ctx.upstream_ns / 1e6, ctx.request.latency_slo_ms,
-                                   release=first), now)
+                                   release=first, **context(d.model)), now)
             tenant = ctx.principal.tenant if ctx.principal is not None else ""
             recent = self._recent
             recent[(tenant, ctx.request.request_id)] = (d.model, d.trace)
             while len(recent) > RECENT_DECISIONS:
                 recent.popitem(last=False)
         elif code in UPSTREAM_FAULTS:
-            report(table, Failed(d.model, release=first), now)
+            report(table, Failed(last, release=first, **context(last)), now)
         else:
-            report(table, Abandoned(d.model, release=first), now)
+            report(table, Abandoned(last, release=first), now)
 
     def feedback(self, tenant: str, request_id: str, score: float, now: float) -> bool:
         """An explicit score for one answer, under the authenticated tenant that made the request.
