@@ -136,11 +136,19 @@ class App:
                                        max_inflight=r.shadow_max_inflight, timeout_s=r.shadow_timeout_s)
             shadow_stage = ShadowStage(self.shadow, r.challenger_share)
             self.metrics.registry.register(self.shadow.collector())
+        self.cache = cache_stage = None   # the response cache (cache.py) when [cache] enabled
+        if config.cache.enabled:
+            from .cache import CacheCounters, open_cache
+            from .stages.cache import CacheStage
+            self.cache = open_cache(config.cache, self.stores, config.state.prefix)
+            self.cache_counters = CacheCounters(self.cache)
+            self.metrics.registry.register(self.cache_counters)
+            cache_stage = CacheStage(config.cache, self.cache, self.cache_counters, self.router.models)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, policy=self.policy,
                                  dispatch=config.dispatch, windows=self.windows,
                                  limits=self.limit_stage, redaction=config.redaction,
-                                 guard=config.guard, shadow=shadow_stage)
+                                 guard=config.guard, shadow=shadow_stage, cache=cache_stage)
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
@@ -223,6 +231,8 @@ class App:
             await adapter.aclose()
         if self.audit is not None:
             await self.audit.close()
+        if self.cache is not None:
+            await self.cache.close()         # background stores sent before the client closes
         await self.stores.close()
 
     async def serve_forever(self, on_started=None, **start_kwargs) -> None:

@@ -9,6 +9,7 @@ import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from .cache import CacheConfig, parse_cache
 from .routing.config import RoutingConfig, parse_routing
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
@@ -128,6 +129,7 @@ class Config:
     costs: CostsConfig = CostsConfig()               # [costs] (costs.py, `atp costs`)
     privacy: PrivacyConfig = PrivacyConfig()         # [privacy] (privacy.py)
     federation: FederationConfig = FederationConfig()   # [federation] (federation/config.py)
+    cache: CacheConfig = CacheConfig()                   # [cache] (cache.py: the response cache)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -511,7 +513,7 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy", "federation"}
+             "costs", "privacy", "federation", "cache"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -579,7 +581,8 @@ def parse(data: dict) -> Config:
                  redaction=parse_redaction(data.get("redaction", {}), _fail),
                  guard=parse_guard(data.get("guard", {}), _fail),
                  metrics=metrics, tenants=tenants, policy=policy, costs=costs,
-                 privacy=PrivacyConfig(**v), federation=federation)
+                 privacy=PrivacyConfig(**v), federation=federation,
+                 cache=parse_cache(_table("cache", data.get("cache", {})), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

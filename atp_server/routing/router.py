@@ -154,6 +154,10 @@ class Router:
         """Report how a dispatched request ended: failed-over attempts, then the last one.
         Each carries the decision's prompt features, so LinUCB learns from failures too."""
         table, d = self.ref.table, ctx.decision
+        if ctx.cache is not None and ctx.cache.entry is not None:
+            # answered from the response cache: says nothing about a model; give the slot back
+            report(table, Abandoned(ctx.cache.routed), now)
+            return
         first = True
         failures = ctx.failures                      # "model: CODE" per failed attempt
         code, last = ctx.code, d.model
