@@ -84,7 +84,7 @@ class App:
         if config.routing.challenger:     # champion/challenger from the start (routing/champion.py)
             self.router.challenge(config.routing.challenger,
                                   load_predictor(config.routing, "challenger"),
-                                  config.routing.challenger_share)
+                                  config.routing.challenger_share, config.routing.challenger_shadow)
         self.admission = Admission(config.server.max_inflight, config.server.max_queue,
                                    scheduling=config.scheduling,
                                    high_watermark=config.server.congestion_watermark)
@@ -133,15 +133,35 @@ class App:
         if config.federation.enabled:
             from .federation.forward import install
             self.forwarding = install(config.federation, self.router, self.adapters)
+        self.shadow = None          # shadow.ShadowMirror when the challenger is a shadow
+        shadow_stage = None
+        if config.routing.challenger and config.routing.challenger_shadow:
+            from .shadow import ShadowMirror, ShadowStage
+            r = config.routing
+            self.shadow = ShadowMirror(self.router, self.adapters, self.accountant, self.audit,
+                                       max_inflight=r.shadow_max_inflight, timeout_s=r.shadow_timeout_s)
+            shadow_stage = ShadowStage(self.shadow, r.challenger_share)
+            self.metrics.registry.register(self.shadow.collector())
+        self.cache = cache_stage = None   # the response cache (cache.py) when [cache] enabled
+        if config.cache.enabled:
+            from .cache import CacheCounters, open_cache
+            from .stages.cache import CacheStage
+            self.cache = open_cache(config.cache, self.stores, config.state.prefix)
+            self.cache_counters = CacheCounters(self.cache)
+            self.metrics.registry.register(self.cache_counters)
+            cache_stage = CacheStage(config.cache, self.cache, self.cache_counters, self.router.models)
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, policy=self.policy,
                                  dispatch=config.dispatch, windows=self.windows,
                                  limits=self.limit_stage, redaction=config.redaction,
-                                 guard=config.guard)
+                                 guard=config.guard, shadow=shadow_stage, cache=cache_stage)
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
                                   ("policy", self.policy.prepare_reload)], state_dir(config))
+        from .routing.control import OperatorControl    # `atp router promote|rollback|pin`
+        self.router_control = OperatorControl(self.router, state_dir(config), self.audit)
+        self.reloader.add("router", self.router_control.prepare)
         self.feedback = FeedbackLog(on_score=lambda tenant, rid, score: self.router.feedback(
             tenant, rid, score, self.pipeline.clock()))
         # The transports' one way in (service.py): they never reach the parts above directly.
@@ -182,6 +202,7 @@ class App:
             from .state.learning import start_sync
             self.learning = start_sync(self.router, self.stores.learning,
                                        self.config.state.merge_interval_ms / 1000, self.pipeline.clock)
+        self.router_control.write_state()    # what `atp router status` reads
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)
@@ -221,10 +242,14 @@ class App:
             self.learning = None
         if self.config.routing.persist:
             self.router.save(state_dir(self.config) / POSTERIORS)
+        if self.shadow is not None:
+            await self.shadow.close()        # cancel shadow calls before their adapters close
         for adapter in self.adapters.values():
             await adapter.aclose()
         if self.audit is not None:
             await self.audit.close()
+        if self.cache is not None:
+            await self.cache.close()         # background stores sent before the client closes
         await self.stores.close()
 
     async def serve_forever(self, on_started=None, **start_kwargs) -> None:

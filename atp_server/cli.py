@@ -679,8 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true", help="print one JSON document")
     h.set_defaults(func=cmd_health)
 
-    r = sub.add_parser("router", formatter_class=_RAW, help="train the learned router offline",
-                       description="Offline tools for the learned router.")
+    r = sub.add_parser("router", formatter_class=_RAW, help="train the learned router; operate its "
+                       "champion/challenger", description="The learned router: train it offline; "
+                       "promote, roll back or pin a running server's challenger.")
     rsub = r.add_subparsers(dest="router_command", metavar="<subcommand>", required=True)
     t = rsub.add_parser("train", formatter_class=_RAW, help="fit router.bin from outcome data",
                         description="Fit per-model quality (calibrated logistic) and cost predictors "
@@ -697,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cost predictor (default: the better of length and dense on the holdout)")
     t.add_argument("--json", action="store_true", help="print the training report as JSON")
     t.set_defaults(func=cmd_router_train)
+    from .cli_router import add_router_commands
+    add_router_commands(rsub, _RAW)     # status, promote, rollback, pin, unpin
     from .cli_admin import add_parsers
     add_parsers(sub, _RAW)          # keys, policy, reload
 

@@ -115,30 +115,10 @@ def cmd_reload(args) -> int:
     except (KeyStoreError, atp_config.ConfigError) as exc:
         print(f"atp: reload refused, nothing changed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    directory = atp_config.state_dir(cfg)
     try:
-        pid = int((directory / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    workers = workers_of(pid) if pid else []
-    sources = workers or [None]          # None: the single server's reload.json
-    before = {w: (read_status(directory, w) or {}).get("at") for w in sources}
-    try:
-        pid = signal_server(directory)
-    except (OSError, ValueError) as exc:
+        pid, answers = signal_and_wait(atp_config.state_dir(cfg), args.timeout)
+    except (OSError, ValueError, TimeoutError) as exc:
         print(f"atp: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    deadline, answers = time.monotonic() + args.timeout, {}
-    while time.monotonic() < deadline and len(answers) < len(sources):
-        for w in sources:
-            status = read_status(directory, w)
-            if status and status.get("pid") == pid and status.get("at") != before[w]:
-                answers[w] = status
-        if len(answers) < len(sources):
-            time.sleep(_POLL_S)
-    if len(answers) < len(sources):
-        print(f"atp: server pid {pid} did not answer within {args.timeout}s "
-              f"({len(answers)} of {len(sources)} workers did)", file=sys.stderr)
         return EXIT_FAILED
     refused = [s for s in answers.values() if not s["ok"]]
     if refused:
@@ -147,6 +127,31 @@ def cmd_reload(args) -> int:
     generation = max(s["generation"] for s in answers.values())
     print(f"reloaded (server pid {pid}, {len(answers)} process(es), generation {generation})")
     return EXIT_OK
+
+
+def signal_and_wait(directory, timeout: float) -> tuple[int, dict]:
+    """SIGHUP the server in the state dir and wait for every process's reload verdict:
+    (pid, {worker: status}). OSError/ValueError: no server; TimeoutError: it did not answer."""
+    try:
+        pid = int((directory / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    workers = workers_of(pid) if pid else []
+    sources = workers or [None]          # None: the single server's reload.json
+    before = {w: (read_status(directory, w) or {}).get("at") for w in sources}
+    pid = signal_server(directory)
+    deadline, answers = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline and len(answers) < len(sources):
+        for w in sources:
+            status = read_status(directory, w)
+            if status and status.get("pid") == pid and status.get("at") != before[w]:
+                answers[w] = status
+        if len(answers) < len(sources):
+            time.sleep(_POLL_S)
+    if len(answers) < len(sources):
+        raise TimeoutError(f"server pid {pid} did not answer within {timeout}s "
+                           f"({len(answers)} of {len(sources)} workers did)")
+    return pid, answers
 
 
 def add_parsers(sub, raw_formatter) -> None:

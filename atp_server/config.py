@@ -9,6 +9,7 @@ import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from .cache import CacheConfig, parse_cache
 from .routing.config import RoutingConfig, parse_routing
 from .routing.spec import ModelSpec
 from .adapters.settings import CHECKS, SETTINGS
@@ -130,6 +131,7 @@ class Config:
     privacy: PrivacyConfig = PrivacyConfig()         # [privacy] (privacy.py)
     federation: FederationConfig = FederationConfig()   # [federation] (federation/config.py)
     admin: AdminConfig = AdminConfig()               # [admin] (admin.py): the admin API's keys
+    cache: CacheConfig = CacheConfig()                   # [cache] (cache.py: the response cache)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -513,7 +515,7 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy", "federation", "admin"}
+             "costs", "privacy", "federation", "admin", "cache"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -582,7 +584,8 @@ def parse(data: dict) -> Config:
                  guard=parse_guard(data.get("guard", {}), _fail),
                  metrics=metrics, tenants=tenants, policy=policy, costs=costs,
                  privacy=PrivacyConfig(**v), federation=federation,
-                 admin=parse_admin(data.get("admin", {})))
+                 admin=parse_admin(data.get("admin", {})),
+                 cache=parse_cache(_table("cache", data.get("cache", {})), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

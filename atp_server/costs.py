@@ -25,6 +25,8 @@ class Line:
     baseline_micros: int = 0          # the same tokens at the baseline model's prices
     clipped_tokens: int = 0           # in + out, each request's capped at the privacy clip
     clipped_micros: int = 0           # cost, each request's capped at the privacy clip
+    cache_hits: int = 0               # answered from the response cache (cost 0)
+    cache_saved_micros: int = 0       # what those hits would have cost upstream
 
     @property
     def savings_micros(self) -> int:
@@ -33,7 +35,8 @@ class Line:
     def as_dict(self, baseline: bool) -> dict:
         out = {"group": self.group, "requests": self.requests, "answered": self.answered,
                "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-               "cost_usd": self.cost_micros / 1e6, "estimated_answers": self.estimated}
+               "cost_usd": self.cost_micros / 1e6, "estimated_answers": self.estimated,
+               "cache_hits": self.cache_hits, "cache_saved_usd": self.cache_saved_micros / 1e6}
         if baseline:
             out["baseline_usd"] = self.baseline_micros / 1e6
             out["savings_usd"] = self.savings_micros / 1e6
@@ -77,7 +80,9 @@ def report(db: sqlite3.Connection, by: str, since_ts: float | None = None,
     clip_tokens, clip_micros = clip
     if by not in GROUPS:
         raise ValueError(f"--by must be one of {', '.join(GROUPS)}, not {by!r}")
-    query = "SELECT ts, tenant, principal, model, record FROM audit WHERE transport != 'admin'"
+    # shadow rows (shadow.py) are spend of the operator's experiment, not of a tenant's requests
+    query = ("SELECT ts, tenant, principal, model, record FROM audit "
+             "WHERE transport NOT IN ('admin', 'shadow')")
     args: tuple = ()
     if since_ts is not None:
         query, args = query + " AND ts >= ?", (since_ts,)
@@ -92,6 +97,9 @@ def report(db: sqlite3.Connection, by: str, since_ts: float | None = None,
         tin, tout = int(detail.get("in", 0)), int(detail.get("out", 0))
         cost = int(detail.get("cost_micros", 0))
         base = round(tin * baseline_prices[0] + tout * baseline_prices[1]) if baseline_prices else 0
+        cached = detail.get("cache")
+        hit = bool(cached and cached.get("hit"))
+        saved = int(cached.get("saved_micros", 0)) if hit else 0
         for target in (line, rep.total):
             target.requests += 1
             target.answered += 1 if (tin or tout) else 0
@@ -102,6 +110,8 @@ def report(db: sqlite3.Connection, by: str, since_ts: float | None = None,
             target.baseline_micros += base
             target.clipped_tokens += min(tin + tout, clip_tokens)
             target.clipped_micros += min(cost, clip_micros)
+            target.cache_hits += hit
+            target.cache_saved_micros += saved
     rep.lines = sorted(lines.values(), key=lambda line: (-line.cost_micros, line.group))
     if by == "day":
         rep.lines.sort(key=lambda line: line.group)
@@ -125,6 +135,9 @@ def render(rep: Report) -> str:
         out.append(row)
     if b:
         out.append(f"baseline: every answered request priced at {rep.baseline_model}")
+    if rep.total.cache_hits:
+        out.append(f"{rep.total.cache_hits} answer(s) from the response cache, saving "
+                   f"${rep.total.cache_saved_micros / 1e6:.6f}")
     if rep.total.estimated:
         out.append(f"{rep.total.estimated} answer(s) with estimated usage (the provider reported none)")
     return "\n".join(out)

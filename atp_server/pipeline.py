@@ -29,6 +29,7 @@ from .stages.policy import PolicyRouteStage, PolicyStage, ValidateStage
 from .stages.record import AccessLogStage, AccountStage, AuditStage, MetricsStage, ObserverStage
 from .stages.redact import RedactStage
 from .stages.route import RouteStage
+from .stages.cache import hit_usage
 from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta,
                     ToolCall, ToolCallDelta)
 
@@ -42,7 +43,7 @@ _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
 
 def build_chain(*, router: Router, admission: Admission, accountant: Accountant, policy,
                 clock, observers: list, metrics=None, audit=None, limits=None, redaction=None,
-                guard=None) -> StageChain:
+                guard=None, shadow=None, cache=None) -> StageChain:
     """The stages in order; what is configured off (no audit log, no metrics) is left out.
 
     The after-only recorders come first so that, running in reverse, they see the final outcome
@@ -63,6 +64,10 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
     if guard is not None and guard.enabled:
         stages.append(GuardStage(guard, metrics))
     stages += [AdmissionStage(admission), RouteStage(router, clock), PolicyRouteStage(router)]
+    if cache is not None:           # last before dispatch: a hit was authorised and routed like any
+        stages.append(cache)
+    if shadow is not None:          # after-only and first: mirrors once everything is recorded
+        stages.insert(0, shadow)
     return StageChain(stages)
 
 
@@ -194,7 +199,7 @@ class Pipeline:
                  accountant: Accountant, audit=None, metrics=None, policy=None,
                  clock=time.monotonic, dispatch: DispatchConfig = DispatchConfig(), sleep=asyncio.sleep,
                  rng: random.Random | None = None, windows=None, limits=None, redaction=None,
-                 guard=None):
+                 guard=None, shadow=None, cache=None):
         self.router = router
         self.dispatch = dispatch     # retries, failover budget, hedging ([routing] keys)
         self.sleep = sleep           # backoff and hedge timers: injectable, so tests never sleep
@@ -217,7 +222,7 @@ class Pipeline:
         self.chain = build_chain(router=router, admission=admission, accountant=accountant,
                                  policy=policy, clock=clock, observers=self.observers,
                                  metrics=metrics, audit=audit, limits=limits, redaction=redaction,
-                                 guard=guard)
+                                 guard=guard, shadow=shadow, cache=cache)
         self.clock = clock
 
     @property
@@ -309,6 +314,8 @@ class Pipeline:
     def _succeeded(self, trace: RequestContext, principal: Principal, model, request, finish: Finish,
                    tokens: int):
         trace.usage = usage = self.accountant.usage(model, request, finish, tokens)
+        if trace.cache is not None and trace.cache.entry is not None:   # a cache hit: nothing spent
+            trace.usage = usage = hit_usage(trace.cache, usage)
         trace.finished = True      # the account stage adds it to the totals on the way out
         return usage
 
@@ -322,9 +329,10 @@ class Pipeline:
         done = None
         async with self._admitted(request, principal, transport, started_ns) as trace:
             yield Routed(trace.decision)
-            vault = trace.vault
-            model_id, (attempt, item) = await self._first(
-                trace, request, lambda m: _Attempt(self, m, request, vault).first(), _discard)
+            vault, cached = trace.vault, trace.cache
+            model_id, (attempt, item) = await (
+                cached.first(vault) if cached is not None and cached.entry is not None else
+                self._first(trace, request, lambda m: _Attempt(self, m, request, vault).first(), _discard))
             if model_id != trace.decision.model:
                 yield Routed(self._answered_by(trace, model_id))
             model = self.router.models[model_id]
@@ -378,8 +386,14 @@ class Pipeline:
         stream, drained. Same admission, failover, accounting and audit as stream()."""
         result = None
         async with self._admitted(request, principal, transport, started_ns) as trace:
-            model_id, (text, finish, tokens) = await self._first(
-                trace, request, lambda m: self._complete_call(m, request))
+            cached = trace.cache
+            if cached is not None and cached.entry is not None:
+                model_id, (text, finish, tokens) = cached.whole()
+            else:
+                model_id, (text, finish, tokens) = await self._first(
+                    trace, request, lambda m: self._complete_call(m, request))
+                if cached is not None:          # a miss: the answer the cache stage stores
+                    cached.answer = (text, finish, tokens)
             self._answered_by(trace, model_id)
             usage = self._succeeded(trace, principal, self.router.models[model_id], request, finish, tokens)
             if trace.vault is not None:     # redaction placeholders back into the answer

@@ -65,6 +65,16 @@ class RoutingConfig:
     # Its share of decisions: a tenth limits a worse policy's exposure while the paired test
     # gathers evidence (at 1k req/s and a few % of requests rated, a verdict within hours).
     challenger_share: float = 0.1
+    # shadow: the challenger decides no live request; that share is mirrored to it instead
+    # (shadow.py), its answers thrown away, its cost and score recorded.
+    challenger_shadow: bool = False
+    # Shadow calls at once: beyond this a mirror is dropped (counted). 4 bounds what a hung shadow
+    # provider can hold (4 sockets, 4 tasks) while keeping up with a 10% share of ~40 req/s of
+    # 1 s answers; raise it with the share and the traffic.
+    shadow_max_inflight: int = 4
+    # A shadow call still running after this is abandoned (scored 0): 30 s is a long answer's
+    # generation time; past it a slot held by a hung upstream comes back.
+    shadow_timeout_s: float = 30.0
     tiers: dict = field(default_factory=lambda: dict(DEFAULT_TIERS))
     aliases: tuple = ()             # tuple[Alias, ...]
 
@@ -185,7 +195,8 @@ def parse_aliases(value, model_ids) -> tuple:
 
 def parse_routing(t, aliases, model_ids) -> RoutingConfig:
     fields_ = ("predictor", "bandit", "prior_strength", "explore", "seed", "persist", "tiers",
-               "challenger", "challenger_share")
+               "challenger", "challenger_share", "challenger_shadow", "shadow_max_inflight",
+               "shadow_timeout_s")
     _known("routing", t, fields_)
     kw = {}
     if "predictor" in t:
@@ -211,4 +222,12 @@ def parse_routing(t, aliases, model_ids) -> RoutingConfig:
         if not 0 < share < 1:
             _fail("routing.challenger_share", f"must be strictly between 0 and 1, got {share}")
         kw["challenger_share"] = share
+    if "challenger_shadow" in t:
+        if not isinstance(t["challenger_shadow"], bool):
+            _fail("routing.challenger_shadow", f"must be true or false, got {t['challenger_shadow']!r}")
+        kw["challenger_shadow"] = t["challenger_shadow"]
+    if "shadow_max_inflight" in t:
+        kw["shadow_max_inflight"] = _int("routing.shadow_max_inflight", t["shadow_max_inflight"], 1)
+    if "shadow_timeout_s" in t:
+        kw["shadow_timeout_s"] = _num("routing.shadow_timeout_s", t["shadow_timeout_s"], 1e-3)
     return RoutingConfig(**kw, aliases=parse_aliases(aliases, model_ids))

@@ -5,6 +5,9 @@ Outcomes (one frozen event type per thing that can happen, dispatched on type):
   Answered  — the model answered: latency EWMA / percentiles, error rate decays; an answer slower
               than the request's SLO counts as a quality failure (it did not meet the request).
   Failed    — the call ended in an upstream fault: error rate rises, a quality failure.
+With the decision's prompt features (and the quality predicted then), a quality failure — a
+Failed, or an Answered later than its SLO — is also LinUCB's reward 0 for that model: without it
+LinUCB learnt only from explicit scores, never from a failover or an outage.
   Abandoned — ended for a reason that says nothing about the model (client error, cancel).
   Scored    — explicit feedback: the score is a reward in [0, 1] for the model that served.
 An end (Answered/Failed/Abandoned) with release=True gives back the in-flight slot Started took
@@ -28,12 +31,16 @@ class Answered:
     latency_ms: float
     slo_ms: float | None = None
     release: bool = True
+    features: object = None     # as in Scored: LinUCB's context, for a late answer's reward 0
+    base: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Failed:
     model: str
     release: bool = True
+    features: object = None
+    base: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +100,7 @@ def report(table, outcome, now: float) -> bool:
         y = outcome.score
         s.succ[r] += y
         s.fail[r] += 1.0 - y
-        if outcome.features is not None and table.bandit is not None and outcome.base is not None:
-            table.bandit.update(r, outcome.features, y - outcome.base)
+        _contextual(table, r, outcome, y)
         return True
     if outcome.release and s.inflight[r] > 0:
         s.inflight[r] -= 1
@@ -104,8 +110,16 @@ def report(table, outcome, now: float) -> bool:
         _answer(s, r, outcome.latency_ms)
         if outcome.slo_ms is not None and outcome.latency_ms > outcome.slo_ms:
             s.fail[r] += 1.0
+            _contextual(table, r, outcome, 0.0)
     elif kind is Failed:
         s.answers[r] += 1
         s.err_rate[r] += EWMA_ALPHA * (1.0 - s.err_rate[r])
         s.fail[r] += 1.0
+        _contextual(table, r, outcome, 0.0)
     return True
+
+
+def _contextual(table, r: int, outcome, reward: float) -> None:
+    """LinUCB's update for one reward, when the outcome carries the decision's context."""
+    if outcome.features is not None and table.bandit is not None and outcome.base is not None:
+        table.bandit.update(r, outcome.features, reward - outcome.base)

@@ -105,6 +105,8 @@ class Router:
         self.challenger_table = None
         self.verdicts: list = []        # every ended experiment (champion.Verdict), oldest first
         self.on_verdict = None          # fn(Verdict): the App logs it and writes it to the audit trail
+        self.pinned = False             # an operator froze the champion (`atp router pin`)
+        self.shadow = False             # the challenger only sees mirrored requests (shadow.py)
 
     def _bandit(self, n_models: int):
         if self.policy.bandit != "linucb":
@@ -133,7 +135,7 @@ class Router:
 
     def choose(self, request, now: float):
         exp = self.experiment
-        if exp is not None and exp.assign(float(self.rng.rng.random())):
+        if exp is not None and not self.shadow and exp.assign(float(self.rng.rng.random())):
             d = choose_core(request, self.challenger_table, now, self.rng)
             d = d._replace(trace=d.trace._replace(challenger=True))
         else:
@@ -149,28 +151,46 @@ class Router:
         report(self.ref.table, Started(decision.model), 0.0)
 
     def finished(self, ctx, now: float) -> None:
-        """Report how a dispatched request ended: failed-over attempts, then the last one."""
+        """Report how a dispatched request ended: failed-over attempts, then the last one.
+        Each carries the decision's prompt features, so LinUCB learns from failures too."""
         table, d = self.ref.table, ctx.decision
+        if ctx.cache is not None and ctx.cache.entry is not None:
+            # answered from the response cache: says nothing about a model; give the slot back
+            report(table, Abandoned(ctx.cache.routed), now)
+            return
         first = True
         failures = ctx.failures                      # "model: CODE" per failed attempt
-        code = ctx.code
-        if code and failures and failures[-1] == f"{d.model}: {ctx.outcome}":
-            failures = failures[:-1]                 # dispatch listed the last attempt too: once
+        code, last = ctx.code, d.model
+        if code and failures and failures[-1].rpartition(": ")[2] == ctx.outcome:
+            # dispatch listed the last attempt too (the error raised is the last failure): once,
+            # as the end of the request, under the model that made it (not the first choice)
+            last = failures[-1].rpartition(": ")[0]
+            failures = failures[:-1]
+        trace = d.trace if hasattr(d, "trace") else None
+        features = trace.features if trace is not None else None
+        base = trace.base if features is not None else None
+        index = table.index
+
+        def context(model: str) -> dict:
+            if base is None or model not in index:
+                return {}
+            return {"features": features, "base": float(base[index[model]])}
         for failure in failures:
-            report(table, Failed(failure.rpartition(": ")[0], release=first), now)
+            failed = failure.rpartition(": ")[0]
+            report(table, Failed(failed, release=first, **context(failed)), now)
             first = False
         if code == 0 and ctx.finished:
             report(table, Answered(d.model, ctx.upstream_ns / 1e6, ctx.request.latency_slo_ms,
-                                   release=first), now)
+                                   release=first, **context(d.model)), now)
             tenant = ctx.principal.tenant if ctx.principal is not None else ""
             recent = self._recent
             recent[(tenant, ctx.request.request_id)] = (d.model, d.trace)
             while len(recent) > RECENT_DECISIONS:
                 recent.popitem(last=False)
         elif code in UPSTREAM_FAULTS:
-            report(table, Failed(d.model, release=first), now)
+            report(table, Failed(last, release=first, **context(last)), now)
         else:
-            report(table, Abandoned(d.model, release=first), now)
+            report(table, Abandoned(last, release=first), now)
 
     def feedback(self, tenant: str, request_id: str, score: float, now: float) -> bool:
         """An explicit score for one answer, under the authenticated tenant that made the request.
@@ -185,7 +205,7 @@ class Router:
             base = float(trace.base[table.index[model]])
         report(table, Scored(model, score, trace.features if trace else None, base), now)
         self.feedback_applied += 1
-        if self.experiment is not None and trace is not None:
+        if self.experiment is not None and trace is not None and not self.shadow:
             verdict = self.experiment.observe(trace.challenger, score)
             if verdict is not None:
                 self._settle(verdict)
@@ -193,26 +213,64 @@ class Router:
 
     # ---- champion / challenger -------------------------------------------------------------------
 
-    def challenge(self, name: str, predictor, share: float) -> None:
+    def challenge(self, name: str, predictor, share: float, shadow: bool = False) -> None:
         """Start an experiment: a share of decisions made with `predictor` (another router.bin)
-        over the same models and the same learned statistics; feedback decides (champion.py)."""
+        over the same models and the same learned statistics; feedback decides (champion.py).
+        shadow: the challenger decides no live request; the shadow mirror (shadow.py) asks it
+        about a share of them instead and reports paired scores (shadow_observe)."""
         from .champion import Experiment
         if self.experiment is not None and self.experiment.running:
             raise ValueError(f"an experiment on {self.experiment.challenger} is running")
-        exp = Experiment(name, share)
+        exp = Experiment(name, share, pinned=self.pinned)
         t = self.ref.table
         ch = rebuild(t, t.specs, predictor=predictor)
         ch.stats = t.stats              # one set of statistics: both policies learn the same models
-        self.experiment, self.challenger_table = exp, ch
-        log.warning("routing: challenger %s takes %.0f%% of decisions", name, 100 * share)
+        self.experiment, self.challenger_table, self.shadow = exp, ch, shadow
+        log.warning("routing: challenger %s %s %.0f%% of decisions", name,
+                    "shadows" if shadow else "takes", 100 * share)
 
-    def operator(self, action: str) -> None:
-        """promote | rollback | pin | unpin the running experiment (atp router ...)."""
-        if self.experiment is None:
-            raise ValueError("no champion/challenger experiment")
-        verdict = self.experiment.operator(action)
+    def shadow_choice(self, request, now: float):
+        """What the shadow challenger would decide for a request, or None when no shadow
+        experiment is running (or it is pinned)."""
+        exp = self.experiment
+        if not self.shadow or exp is None or not exp.running or exp.pinned:
+            return None
+        return choose_core(request, self.challenger_table, now, self.rng)
+
+    def shadow_observe(self, champion_score: float, challenger_score: float) -> None:
+        """One mirrored request's paired scores: the champion's, then the challenger's (paired
+        with it by the test: nothing else feeds a shadow experiment)."""
+        exp = self.experiment
+        if exp is None or not exp.running:
+            return
+        exp.observe(False, champion_score)
+        verdict = exp.observe(True, challenger_score)
         if verdict is not None:
             self._settle(verdict)
+
+    def operator(self, action: str):
+        """promote | rollback | pin | unpin (`atp router ...`); the verdict when one ends the
+        experiment. pin freezes the champion: no decision by the challenger and no automatic
+        promotion until unpin; it holds with no experiment too (for one started later).
+        ValueError says why an action cannot apply."""
+        exp = self.experiment
+        if action in ("pin", "unpin"):
+            self.pinned = action == "pin"
+            if exp is not None and exp.running:
+                exp.operator(action)
+            return None
+        if action not in ("promote", "rollback"):
+            raise ValueError(f"unknown operator action {action!r}")
+        if exp is None:
+            raise ValueError("no challenger registered")
+        if not exp.running:
+            raise ValueError(f"no challenger running: the experiment on {exp.challenger} ended "
+                             f"({exp.verdict.action})")
+        if action == "promote" and self.pinned:
+            raise ValueError("the champion is pinned: `atp router unpin` first")
+        verdict = exp.operator(action)
+        self._settle(verdict)
+        return verdict
 
     def _settle(self, verdict) -> None:
         if verdict.action == "promote":

@@ -12,7 +12,7 @@ class RequestContext:
 
     __slots__ = ("request", "principal", "transport", "t0", "upstream_ns", "decision", "usage",
                  "outcome", "code", "finished", "failures",
-                 "redacted", "vault", "injection", "policy")
+                 "redacted", "vault", "injection", "policy", "cache")
 
     def __init__(self, request: ChatRequest, principal, transport: str, started_ns: int | None):
         self.request = request
@@ -29,6 +29,7 @@ class RequestContext:
         self.vault = None                          # redaction.Vault when the answer is restored
         self.injection = None                      # (score, signals) when the guard flagged it
         self.policy = None                         # policy.Decision, set by the policy stage
+        self.cache = None                          # stages.cache.Ticket when caching applies
 
     def overhead_us(self) -> int:
         """Gateway time so far, excluding the provider's own."""

@@ -85,6 +85,8 @@ class AuditStage(Stage):
             "failovers": len(ctx.failures),
             "elapsed_us": (time.perf_counter_ns() - ctx.t0) // 1000,
             **policy_detail(ctx.policy)}
+        if ctx.cache is not None:       # the response cache: hit or miss, and what a hit saved
+            detail["cache"] = ctx.cache.audit()
         if self.store_prompts:
             detail["prompt"] = orjson.loads(prompt)
         self.audit.record(ctx.principal.tenant, ctx.principal.name, ctx.transport,

@@ -374,6 +374,7 @@ class RedisStores(Stores):
     def __init__(self, client, counters: RedisCounters, budgets: RedisBudgets, nonces: RedisNonces,
                  learning: RedisLearning | None = None):
         super().__init__(counters, budgets, nonces, "redis", closer=client.aclose)
+        self.client = client      # for the response cache (cache.py), which imports no redis
         self._admit = client.register_script(_ADMIT)
         self.learning = learning
 

@@ -47,6 +47,9 @@ def route_headers(d) -> dict:
     text = "; ".join(d.reasons)
     if not text.isascii() or not text.isprintable():
         text = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    if d.provider == "cache":      # answered from the response cache (atp_server/cache.py)
+        return {"x-atp-route-reasons": text, "x-atp-confidence": f"{d.confidence:.3f}",
+                "x-atp-cache": "hit"}
     return {"x-atp-route-reasons": text, "x-atp-confidence": f"{d.confidence:.3f}"}
 
 
@@ -196,6 +199,8 @@ class HttpTransport:
             chat, stream, include_usage = parse(data)
             if (rid := request.headers.get("X-Request-Id")) and len(rid) <= 128:   # the caller's id, if sane
                 chat.request_id = rid
+            if (cache := request.headers.get("x-atp-cache")) is not None:   # opt in/out: cache.py
+                chat.metadata["cache"] = cache
             if stream:
                 return await self._stream(request, chat, principal, include_usage, t0, legacy)
             c = await self._complete(chat, principal, "http", t0)
