@@ -147,6 +147,16 @@ class App:
             scrape_token=config.metrics.scrape_token)
         self.service.embed = Embedder(self.router, self.adapters, self.accountant, self.pipeline.policy,
                                       self.pipeline.clock).embed
+        self.resources = None     # resources.ResourceMonitor: memory pressure -> routing mask
+        if config.resources.enabled:
+            from .resources import ResourceMonitor, local_probes
+            r = self.router
+            self.resources = ResourceMonitor(
+                config.resources,
+                lambda: [t for t in (r.ref.table, r.challenger_table) if t is not None],
+                lambda: r.ref.table.specs,
+                local_probes(config, config.resources.probe_timeout_ms / 1000))
+        self.service.resources = self.resources
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
         self.ports = BoundPorts()
@@ -169,6 +179,8 @@ class App:
             self.router.load(state_dir(self.config) / POSTERIORS)
         if self.audit is not None:
             self.audit.start()
+        if self.resources is not None:
+            self.resources.start()
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)
@@ -206,6 +218,8 @@ class App:
             self.router.save(state_dir(self.config) / POSTERIORS)
         for adapter in self.adapters.values():
             await adapter.aclose()
+        if self.resources is not None:
+            await self.resources.stop()
         if self.audit is not None:
             await self.audit.close()
         await self.stores.close()
