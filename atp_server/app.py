@@ -127,11 +127,16 @@ class App:
         self.policy.redaction_available = config.redaction.enabled
         self.metrics.track_policy(self.policy)
         self.metrics.track_privacy(privacy_ledger(config), config.privacy)
+        self.slo = None           # slo.SloTracker when [[slo]] is configured
+        if config.slo:
+            from .slo import SloTracker
+            self.slo = SloTracker(config.slo, self.admission)
+            self.metrics.registry.register(self.slo.collector())
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, policy=self.policy,
                                  dispatch=config.dispatch, windows=self.windows,
                                  limits=self.limit_stage, redaction=config.redaction,
-                                 guard=config.guard)
+                                 guard=config.guard, slo=self.slo)
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
@@ -157,6 +162,7 @@ class App:
                 lambda: r.ref.table.specs,
                 local_probes(config, config.resources.probe_timeout_ms / 1000))
         self.service.resources = self.resources
+        self.service.slo = self.slo
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
         self.ports = BoundPorts()

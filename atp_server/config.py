@@ -19,6 +19,7 @@ from .privacy import PrivacyConfig   # the [privacy] section's dataclass lives w
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
 from .resources import ResourcesConfig, parse_resources
+from .slo import parse_slos
 from .limits_config import LimitRule, StateConfig, parse_limits, parse_state
 from .redaction.settings import GuardConfig, RedactionConfig, parse_guard, parse_redaction
 from .federation.config import FederationConfig, FederationConfigError
@@ -130,6 +131,7 @@ class Config:
     privacy: PrivacyConfig = PrivacyConfig()         # [privacy] (privacy.py)
     federation: FederationConfig = FederationConfig()   # [federation] (federation/config.py)
     resources: ResourcesConfig = ResourcesConfig()      # [resources] (resources.py)
+    slo: tuple = ()                                     # [[slo]]: slo.SloConfig (slo.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -513,7 +515,7 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy", "federation", "resources"}
+             "costs", "privacy", "federation", "resources", "slo"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -582,7 +584,9 @@ def parse(data: dict) -> Config:
                  guard=parse_guard(data.get("guard", {}), _fail),
                  metrics=metrics, tenants=tenants, policy=policy, costs=costs,
                  privacy=PrivacyConfig(**v), federation=federation,
-                 resources=parse_resources(data.get("resources", {}), _typed, _check))
+                 resources=parse_resources(data.get("resources", {}), _typed, _check),
+                 slo=parse_slos(data.get("slo", []), set(ids) | {a.name for a in routing.aliases},
+                                tuple(scheduling.tiers), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
