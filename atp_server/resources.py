@@ -318,7 +318,7 @@ class ResourceMonitor:
                     state = await fn()
             except (Exception, TimeoutError) as exc:    # down or hung: its models are not loaded
                 state = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"[:200],
-                         "loaded": {}}
+                         "loaded": dict.fromkeys(getattr(fn, "models", ()), False)}
             self.servers[name] = state
             self.loaded.update(state["loaded"])
         self.apply()
@@ -438,7 +438,7 @@ def _ollama_probe(http, base: str, specs):
         held = parse_ollama_ps(resp.body)
         return {"reachable": True, "kind": "ollama", "held": sorted(held),
                 "loaded": {s.id: any(n in held for n in ollama_names(s.upstream)) for s in specs}}
-    probe.aclose = http.aclose
+    probe.aclose, probe.models = http.aclose, [s.id for s in specs]
     return probe
 
 
@@ -456,5 +456,5 @@ def _llama_probe(http, root: str, specs):
             if slots.status == 200:       # 501 when started with --no-slots
                 out["slots"], out["slots_busy"] = parse_llama_slots(slots.body)
         return out
-    probe.aclose = http.aclose
+    probe.aclose, probe.models = http.aclose, [s.id for s in specs]
     return probe

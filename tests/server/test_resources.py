@@ -290,3 +290,25 @@ def test_pressure_reaches_routing_within_100ms(tmp_path):
     assert pick(table).model == "small-local"
     # one interval (50 ms) plus scheduling on a shared 2-core VM; the median is in bench/RESULTS.md
     assert dt < 0.1, f"pressure took {dt * 1000:.1f} ms to reach routing"
+
+
+def test_a_failing_or_hung_probe_marks_its_models_not_loaded(tmp_path):
+    fake_proc(tmp_path)
+    table = build_table(SPECS, HealthBoard(), policy=GREEDY)
+    hang = asyncio.Event()
+
+    async def hung():
+        await hang.wait()          # never set: the probe timeout must cut it
+
+    async def down():
+        raise ConnectionRefusedError("refused")
+
+    hung.models, down.models = ["big-local"], ["small-local"]
+    mon = ResourceMonitor(ResourcesConfig(proc_root=str(tmp_path), probe_timeout_ms=20),
+                          lambda: [table], lambda: table.specs, {"a": hung, "b": down})
+    mon.loaded = {"big-local": True, "small-local": True}     # what an earlier round said
+    asyncio.run(mon.probe())
+    assert mon.loaded == {"big-local": False, "small-local": False}
+    assert mon.servers["a"]["error"].startswith("TimeoutError")
+    assert mon.servers["b"] == {"reachable": False, "error": "ConnectionRefusedError: refused",
+                                "loaded": {"small-local": False}}
