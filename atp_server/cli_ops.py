@@ -106,6 +106,10 @@ def render_resources(doc: dict) -> str:
     if mem.get("total_mb") is not None:
         lines.append(f"memory: {mem['available_mb']:.0f} MB available of {mem['total_mb']:.0f} MB "
                      f"({mem['available_pct']:.1f}%)")
+    cpu = doc.get("cpu") or {}
+    if cpu.get("load"):
+        lines.append(f"cpu: load {' '.join(f'{x:.2f}' for x in cpu['load'])} (1/5/15 min) on "
+                     f"{cpu.get('count') or '?'} cores")
     psi = doc.get("psi")
     lines.append("psi: not available on this kernel (MemAvailable decides)" if psi is None else
                  f"psi: some {p['some_pct']:.1f}% full {p['full_pct']:.1f}% over the last sample "

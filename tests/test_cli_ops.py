@@ -33,6 +33,7 @@ def fake_proc(root, some_total=0, avail_kb=8_000_000, psi=True):
             f"some avg10=30.00 avg60=0.00 avg300=0.00 total={some_total}\n"
             "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
     (root / "meminfo").write_text(f"MemTotal: 16000000 kB\nMemAvailable: {avail_kb} kB\n")
+    (root / "loadavg").write_text("1.50 0.75 0.25 2/300 999\n")
 
 
 def test_resources_render_from_a_real_monitor_snapshot(tmp_path):
@@ -50,6 +51,7 @@ def test_resources_render_from_a_real_monitor_snapshot(tmp_path):
     assert "memory: 7812 MB available of 15625 MB (50.0%)" in text
     assert "big" in text and "masked now: big" in text
     assert "server ollama (ollama): holds []" in text
+    assert "cpu: load 1.50 0.75 0.25 (1/5/15 min)" in text
 
 
 def test_resources_local_on_a_kernel_without_psi_json_and_text(tmp_path, capsys):

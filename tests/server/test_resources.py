@@ -149,6 +149,7 @@ def fake_proc(root, psi_text=PSI_CALM, meminfo=MEMINFO):
     else:
         (root / "pressure" / "memory").write_text(psi_text)
     (root / "meminfo").write_text(meminfo)
+    (root / "loadavg").write_text("0.50 0.25 0.10 1/123 4567\n")
 
 
 def pick(table, **kw):
@@ -197,6 +198,7 @@ def test_monitor_steers_away_from_a_local_model_that_would_need_loading(tmp_path
     snap = mon.snapshot()
     assert snap["pressure"]["high"] is False and snap["pressure"]["transitions"] == 2
     assert snap["memory"]["available_mb"] == 8000.0
+    assert snap["cpu"]["load"] == [0.5, 0.25, 0.1]
 
 
 def test_kernel_without_psi_falls_back_to_memavailable(tmp_path):
@@ -207,6 +209,8 @@ def test_kernel_without_psi_falls_back_to_memavailable(tmp_path):
                           lambda: table.specs, clock=Clock())
     assert mon.sample().high
     assert mon.snapshot()["psi"] is None
+    (tmp_path / "loadavg").unlink()
+    assert mon.snapshot()["cpu"]["load"] is None
     # 800 MB available: 400 MB may load, so small-local (500 MB) is out too: remote it is
     assert pick(table).model == "remote"
 
