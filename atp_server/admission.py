@@ -47,6 +47,12 @@ class Admission:
         self.shed = 0                          # queued requests refused to make room (a counter)
         self.expired = 0                       # queued requests whose deadline passed
         self.gate = None   # fn() raising a retryable AtpError to refuse new work (audit log full)
+        self.throttled: frozenset = frozenset()   # QoS tiers refused now (slo.py: budget burning)
+        self._throttle_why, self._throttle_retry_ms = "", 0
+
+    def throttle(self, tiers: frozenset, reason: str, retry_after_ms: int) -> None:
+        """Refuse arrivals of these tiers (OVERLOADED, retryable) until called with others."""
+        self.throttled, self._throttle_why, self._throttle_retry_ms = tiers, reason, retry_after_ms
 
     @property
     def queued(self) -> int:
@@ -70,6 +76,10 @@ class Admission:
         waiting in fair order; raises a retryable AtpError when refused (see the module doc)."""
         if self.gate is not None:
             self.gate()
+        if self.throttled and self.scheduling.tier_of(tenant) in self.throttled:
+            raise AtpError(ErrorCode.OVERLOADED, f"QoS tier {self.scheduling.tier_of(tenant)} "
+                           f"throttled to protect an SLO: {self._throttle_why}",
+                           self._throttle_retry_ms)
         q = self.queue
         if self.inflight < self.capacity() and not q.queued:
             self.inflight += 1      # nobody waits: no fair order to keep (fairq.push explains)

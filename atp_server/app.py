@@ -150,11 +150,17 @@ class App:
             self.cache_counters = CacheCounters(self.cache)
             self.metrics.registry.register(self.cache_counters)
             cache_stage = CacheStage(config.cache, self.cache, self.cache_counters, self.router.models)
+        self.slo = None           # slo.SloTracker when [[slo]] is configured
+        if config.slo:
+            from .slo import SloTracker
+            self.slo = SloTracker(config.slo, self.admission)
+            self.metrics.registry.register(self.slo.collector())
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
                                  self.audit, self.metrics, policy=self.policy,
                                  dispatch=config.dispatch, windows=self.windows,
                                  limits=self.limit_stage, redaction=config.redaction,
-                                 guard=config.guard, shadow=shadow_stage, cache=cache_stage)
+                                 guard=config.guard, shadow=shadow_stage, cache=cache_stage,
+                                 slo=self.slo)
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
@@ -175,6 +181,17 @@ class App:
                                       self.pipeline.clock).embed
         from .admin import Admin
         self.service.admin = Admin(self)   # /admin/v1 (transport/http_admin.py): its own keys and roles
+        self.resources = None     # resources.ResourceMonitor: memory pressure -> routing mask
+        if config.resources.enabled:
+            from .resources import ResourceMonitor, local_probes
+            r = self.router
+            self.resources = ResourceMonitor(
+                config.resources,
+                lambda: [t for t in (r.ref.table, r.challenger_table) if t is not None],
+                lambda: r.ref.table.specs,
+                local_probes(config, config.resources.probe_timeout_ms / 1000))
+        self.service.resources = self.resources
+        self.service.slo = self.slo
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
         self.learning = None      # state.learning.LearningSync: workers merge what routing learnt
@@ -203,6 +220,8 @@ class App:
             self.learning = start_sync(self.router, self.stores.learning,
                                        self.config.state.merge_interval_ms / 1000, self.pipeline.clock)
         self.router_control.write_state()    # what `atp router status` reads
+        if self.resources is not None:
+            self.resources.start()
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)
@@ -246,6 +265,8 @@ class App:
             await self.shadow.close()        # cancel shadow calls before their adapters close
         for adapter in self.adapters.values():
             await adapter.aclose()
+        if self.resources is not None:
+            await self.resources.stop()
         if self.audit is not None:
             await self.audit.close()
         if self.cache is not None:

@@ -468,6 +468,9 @@ async def _models(args) -> list[dict]:
 
 
 def cmd_models(args) -> int:
+    if getattr(args, "action", None) == "status":     # `atp models status` (cli_ops.py)
+        from .cli_ops import cmd_models_status, guarded
+        return guarded(cmd_models_status)(args)
     models = _run(_models(args))
     if args.json:
         print(json.dumps(models))
@@ -532,11 +535,15 @@ async def _health(args) -> dict:
 def cmd_health(args) -> int:
     checks = _run(_health(args))
     ok = all(v == "SERVING" for v in checks.values())
+    targets = _health_targets(args)
     if args.json:
-        print(json.dumps({"ok": ok, "checks": checks}))
+        print(json.dumps({"ok": ok, "checks": checks, "targets": targets}))
     else:
         for name, state in checks.items():
-            print(f"{name:<5} {state}")
+            print(f"{name:<5} {targets[name]:<22} {state}")
+    if not ok:
+        from .cli_ops import failed_checks
+        print(f"atp: health {failed_checks(checks, targets)}", file=sys.stderr)
     return EXIT_OK if ok else EXIT_REQUEST
 
 
@@ -658,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "  atp models --transport http --target 127.0.0.1:8470")
     client_options(m, ("grpc", "http"), "grpc")
     m.set_defaults(func=cmd_models)
+    from .cli_ops import add_commands as add_ops_commands
+    add_ops_commands(sub, m, _RAW)      # `atp models status`, `atp resources`
 
     h = sub.add_parser("health", formatter_class=_RAW, help="check that a server is serving",
                        description="Check the gRPC health service (grpc.health.v1, service "

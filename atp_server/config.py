@@ -20,6 +20,8 @@ from .admin import AdminConfig, parse_admin
 from .privacy import PrivacyConfig   # the [privacy] section's dataclass lives with its mechanism
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
+from .resources import ResourcesConfig, parse_resources
+from .slo import parse_slos
 from .limits_config import LimitRule, StateConfig, parse_limits, parse_state
 from .redaction.settings import GuardConfig, RedactionConfig, parse_guard, parse_redaction
 from .federation.config import FederationConfig, FederationConfigError
@@ -132,6 +134,8 @@ class Config:
     federation: FederationConfig = FederationConfig()   # [federation] (federation/config.py)
     admin: AdminConfig = AdminConfig()               # [admin] (admin.py): the admin API's keys
     cache: CacheConfig = CacheConfig()                   # [cache] (cache.py: the response cache)
+    resources: ResourcesConfig = ResourcesConfig()      # [resources] (resources.py)
+    slo: tuple = ()                                     # [[slo]]: slo.SloConfig (slo.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -515,7 +519,7 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy", "federation", "admin", "cache"}
+             "costs", "privacy", "federation", "admin", "cache", "resources", "slo"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -585,7 +589,10 @@ def parse(data: dict) -> Config:
                  metrics=metrics, tenants=tenants, policy=policy, costs=costs,
                  privacy=PrivacyConfig(**v), federation=federation,
                  admin=parse_admin(data.get("admin", {})),
-                 cache=parse_cache(_table("cache", data.get("cache", {})), _fail))
+                 cache=parse_cache(_table("cache", data.get("cache", {})), _fail),
+                 resources=parse_resources(data.get("resources", {}), _typed, _check),
+                 slo=parse_slos(data.get("slo", []), set(ids) | {a.name for a in routing.aliases},
+                                tuple(scheduling.tiers), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

@@ -43,7 +43,7 @@ _CANCELLED, _INTERNAL = int(ErrorCode.CANCELLED), int(ErrorCode.INTERNAL)
 
 def build_chain(*, router: Router, admission: Admission, accountant: Accountant, policy,
                 clock, observers: list, metrics=None, audit=None, limits=None, redaction=None,
-                guard=None, shadow=None, cache=None) -> StageChain:
+                guard=None, shadow=None, cache=None, slo=None) -> StageChain:
     """The stages in order; what is configured off (no audit log, no metrics) is left out.
 
     The after-only recorders come first so that, running in reverse, they see the final outcome
@@ -55,6 +55,8 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
         stages.append(AuditStage(audit, known, getattr(audit, "store_prompts", False)))
     if metrics is not None:
         stages.append(MetricsStage(metrics, known))
+    if slo is not None:             # [[slo]] configured: slo.SloTracker counts per route
+        stages.append(slo)
     stages += [AccountStage(accountant), ValidateStage()]
     if limits is not None:          # DESIGN §1: limits/budget reserve right after authn, before policy
         stages.append(limits)
@@ -199,7 +201,7 @@ class Pipeline:
                  accountant: Accountant, audit=None, metrics=None, policy=None,
                  clock=time.monotonic, dispatch: DispatchConfig = DispatchConfig(), sleep=asyncio.sleep,
                  rng: random.Random | None = None, windows=None, limits=None, redaction=None,
-                 guard=None, shadow=None, cache=None):
+                 guard=None, shadow=None, cache=None, slo=None):
         self.router = router
         self.dispatch = dispatch     # retries, failover budget, hedging ([routing] keys)
         self.sleep = sleep           # backoff and hedge timers: injectable, so tests never sleep
@@ -222,7 +224,7 @@ class Pipeline:
         self.chain = build_chain(router=router, admission=admission, accountant=accountant,
                                  policy=policy, clock=clock, observers=self.observers,
                                  metrics=metrics, audit=audit, limits=limits, redaction=redaction,
-                                 guard=guard, shadow=shadow, cache=cache)
+                                 guard=guard, shadow=shadow, cache=cache, slo=slo)
         self.clock = clock
 
     @property

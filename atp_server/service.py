@@ -43,6 +43,8 @@ class GatewayService:
         self.stream = pipeline.stream
         self.route = pipeline.route                 # (request, principal) -> RouteDecision
         self.embed = None                           # (EmbeddingRequest, principal) -> (Embeddings, model id, Usage)
+        self.resources = None                       # resources.ResourceMonitor (.snapshot()), or None
+        self.slo = None                             # slo.SloTracker (.snapshot()), or None
         self.draining = False
         # frame sessions (session.FrameSession)
         self.keyring = auth.keyring

@@ -122,9 +122,21 @@ def _excluded(table, request, why) -> str:
         if w == scoring.LACKS_CAPS:
             need = set(request.capabilities) - spec.capabilities
             parts.append(f"{spec.id} (lacks {', '.join(sorted(need))})")
+        elif w == scoring.CIRCUIT and _pressure_blocked(table, r):
+            parts.append(f"{spec.id} (not loaded, memory pressure)")
         else:
             parts.append(f"{spec.id} ({_WHY[w].format(ctx=spec.context_window)})")
     return ", ".join(parts)
+
+
+def _pressure_blocked(table, r: int) -> bool:
+    rb = table.resource_block
+    return rb is not None and bool(rb[r])
+
+
+# Retry-After when memory pressure excludes every candidate: one probe round of resources.py
+# (local servers are re-read once a second), so a retry sees what was unloaded meanwhile.
+PRESSURE_RETRY_MS = 1000
 
 
 def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteDecision:
@@ -159,6 +171,8 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
     blocked = table.no_block
     if health.not_closed:
         blocked = np.array([not health.admits(m, now) for m in table.ids], dtype=np.bool_)
+    if table.resource_block is not None:    # memory pressure: local models not loaded (resources.py)
+        blocked = blocked | table.resource_block
     policy = table.policy
     if fixed:
         obj = _FIXED
@@ -207,8 +221,11 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
         detail = _excluded(table, request, why)
         sick = [table.ids[r] for r in np.flatnonzero(why == scoring.CIRCUIT).tolist()]
         if sick:   # an upstream outage, not the caller's fault: retryable, with when to retry
+            wait = health.retry_after_ms(sick, now)
+            if table.resource_block is not None:
+                wait = max(wait, PRESSURE_RETRY_MS)
             raise AtpError(ErrorCode.UNAVAILABLE, f"no model available now ({detail})",
-                           retry_after_ms=health.retry_after_ms(sick, now))
+                           retry_after_ms=wait)
         raise AtpError(ErrorCode.NO_ROUTE, f"no model satisfies the request ({detail})")
     ids = table.ids
     if fixed and alias is not None:

@@ -19,6 +19,8 @@ class ModelSpec:
     quality: float = 0.5                      # prior, 0..1
     latency_ms: float = 500.0                 # prior for a typical answer
     max_output_tokens: int = 1024
+    local: bool = False                       # served on this host (Ollama, llama.cpp): resources.py
+    memory_mb: float = 0.0                    # what loading it takes; 0 = unknown (never loaded under pressure)
 
     def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
         """Cost in USD micros (price per Mtok × tokens = micro-dollars, exactly)."""

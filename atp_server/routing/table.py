@@ -85,7 +85,8 @@ class ModelTable:
     __slots__ = ("specs", "ids", "index", "price_in", "price_out", "context", "caps", "cap_bit",
                  "prior_quality", "prior_latency", "max_output", "stats", "health", "predictor",
                  "pred_cols", "aliases", "alias_rows", "alias_weights", "alias_sets", "policy",
-                 "bandit", "objectives", "F", "all_rows", "every", "no_block", "no_cost", "scratch")
+                 "bandit", "objectives", "F", "all_rows", "every", "no_block", "no_cost", "scratch",
+                 "resource_block")
 
     @property
     def size(self) -> int:
@@ -169,6 +170,9 @@ def build_table(models, health, *, predictor=None, aliases=(), policy=None,
     t.policy = policy
     t.bandit = bandit
     t.objectives = {}         # tier -> choose.Objective, filled on first use (3 entries at most)
+    # Local models that must not be loaded now (memory pressure): a bool per row, or None when
+    # nothing is blocked. Written whole by resources.ResourceMonitor, read by choose().
+    t.resource_block = None
     return t
 
 
