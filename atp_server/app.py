@@ -147,6 +147,11 @@ class App:
             scrape_token=config.metrics.scrape_token)
         self.service.embed = Embedder(self.router, self.adapters, self.accountant, self.pipeline.policy,
                                       self.pipeline.clock).embed
+        self.live = None          # live.LiveStats: the dashboard's and `atp top`'s numbers
+        if config.dashboard.enabled:
+            from .live import install
+            self.live = self.service.live = install(self)
+            self.service.dashboard = config.dashboard
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
         self.ports = BoundPorts()

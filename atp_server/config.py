@@ -15,6 +15,7 @@ from .adapters.settings import CHECKS, SETTINGS
 from .pricing import Price
 from .audit.log import (DEFAULT_CHECKPOINT_ROWS, DEFAULT_CHECKPOINT_S, DEFAULT_DURABLE_WAIT_S,
                         DEFAULT_MAX_BUFFER, SYNCHRONOUS)
+from .live import DashboardConfig, parse_dashboard
 from .privacy import PrivacyConfig   # the [privacy] section's dataclass lives with its mechanism
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
@@ -128,6 +129,7 @@ class Config:
     costs: CostsConfig = CostsConfig()               # [costs] (costs.py, `atp costs`)
     privacy: PrivacyConfig = PrivacyConfig()         # [privacy] (privacy.py)
     federation: FederationConfig = FederationConfig()   # [federation] (federation/config.py)
+    dashboard: DashboardConfig = DashboardConfig()   # [dashboard] (live.py, transport/http_dashboard.py)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -511,7 +513,7 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy", "federation"}
+             "costs", "privacy", "federation", "dashboard"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -579,7 +581,8 @@ def parse(data: dict) -> Config:
                  redaction=parse_redaction(data.get("redaction", {}), _fail),
                  guard=parse_guard(data.get("guard", {}), _fail),
                  metrics=metrics, tenants=tenants, policy=policy, costs=costs,
-                 privacy=PrivacyConfig(**v), federation=federation)
+                 privacy=PrivacyConfig(**v), federation=federation,
+                 dashboard=parse_dashboard(data.get("dashboard", {}), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 
