@@ -151,7 +151,7 @@ class App:
         if config.dashboard.enabled:
             from .live import install
             self.live = self.service.live = install(self)
-            self.service.dashboard = config.dashboard
+            self.service.dashboard_token = config.dashboard.token or config.metrics.scrape_token
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
         self.ports = BoundPorts()

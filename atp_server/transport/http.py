@@ -13,7 +13,7 @@ from codec.errors import ErrorCode
 from ..dialects import openai as dialect
 from ..dialects.openai import STATUS, TIER_ALIASES, bad as _bad, error_body   # noqa: F401 (re-exported)
 from ..types import AtpError, Delta, Done, Routed, ToolCallDelta
-from . import http_anthropic
+from . import http_anthropic, http_dashboard
 
 log = logging.getLogger("atp.http")
 
@@ -66,6 +66,7 @@ class HttpTransport:
         self.web = web.Application(client_max_size=MAX_BODY)
         self._embed = service.embed or _no_embeddings
         http_anthropic.add_routes(self)   # POST /v1/messages: the Anthropic dialect (before the catch-all)
+        http_dashboard.add_routes(self)   # GET /dashboard (+ /ws, /snapshot) when [dashboard] is enabled
         self.web.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/v1/models", self.models),
                              web.post("/v1/completions", self.completions),
                              web.post("/v1/embeddings", self.embeddings),
