@@ -147,11 +147,18 @@ class App:
             scrape_token=config.metrics.scrape_token)
         self.service.embed = Embedder(self.router, self.adapters, self.accountant, self.pipeline.policy,
                                       self.pipeline.clock).embed
-        self.live = None          # live.LiveStats: the dashboard's and `atp top`'s numbers
-        if config.dashboard.enabled:
-            from .live import install
-            self.live = self.service.live = install(self)
-            self.service.dashboard_token = config.dashboard.token or config.metrics.scrape_token
+        self.live = self.webhooks = self.events = None   # live.py, webhooks.py, events.py
+        if config.dashboard.enabled or config.webhooks:
+            from . import events, live, webhooks
+            self.live = live.install(self)   # the dashboard's and `atp top`'s numbers
+            if config.dashboard.enabled:
+                self.service.live = self.live
+                self.service.dashboard_token = config.dashboard.token or config.metrics.scrape_token
+            if config.webhooks:
+                self.webhooks = webhooks.Dispatcher(config.webhooks)
+                self.metrics.registry.register(webhooks.WebhookCollector(self.webhooks))
+                self.live.extra["webhooks"] = self.webhooks.stats
+            self.events = events.install(self)
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
         self.ports = BoundPorts()
@@ -174,6 +181,8 @@ class App:
             self.router.load(state_dir(self.config) / POSTERIORS)
         if self.audit is not None:
             self.audit.start()
+        if self.events is not None:
+            await self.events.start()
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)
@@ -209,6 +218,8 @@ class App:
         self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now
         if self.config.routing.persist:
             self.router.save(state_dir(self.config) / POSTERIORS)
+        if self.events is not None:
+            await self.events.stop()
         for adapter in self.adapters.values():
             await adapter.aclose()
         if self.audit is not None:

@@ -15,7 +15,9 @@ from .adapters.settings import CHECKS, SETTINGS
 from .pricing import Price
 from .audit.log import (DEFAULT_CHECKPOINT_ROWS, DEFAULT_CHECKPOINT_S, DEFAULT_DURABLE_WAIT_S,
                         DEFAULT_MAX_BUFFER, SYNCHRONOUS)
+from .events import EventsConfig, parse_events
 from .live import DashboardConfig, parse_dashboard
+from .webhooks import parse_webhooks
 from .privacy import PrivacyConfig   # the [privacy] section's dataclass lives with its mechanism
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
@@ -130,6 +132,8 @@ class Config:
     privacy: PrivacyConfig = PrivacyConfig()         # [privacy] (privacy.py)
     federation: FederationConfig = FederationConfig()   # [federation] (federation/config.py)
     dashboard: DashboardConfig = DashboardConfig()   # [dashboard] (live.py, transport/http_dashboard.py)
+    events: EventsConfig = EventsConfig()            # [events] thresholds (events.py)
+    webhooks: tuple = ()                             # webhooks.WebhookConfig, from [[webhooks]]
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -513,7 +517,7 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy", "federation", "dashboard"}
+             "costs", "privacy", "federation", "dashboard", "events", "webhooks"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -582,7 +586,9 @@ def parse(data: dict) -> Config:
                  guard=parse_guard(data.get("guard", {}), _fail),
                  metrics=metrics, tenants=tenants, policy=policy, costs=costs,
                  privacy=PrivacyConfig(**v), federation=federation,
-                 dashboard=parse_dashboard(data.get("dashboard", {}), _fail))
+                 dashboard=parse_dashboard(data.get("dashboard", {}), _fail),
+                 events=parse_events(data.get("events", {}), _fail),
+                 webhooks=parse_webhooks(data.get("webhooks", []), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

@@ -13,6 +13,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from .events import BUS, publish
+
 # A minute of history: long enough for stable p99s at tens of requests a second, short enough that
 # the dashboard reacts to an incident within seconds. Requests/s is taken over the last RATE_S.
 RING_S = 60
@@ -92,6 +94,7 @@ class LiveStats:
         self._second = -1
         self._slot = self.ring[0]
         self.started = clock()
+        self._sample, self._last_n = False, 0      # model.selected sampling (events.py)
         self.total_requests = self.total_errors = self.total_cost = self.total_baseline = 0
         self.events: deque = deque(maxlen=MAX_EVENTS)
         self.models = lambda now: []       # fn(now) -> per-model rows (install() wires the router)
@@ -124,6 +127,12 @@ class LiveStats:
         if decision is not None:
             models = slot.models
             models[decision.model] = models.get(decision.model, 0) + 1
+            if self._sample:          # model.selected: the first routed request of each second
+                self._sample = False
+                if BUS.subscribers:
+                    publish("model.selected", model=decision.model, provider=decision.provider,
+                            request_id=ctx.request.request_id, tenant=ctx.principal.tenant,
+                            reasons=list(decision.reasons[:3]), requests_last_second=self._last_n)
 
     def _advance(self, second: int) -> _Slot:
         """Fold the finished slot into the totals and start the slot for `second`."""
@@ -133,6 +142,7 @@ class LiveStats:
             self.total_errors += old.errors
             self.total_cost += old.cost
             self.total_baseline += old.baseline
+        self._sample, self._last_n = True, old.n if old.second == second - 1 else 0
         slot = self.ring[second % RING_S]
         slot.reset(second)
         self._second, self._slot = second, slot
@@ -143,6 +153,13 @@ class LiveStats:
     def add_event(self, name: str, fields: dict) -> None:
         """A bus subscriber (events.py): kept for the dashboard's recent-events list."""
         self.events.append({"time": self.wall(), "event": name, **fields})
+
+    def cost_per_hour(self) -> float:
+        """USD per hour at the window's rate (the [events] cost_per_hour_usd check)."""
+        now = self.clock()
+        second = int(now)
+        cost = sum(s.cost for s in self.ring if s.second > second - RING_S and s.second >= 0)
+        return cost / 1e6 * 3600 / min(RING_S, max(now - self.started, 1e-9))
 
     def snapshot(self) -> dict:
         now = self.clock()

@@ -7,7 +7,8 @@ import pytest
 
 from atp_server import config as atp_config
 from atp_server.live import BOUNDS, RING_S, LiveStats, parse_dashboard, percentile
-from atp_server.types import RouteDecision, Usage
+from atp_server.auth import Principal
+from atp_server.types import ChatRequest, RouteDecision, Usage
 
 
 def config(tmp_path, extra: str = ""):
@@ -30,6 +31,8 @@ class Ctx:
         self.t0 = time.perf_counter_ns() - int(elapsed_ms * 1e6)
         self.code, self.outcome, self.usage = code, outcome, usage
         self.decision = RouteDecision("p", model, 0.0, 0.0, 1.0) if model else None
+        self.request = ChatRequest([("user", "hi")], request_id="r1")
+        self.principal = Principal("t", "k", "api_key")
 
 
 def test_rates_percentiles_errors_and_mix_over_the_window():
