@@ -33,6 +33,13 @@ baseline_model = "sim-high"
 [dashboard]
 enabled = true
 token = "{TOKEN}"
+
+# Nothing listens on port 9: every delivery fails, and the failures are listed on the page.
+[[webhooks]]
+url = "http://127.0.0.1:9/atp-hooks"
+events = ["breaker.opened"]
+secret = "whsec-0123456789abcdef"
+max_attempts = 2
 """
 CARDS = ["card-rps", "card-latency", "card-errors", "card-cost", "card-savings", "card-queue"]
 
@@ -68,6 +75,11 @@ def test_dashboard_moves_in_headless_chromium(start_server):
             expect(page.locator("#errors-total")).not_to_have_text("0")
             expect(page.locator("#models tr", has_text="sim-broken")).to_contain_text("open", timeout=15_000)
             expect(page.locator("#card-errors")).to_have_class("card red")
+            # Events stream onto the page, and so do the webhook deliveries they caused.
+            expect(page.locator("#events")).to_contain_text("breaker.opened", timeout=15_000)
+            expect(page.locator("#events")).to_contain_text("model=sim-broken")
+            expect(page.locator("#deliveries")).to_contain_text("http://127.0.0.1:9/atp-hooks", timeout=15_000)
+            expect(page.locator("#deliveries")).to_contain_text("(try 1)")
 
             # Keyboard: the skip link first, it jumps to the numbers, then Tab walks the cards in order.
             page.locator("body").focus()
