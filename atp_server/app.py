@@ -192,6 +192,18 @@ class App:
                 local_probes(config, config.resources.probe_timeout_ms / 1000))
         self.service.resources = self.resources
         self.service.slo = self.slo
+        self.live = self.webhooks = self.events = None   # live.py, webhooks.py, events.py
+        if config.dashboard.enabled or config.webhooks:
+            from . import events, live, webhooks
+            self.live = live.install(self)   # the dashboard's and `atp top`'s numbers
+            if config.dashboard.enabled:
+                self.service.live = self.live
+                self.service.dashboard_token = config.dashboard.token or config.metrics.scrape_token
+            if config.webhooks:
+                self.webhooks = webhooks.Dispatcher(config.webhooks)
+                self.metrics.registry.register(webhooks.WebhookCollector(self.webhooks))
+                self.live.extra["webhooks"] = self.webhooks.stats
+            self.events = events.install(self)
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
         self.learning = None      # state.learning.LearningSync: workers merge what routing learnt
@@ -222,6 +234,8 @@ class App:
         self.router_control.write_state()    # what `atp router status` reads
         if self.resources is not None:
             self.resources.start()
+        if self.events is not None:
+            await self.events.start()
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)
@@ -263,6 +277,8 @@ class App:
             self.router.save(state_dir(self.config) / POSTERIORS)
         if self.shadow is not None:
             await self.shadow.close()        # cancel shadow calls before their adapters close
+        if self.events is not None:
+            await self.events.stop()
         for adapter in self.adapters.values():
             await adapter.aclose()
         if self.resources is not None:

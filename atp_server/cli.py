@@ -717,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_federation import add_commands as add_federation_commands
     add_federation_commands(sub)   # federation status|keygen
+
+    from .cli_top import add_commands as add_top_commands
+    add_top_commands(sub)          # top: the dashboard's numbers in a terminal
     return p
 
 

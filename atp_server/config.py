@@ -17,6 +17,9 @@ from .pricing import Price
 from .audit.log import (DEFAULT_CHECKPOINT_ROWS, DEFAULT_CHECKPOINT_S, DEFAULT_DURABLE_WAIT_S,
                         DEFAULT_MAX_BUFFER, SYNCHRONOUS)
 from .admin import AdminConfig, parse_admin
+from .events import EventsConfig, parse_events
+from .live import DashboardConfig, parse_dashboard
+from .webhooks import parse_webhooks
 from .privacy import PrivacyConfig   # the [privacy] section's dataclass lives with its mechanism
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
@@ -136,6 +139,9 @@ class Config:
     cache: CacheConfig = CacheConfig()                   # [cache] (cache.py: the response cache)
     resources: ResourcesConfig = ResourcesConfig()      # [resources] (resources.py)
     slo: tuple = ()                                     # [[slo]]: slo.SloConfig (slo.py)
+    dashboard: DashboardConfig = DashboardConfig()   # [dashboard] (live.py, transport/http_dashboard.py)
+    events: EventsConfig = EventsConfig()            # [events] thresholds (events.py)
+    webhooks: tuple = ()                             # webhooks.WebhookConfig, from [[webhooks]]
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -519,7 +525,7 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy", "federation", "admin", "cache", "resources", "slo"}
+             "costs", "privacy", "federation", "admin", "cache", "resources", "slo", "dashboard", "events", "webhooks"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -592,7 +598,10 @@ def parse(data: dict) -> Config:
                  cache=parse_cache(_table("cache", data.get("cache", {})), _fail),
                  resources=parse_resources(data.get("resources", {}), _typed, _check),
                  slo=parse_slos(data.get("slo", []), set(ids) | {a.name for a in routing.aliases},
-                                tuple(scheduling.tiers), _fail))
+                                tuple(scheduling.tiers), _fail),
+                 dashboard=parse_dashboard(data.get("dashboard", {}), _fail),
+                 events=parse_events(data.get("events", {}), _fail),
+                 webhooks=parse_webhooks(data.get("webhooks", []), _fail))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

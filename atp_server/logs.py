@@ -22,6 +22,8 @@ import time
 
 import orjson
 
+from . import events
+
 ACCESS = logging.getLogger("atp.access")
 EVENTS = logging.getLogger("atp.events")
 FORMATS = ("text", "json")
@@ -31,7 +33,10 @@ ACCESS_SINK = None
 
 
 def event(name: str, level: int = logging.WARNING, **fields) -> None:
-    """Log a notable event with its fields (`event` names it, e.g. "failover", "circuit")."""
+    """Log a notable event with its fields (`event` names it, e.g. "failover", "circuit"); also
+    published on the event bus (events.py: dashboard, webhooks) when anything listens."""
+    if events.BUS.subscribers:
+        events.from_log(name, fields)
     if EVENTS.isEnabledFor(level):
         EVENTS.log(level, name, extra={"fields": {"event": name, **fields}})
 

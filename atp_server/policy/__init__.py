@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from codec.errors import ErrorCode
 
+from ..events import publish
 from ..types import AtpError
 from .rules import PolicyError, PolicySet, load_policy_files, make_policy_set
 
@@ -212,6 +213,7 @@ class PolicyHolder:
             log.warning("policy dry-run: would deny %s by %s (%s)", request_id or "-",
                         decision.rule, decision.reason)
             return
+        publish("policy.denied", rule=decision.rule, reason=decision.reason, request_id=request_id)
         raise AtpError(ErrorCode.POLICY_DENIED, f"{decision.reason} (policy rule {decision.rule})")
 
     def visible_models(self, principal, specs) -> list:

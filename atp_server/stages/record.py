@@ -113,11 +113,14 @@ class AccessLogStage(Stage):
     """One access-log line per request (logs.py): who, what, how it ended, what it cost."""
 
     name = "access_log"
+    live = None     # live.LiveStats when [dashboard] or [[webhooks]] is on: fed here, once a request
 
     def __init__(self, known_models):
         self.known = known_models
 
     def after(self, ctx: RequestContext, outcome: str) -> None:
+        if self.live is not None:
+            self.live.record(ctx)
         if not ACCESS.isEnabledFor(20):   # logging.INFO; skipped before any field is built
             return
         usage, decision, request = ctx.usage, ctx.decision, ctx.request

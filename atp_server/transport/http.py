@@ -13,7 +13,7 @@ from codec.errors import ErrorCode
 from ..dialects import openai as dialect
 from ..dialects.openai import STATUS, TIER_ALIASES, bad as _bad, error_body   # noqa: F401 (re-exported)
 from ..types import AtpError, Delta, Done, Routed, ToolCallDelta
-from . import http_admin, http_anthropic, http_api
+from . import http_admin, http_anthropic, http_api, http_dashboard
 
 log = logging.getLogger("atp.http")
 
@@ -73,6 +73,7 @@ class HttpTransport:
         http_anthropic.add_routes(self)   # POST /v1/messages: the Anthropic dialect (before the catch-all)
         http_api.add_routes(self)         # /api/v1/...: the PRD's REST API
         http_admin.add_routes(self)       # /admin/v1/...: the admin API (admin keys and roles)
+        http_dashboard.add_routes(self)   # GET /dashboard (+ /ws, /snapshot) when [dashboard] is enabled
         self.web.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/v1/models", self.models),
                              web.post("/v1/completions", self.completions),
                              web.post("/v1/embeddings", self.embeddings),
