@@ -249,21 +249,25 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
     Limits, budgets, replay nonces and learning are shared through [state] redis_url; without it
     config.check_workers refuses N > 1 when a worker of its own would break a guarantee (HMAC
     keys: the nonce cache; [[limits]]); the README's "Workers" note lists what stays per worker.
+    A worker that dies after start-up is replaced (WORKER_RESPAWNS); one that cannot start (exit 2:
+    a port, the config) stops them all.
     """
     import signal as _signal
-    children = []
-    for index in range(workers):
+
+    def spawn(index: int) -> int:
         pid = os.fork()
         if pid == 0:   # the worker: its own App, loop and sockets
             code = EXIT_REQUEST
             try:
                 _signal.signal(_signal.SIGINT, _signal.SIG_IGN)   # the parent forwards signals
                 _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)   # until the loop handles reload
+                _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)  # not the parent's forwarder
                 mine = dict(enabled, quic=enabled["quic"] and index == 0)
                 # Built here, not before the fork: an SQLite connection must not cross one.
                 app = _build_app(cfg)
                 app.pid_owner = app.reloader.owner_pid = os.getppid()   # `atp reload` signals
-                code = _serve_one(app, cfg, args, mine, announce=index == 0, reuse_port=True)
+                code = _serve_one(app, cfg, args, mine, announce=index == 0 and not respawned,
+                                  reuse_port=True)
             except atp_config.ConfigError as exc:   # rare: cmd_serve checked the audit file
                 print(f"atp: config error: {exc}", file=sys.stderr, flush=True)
                 code = EXIT_USAGE
@@ -272,10 +276,17 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
                 traceback.print_exc()
             finally:
                 os._exit(code)
-        children.append(pid)
+        return pid
+
+    respawned = False
+    children = {spawn(index): index for index in range(workers)}   # pid -> worker index
+    stopping = False
 
     def forward(signum, _frame) -> None:     # SIGINT and SIGTERM stop workers; SIGHUP reloads
-        for child in children:
+        nonlocal stopping
+        if signum != _signal.SIGHUP:
+            stopping = True
+        for child in list(children):
             try:
                 os.kill(child, _signal.SIGHUP if signum == _signal.SIGHUP else _signal.SIGTERM)
             except ProcessLookupError:
@@ -291,17 +302,39 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
     write_pid(atp_config.state_dir(cfg))
     print(f"atp: {workers} workers: {', '.join(map(str, children))}", file=sys.stderr, flush=True)
     worst = EXIT_OK
-    remaining = set(children)
-    while remaining:   # in exit order: the first failure is the cause, the rest its consequence
+    recent: list[float] = []     # when workers were last replaced (the crash-loop guard)
+    while children:   # in exit order: the first failure is the cause, the rest its consequence
         pid, status = os.wait()
-        if pid not in remaining:
+        index = children.pop(pid, None)
+        if index is None:
             continue
-        remaining.discard(pid)
         code = os.waitstatus_to_exitcode(status)
-        if code != EXIT_OK and worst == EXIT_OK:
+        if stopping or code == EXIT_OK:
+            continue
+        if code != EXIT_USAGE:   # killed (kill -9, OOM) or a crash: the others keep serving
+            now = time.monotonic()
+            recent = [t for t in recent if now - t < WORKER_RESPAWN_WINDOW_S]
+            if len(recent) < WORKER_RESPAWNS:
+                recent.append(now)
+                how = f"signal {-code}" if code < 0 else f"exit {code}"
+                print(f"atp: worker {pid} ended ({how}); starting a new worker {index}",
+                      file=sys.stderr, flush=True)
+                respawned = True
+                children[spawn(index)] = index
+                continue
+            print(f"atp: {len(recent)} workers replaced within {WORKER_RESPAWN_WINDOW_S:.0f} s: "
+                  "a crash loop; stopping", file=sys.stderr, flush=True)
+        if worst == EXIT_OK:
             worst = code if code > 0 else EXIT_REQUEST
-            forward(_signal.SIGTERM, None)   # one worker failed (port in use...): stop the rest
+        forward(_signal.SIGTERM, None)   # a worker cannot start (port in use...): stop the rest
     return worst
+
+
+# A worker that dies after start-up (kill -9, the OOM killer, a crash) is replaced, so one lost
+# process does not take the server down; more than this many replacements within the window is
+# a crash loop (every new worker dies too), and the server stops with the cause on stderr.
+WORKER_RESPAWNS = 5
+WORKER_RESPAWN_WINDOW_S = 60.0
 
 
 # ---- atp chat --------------------------------------------------------------------------------------

@@ -562,3 +562,40 @@ def test_reload_reaches_every_worker(tmp_path):
         assert r.returncode == 0 and "2 process(es)" in r.stdout, r.stdout + r.stderr
         workers = {json.loads(p.read_text())["worker"] for p in tmp_path.glob("reload.*.json")}
         assert len(workers) == 2 and proc.pid not in workers and key.startswith("atp_")
+
+
+def _workers_of(pid: int) -> set[str]:
+    return set(subprocess.run(["ps", "--ppid", str(pid), "-o", "pid="],
+                              capture_output=True, text=True).stdout.split())
+
+
+def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(tmp_path):
+    http = free_port(socket.SOCK_STREAM)
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(api_key_only_toml(tmp_path))
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(cfg),
+                             "--http-port", str(http), "--no-grpc", "--no-quic", "--workers", "2"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_ready(http, proc)
+        before = _workers_of(proc.pid)
+        assert len(before) == 2
+        victim = sorted(before)[0]
+        os.kill(int(victim), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:     # polls a condition (the parent's new child), no fixed wait
+            now = _workers_of(proc.pid)
+            if len(now) == 2 and victim not in now:
+                break
+        assert len(now) == 2 and victim not in now, (before, now)
+        assert proc.poll() is None             # the parent did not stop the server
+        for _ in range(4):
+            r = atp("chat", "hello", "--json", "--transport", "http", "--target", f"127.0.0.1:{http}")
+            assert r.returncode == 0, r.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        log.seek(0)
+        assert f"atp: worker {victim} ended (signal 9); starting a new worker" in log.read()
+    finally:
+        reap(proc, log)
