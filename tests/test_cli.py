@@ -3,6 +3,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -154,7 +155,8 @@ def test_serve_end_to_end(tmp_path):
         r = atp("chat", "hello", "--transport", "http", "--target", f"127.0.0.1:{http}",
                 "--tier", "fast", "--max-tokens", "5", "--no-stream")
         assert r.returncode == 0 and len(r.stdout.split()) == 5
-        assert "sim-fast via sim" in r.stderr and "overhead" in r.stderr
+        # a tier weighs quality, cost and latency; Thompson sampling may pick another sim model
+        assert re.search(r"sim-\w+ via sim", r.stderr) and "overhead" in r.stderr, r.stderr
 
         r = atp("chat", "hello", "--transport", "http", "--target", f"127.0.0.1:{http}",
                 "--model", "gpt-nope")

@@ -72,7 +72,9 @@ def save(table, path: Path) -> None:
     arrays.update({k: getattr(s, k) for k in _SAVED})
     if isinstance(table.bandit, LinUCB):
         arrays["A_inv"], arrays["b"] = table.bandit.A_inv, table.bandit.b
-    tmp = path.with_name(path.name + ".tmp")
+    # a temp name per process: --workers N stop together, and a shared one raced (one worker's
+    # rename found the file the other had just renamed away)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
