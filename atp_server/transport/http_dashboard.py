@@ -42,7 +42,6 @@ OPENAPI_PATHS = {
         "tags": ["dashboard"],
         "parameters": [{"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
                         "description": "the dashboard token, if not sent as a Bearer authorization"}],
-        "security": [{}, {"bearer": []}],
         "responses": {
             "200": {"description": "the snapshot", "content": {"application/json": {"schema": {
                 "type": "object", "required": ["requests", "latency_ms", "errors", "cost", "models"],
@@ -58,7 +57,9 @@ OPENAPI_PATHS = {
         "tags": ["dashboard"],
         "parameters": [{"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}],
         "responses": {"101": {"description": "switching to the WebSocket protocol"},
-                      "401": {"description": "missing or wrong dashboard token"}}}},
+                      "400": {"description": "not a WebSocket upgrade request"},
+                      "401": {"description": "missing or wrong dashboard token"},
+                      "503": {"description": "MAX_VIEWERS viewers connected already"}}}},
 }
 
 
