@@ -123,11 +123,13 @@ CORE_PATHS = {
 }
 
 
-def path_sources() -> list[dict]:
-    """Every module's OPENAPI_PATHS, merged in this order (a later module adds to a path's methods)."""
-    from .transport import http_admin, http_api
+def path_sources(dashboard: bool = False) -> list[dict]:
+    """Every served module's OPENAPI_PATHS, merged in this order (a later module adds to a path's
+    methods); the dashboard's only when [dashboard] is enabled, as only then are its routes served."""
+    from .transport import http_admin, http_api, http_dashboard
     return [CORE_PATHS, http_api.OPENAPI_PATHS, http_admin.OPENAPI_PATHS,
-            # more route modules (dashboard, resources...): one line each, `module.OPENAPI_PATHS,`
+            *([http_dashboard.OPENAPI_PATHS] if dashboard else []),
+            # a new route module: one line, `module.OPENAPI_PATHS,`
             ]
 
 
@@ -144,13 +146,13 @@ def merge_paths(sources) -> dict:
     return paths
 
 
-def document(sources=None) -> dict:
+def document(sources=None, *, dashboard: bool = False) -> dict:
     """The whole OpenAPI 3.1 document (a fresh copy: callers may change it)."""
     return copy.deepcopy({
         "openapi": "3.1.0",
         "info": {"title": "ATP — AI request control plane", "version": VERSION,
                  "description": "OpenAI- and Anthropic-compatible inference, the REST API "
                                 "(/api/v1) and the admin API (/admin/v1) on ATP's HTTP port."},
-        "paths": merge_paths(path_sources() if sources is None else sources),
+        "paths": merge_paths(path_sources(dashboard) if sources is None else sources),
         "components": COMPONENTS,
         "security": _API_KEY})

@@ -402,27 +402,6 @@ class ResourceMonitor:
         }
 
 
-OPENAPI_PATHS = {
-    "/api/v1/ai/resources/metrics": {"get": {
-        "summary": "Host memory pressure, local model servers and the models masked because of it",
-        "operationId": "resourcesMetrics",
-        "responses": {"200": {"description": "ResourceMonitor.snapshot()", "content": {
-            "application/json": {"schema": {"type": "object", "required": ["pressure", "memory",
-                                                                            "models", "blocked"],
-                                            "properties": {
-                                                "pressure": {"type": "object"},
-                                                "memory": {"type": "object"},
-                                                "psi": {"type": ["object", "null"]},
-                                                "cpu": {"type": "object"},
-                                                "models": {"type": "array",
-                                                           "items": {"type": "object"}},
-                                                "blocked": {"type": "array",
-                                                            "items": {"type": "string"}},
-                                                "servers": {"type": "object"},
-                                                "thresholds": {"type": "object"}}}}}}}}},
-}
-
-
 # ---- local-server probes --------------------------------------------------------------------------
 
 def local_probes(config, timeout_s: float) -> dict:

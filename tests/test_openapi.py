@@ -8,9 +8,9 @@ from atp_server.transport.http import HttpTransport
 from .server.helpers import make_config
 
 
-def served_operations(tmp_path) -> set[tuple[str, str]]:
+def served_operations(tmp_path, extra: str = "") -> set[tuple[str, str]]:
     """(path template, method) of every route aiohttp would serve, but the catch-alls."""
-    web_app = HttpTransport(App(make_config(tmp_path)).service).web
+    web_app = HttpTransport(App(make_config(tmp_path, extra=extra)).service).web
     ops = set()
     for route in web_app.router.routes():
         path = route.resource.canonical
@@ -30,8 +30,15 @@ def test_every_http_route_is_in_the_document(tmp_path):
             ("/admin/v1/models/{model_id}", "patch"), ("/metrics", "get")} <= served
 
 
+def test_with_the_dashboard_on_its_routes_are_in_the_document_too(tmp_path):
+    doc = document(dashboard=True)
+    described = {(p, m) for p, item in doc["paths"].items() for m in item}
+    served = served_operations(tmp_path, "[dashboard]\nenabled = true\n")
+    assert served == described and ("/dashboard", "get") in served
+
+
 def test_the_document_is_openapi_3_1_and_every_ref_resolves():
-    doc = document()
+    doc = document(dashboard=True)
     assert doc["openapi"].startswith("3.1")
 
     def refs(node):
@@ -51,14 +58,16 @@ def test_the_document_is_openapi_3_1_and_every_ref_resolves():
     for path, item in doc["paths"].items():
         for method, op in item.items():
             assert op["responses"], (method, path)
-            assert {p["name"] for p in op.get("parameters", [])} == {
+            assert {p["name"] for p in op.get("parameters", []) if p["in"] == "path"} == {
                 seg.strip("{}") for seg in path.split("/") if seg.startswith("{")}, (method, path)
 
 
-def test_schemathesis_accepts_the_document():
+@pytest.mark.parametrize("dashboard", [False, True])
+def test_schemathesis_accepts_the_document(dashboard):
     import schemathesis
-    schema = schemathesis.openapi.from_dict(document())
-    assert len(list(schema.get_all_operations())) == sum(len(v) for v in document()["paths"].values())
+    doc = document(dashboard=dashboard)
+    schema = schemathesis.openapi.from_dict(doc)
+    assert len(list(schema.get_all_operations())) == sum(len(v) for v in doc["paths"].values())
 
 
 def test_other_modules_add_their_paths_with_one_entry():

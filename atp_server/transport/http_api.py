@@ -153,7 +153,8 @@ class _RestApi:
         """The OpenAPI 3.1 document of every route on this port (built once, on first ask)."""
         if self._openapi is None:
             from ..openapi import document
-            self._openapi = orjson.dumps(document())
+            self._openapi = orjson.dumps(document(
+                dashboard=getattr(self.service, "live", None) is not None))
         return web.Response(body=self._openapi, content_type=_JSON)
 
     async def health(self, request: web.Request) -> web.Response:
