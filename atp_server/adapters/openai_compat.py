@@ -182,6 +182,8 @@ class OpenAICompatAdapter:
         if len(vectors) != len(request.inputs):
             raise AtpError(ErrorCode.UPSTREAM_ERROR,
                            f"{self.name}: {len(vectors)} embeddings for {len(request.inputs)} inputs")
+        for vector in vectors:
+            _check_vector(self.name, vector)
         return Embeddings(vectors, (obj.get("usage") or _EMPTY).get("prompt_tokens"))
 
     async def list_models(self) -> list[str]:
@@ -293,3 +295,18 @@ class _SSEParser:
         return out
 
 
+def _check_vector(name: str, vector) -> None:
+    """One embedding must be a flat list of numbers. A list of lists is what a server gives for a
+    model it serves without pooling (llama-cpp-python with a decoder-only GGUF: one vector per
+    token, measured with Gemma 3 270M): forwarding it would hand clients a malformed body."""
+    if type(vector) is not list or not vector:
+        raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{name}: malformed embeddings body (an embedding "
+                       "is not a non-empty list of numbers)")
+    first = vector[0]
+    if type(first) is list:
+        raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{name}: the server returned per-token embeddings "
+                       f"({len(vector)} vectors of {len(first)} for one input), not one vector: it "
+                       "serves this model without pooling (llama.cpp: --pooling mean)")
+    if not all(type(x) is float or type(x) is int for x in vector):
+        raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{name}: malformed embeddings body (an embedding "
+                       "holds something other than numbers)")

@@ -233,3 +233,14 @@ def test_sse_parser_edge_cases():
     assert p.feed(b"data: a\n") == []
     assert p.feed(b"\n: comment\nevent: x\ndata:b\ndata: c\n\ndata: [DO") == [b"a", b"b\nc"]
     assert p.feed(b"NE]\r\n\r\n") == [b"[DONE]"]
+
+
+@pytest.mark.parametrize("vector,why", [([[0.1, 0.2], [0.3, 0.4]], "per-token embeddings"),
+                                        ([], "malformed"), ("abc", "malformed"), ([0.1, "x"], "malformed"),
+                                        ([None], "malformed")])
+def test_an_embedding_that_is_not_a_flat_list_of_numbers_is_an_upstream_error(vector, why):
+    from atp_server.adapters.openai_compat import _check_vector
+    with pytest.raises(AtpError, match=why) as caught:
+        _check_vector("up", vector)
+    assert caught.value.code is ErrorCode.UPSTREAM_ERROR
+    _check_vector("up", [0.5, -1, 2.0])    # a flat list of numbers passes

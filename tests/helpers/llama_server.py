@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def llama_server(model_path: Path | None = None, *, ready_timeout_s: float = 120.0, n_threads: int = 1,
-                 processes: list | None = None):
+                 processes: list | None = None, embedding: bool = False):
     """Yield the base URL (`http://127.0.0.1:<port>/v1`) of a running server; stop it on exit.
     `processes`, when given, receives the server's Popen (for tests that kill it).
 
@@ -45,6 +45,8 @@ def llama_server(model_path: Path | None = None, *, ready_timeout_s: float = 120
            "--n_threads_batch", str(n_threads), "--chat_format", "gemma", "--verbose", "False",
            # a new request must not silently end the running stream: the cancel test relies on it
            "--interrupt_requests", "False"]
+    if embedding:   # /v1/embeddings answers only for a model loaded with embeddings on
+        cmd += ["--embedding", "True"]
     log = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it until something fails
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
