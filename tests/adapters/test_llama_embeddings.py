@@ -5,11 +5,8 @@ token* (a matrix per input), not the one vector per input the OpenAI format prom
 forward that shape: the adapter refuses it with UPSTREAM_ERROR naming the cause, ATP's
 /v1/embeddings answers a JSON 502 the official client raises, and the server keeps serving.
 """
-import asyncio
-
 import openai
 import pytest
-import uvloop
 
 from atp_server import config as atp_config
 from atp_server.adapters.openai_compat import OpenAICompatAdapter
@@ -47,15 +44,7 @@ def base_url():
         yield url
 
 
-def _run(coro_fn, timeout: float = 120.0):
-    async def boxed():
-        async with asyncio.timeout(timeout):
-            return await coro_fn()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(boxed())
-
-
-def test_per_token_embeddings_are_refused_with_the_cause(base_url):
+def test_per_token_embeddings_are_refused_with_the_cause(base_url, run):
     async def main():
         adapter = OpenAICompatAdapter("llama", base_url)
         try:
@@ -64,7 +53,7 @@ def test_per_token_embeddings_are_refused_with_the_cause(base_url):
             return caught.value
         finally:
             await adapter.aclose()
-    exc = _run(main)
+    exc = run(main, 120)   # on both loops (conftest)
     assert exc.code is ErrorCode.UPSTREAM_ERROR and "per-token embeddings" in exc.message
     assert "--pooling mean" in exc.message
 
