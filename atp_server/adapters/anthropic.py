@@ -206,8 +206,10 @@ ERROR_CODES = {
     "not_found_error": ErrorCode.UNKNOWN_MODEL, "rate_limit_error": ErrorCode.RATE_LIMITED,
     "overloaded_error": ErrorCode.UPSTREAM_ERROR, "api_error": ErrorCode.UPSTREAM_ERROR,
     "timeout_error": ErrorCode.UPSTREAM_TIMEOUT,
-    # our credentials or plan: provider misconfiguration, never the caller's fault -> fail over
-    "authentication_error": ErrorCode.UPSTREAM_ERROR, "permission_error": ErrorCode.UPSTREAM_ERROR,
+    # The provider refused the gateway's credentials: as errors.status_error does for every other
+    # provider's 401/403 — not retried, not counted against the model's health; the operator fixes
+    # the key. Out of credit: another provider can answer, so an upstream error (like a quota 429).
+    "authentication_error": ErrorCode.FORBIDDEN, "permission_error": ErrorCode.FORBIDDEN,
     "billing_error": ErrorCode.UPSTREAM_ERROR,
 }
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",

@@ -227,7 +227,7 @@ def test_payload_json_formats_become_structured_output():
     ("http_529", ErrorCode.UPSTREAM_ERROR, 7000, "overloaded_error"),
     ("http_429", ErrorCode.RATE_LIMITED, 7000, "rate_limit_error"),
     ("http_400", ErrorCode.INVALID_REQUEST, 0, "max_tokens: Field required"),
-    ("http_401", ErrorCode.UPSTREAM_ERROR, 0, "authentication_error"),
+    ("http_401", ErrorCode.FORBIDDEN, 0, "authentication_error"),
     ("http_404", ErrorCode.UNKNOWN_MODEL, 0, "model: claude-nope"),
     ("http_500", ErrorCode.UPSTREAM_ERROR, 0, "api_error"),
     ("http_502", ErrorCode.UPSTREAM_ERROR, 0, "502 Bad Gateway"),
@@ -237,7 +237,8 @@ def test_stream_failures_map_to_wire_codes(run, upstream, code, retry_ms, match)
         run(lambda: _collect(upstream))
     assert e.value.code == code and e.value.retry_after_ms == retry_ms
     assert e.value.message.startswith("claude: ")
-    assert e.value.retryable == (code not in (ErrorCode.INVALID_REQUEST, ErrorCode.UNKNOWN_MODEL))
+    assert e.value.retryable == (code not in (ErrorCode.INVALID_REQUEST, ErrorCode.UNKNOWN_MODEL,
+                                              ErrorCode.FORBIDDEN))
 
 
 def test_complete_reads_one_messages_body(run):
