@@ -20,10 +20,10 @@ class OpenAICompatAdapter:
 
     Quirks of the servers it is used with (see README, "How to add a provider"): llama-cpp-python's
     server takes a schema only as {"type": "json_object", "schema": ...} (json_schema_format =
-    "json_object_schema"); TGI has no logit_bias and wants
-    its own response_format; some older servers reject stream_options (stream_usage = false: the
-    usage is then counted and marked estimated); OpenAI's reasoning models want
-    max_tokens_field = "max_completion_tokens".
+    "json_object_schema"); TGI has no logit_bias and takes a schema as its grammar
+    {"type": "json", "value": ...} (json_schema_format = "tgi"); some older servers reject
+    stream_options (stream_usage = false: the usage is then counted and marked estimated);
+    OpenAI's reasoning models want max_tokens_field = "max_completion_tokens".
     """
 
     def __init__(self, name: str, base_url: str, api_key: str | None = None, *, timeout_s: float = 60.0,
@@ -46,7 +46,7 @@ class OpenAICompatAdapter:
         self._json_headers = {**headers, "Accept": "application/json"}
         self._stream_usage = stream_usage
         self._max_tokens_field = max_tokens_field
-        self._schema_as_json_object = json_schema_format == "json_object_schema"
+        self._json_schema_format = json_schema_format
         # timeout_s bounds upstream silence (time to headers, or a stall between stream chunks),
         # not the whole answer: a long generation that keeps streaming is healthy.
         self._http = HttpClient(max_connections=max_connections, connect_timeout_s=connect_timeout_s,
@@ -75,9 +75,7 @@ class OpenAICompatAdapter:
             body["tool_choice"] = (choice.mode if choice.mode != "function"
                                    else {"type": "function", "function": {"name": choice.name}})
         if (fmt := request.response_format) is not None:
-            body["response_format"] = (
-                {"type": "json_object", "schema": fmt.schema or {"type": "object"}}
-                if self._schema_as_json_object and fmt.type == "json_schema" else _response_format(fmt))
+            body["response_format"] = _response_format(fmt, self._json_schema_format)
         if stream and self._stream_usage:
             body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
@@ -242,7 +240,14 @@ def _tool(t) -> dict:
     return {"type": "function", "function": fn}
 
 
-def _response_format(fmt) -> dict:
+def _response_format(fmt, dialect: str = "json_schema") -> dict:
+    """The request's response_format in the form the server takes (json_schema_format):
+    OpenAI's; llama-cpp-python's {"type": "json_object", "schema": ...}; TGI's grammar
+    {"type": "json", "value": <schema>} (its router's GrammarType; "json_object" is an alias there)."""
+    if dialect == "tgi" and fmt.type in ("json_schema", "json_object"):
+        return {"type": "json", "value": fmt.schema if fmt.schema is not None else {"type": "object"}}
+    if dialect == "json_object_schema" and fmt.type == "json_schema":
+        return {"type": "json_object", "schema": fmt.schema or {"type": "object"}}
     if fmt.type != "json_schema":
         return {"type": fmt.type}
     spec = {"name": fmt.name, "schema": fmt.schema if fmt.schema is not None else {"type": "object"}}

@@ -29,7 +29,7 @@ class OpenAICompatSettings:
     capabilities: tuple[str, ...] = ("chat",)
     stream_usage: bool = True                       # ask for stream_options.include_usage (false: count it)
     max_tokens_field: str = "max_tokens"            # "max_completion_tokens" for OpenAI's reasoning models
-    json_schema_format: str = "json_schema"         # "json_object_schema": {"type": "json_object", "schema": ...}
+    json_schema_format: str = "json_schema"         # "json_object_schema": {"type": "json_object", "schema": ...}; "tgi": {"type": "json", "value": ...}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ CHECKS = {
         "base_url": ("http_url",), "api_key_env": ("env_of", "api_key"),
         "timeout_s": (">", 0), "connect_timeout_s": (">", 0), "max_connections": (">=", 1),
         "max_tokens_field": ("one_of", "max_tokens", "max_completion_tokens"),
-        "json_schema_format": ("one_of", "json_schema", "json_object_schema"),
+        "json_schema_format": ("one_of", "json_schema", "json_object_schema", "tgi"),
         "total_timeout_s": (">=", 0), "pool_timeout_s": (">", 0), "keepalive_s": (">", 0),
         "max_concurrency": (">=", 0)},
     AnthropicSettings: {

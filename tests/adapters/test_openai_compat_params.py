@@ -1,6 +1,7 @@
 """OpenAICompatAdapter forwards the whole neutral request and reads back tool calls, cached tokens,
 embeddings and model lists, against a fake server replaying OpenAI's documented wire format."""
 import orjson
+import pytest
 from aiohttp import web
 
 from atp_server.adapters.openai_compat import OpenAICompatAdapter
@@ -139,6 +140,23 @@ def test_quirk_options_stream_usage_off_and_max_completion_tokens(run):
     body = run(main)
     assert "stream_options" not in body and "max_tokens" not in body and body["max_completion_tokens"] == 3
     assert body["response_format"] == {"type": "json_object", "schema": {"type": "object"}}
+
+
+@pytest.mark.parametrize("fmt,sent", [
+    (ResponseFormat("json_schema", "person", {"type": "object", "required": ["name"]}),
+     {"type": "json", "value": {"type": "object", "required": ["name"]}}),
+    (ResponseFormat("json_object"), {"type": "json", "value": {"type": "object"}}),
+    (ResponseFormat("text"), {"type": "text"}),
+])
+def test_tgi_gets_its_grammar_form_of_response_format(run, fmt, sent):
+    async def main():
+        seen = []
+        async with serve_app(_fake(seen)) as url:
+            adapter = OpenAICompatAdapter("p", url + "/v1", json_schema_format="tgi")
+            await adapter.complete(SPEC, ChatRequest([("user", "x")], response_format=fmt))
+            await adapter.aclose()
+        return seen[0]
+    assert run(main)["response_format"] == sent
 
 
 def test_embeddings_in_input_order_models_and_health(run):
