@@ -611,6 +611,16 @@ def check_workers(cfg: Config, workers: int, key: str) -> None:
               f"{workers} worker processes would each count [[limits]] (rate limits, budgets) on "
               "their own, letting a tenant spend up to N times its budget. Set [state] redis_url "
               "to share them, or run one worker (--workers 1)")
+    if workers > 1 and not cfg.auth.hmac_keys:
+        from .hmac_keys import HmacKeyFile, hmac_path   # `atp keys --hmac` keys: the same risk
+        from .tenants import keys_path
+        stored = [r for r in HmacKeyFile(hmac_path(keys_path(cfg))).list() if r.revoked is None]
+        if stored:
+            _fail(f"{key} {workers}" if key.startswith("--") else key,
+                  f"{workers} worker processes would each keep their own anti-replay nonce cache, "
+                  f"and the key store holds {len(stored)} HMAC key(s) (`atp keys list --hmac`): a "
+                  "signed request replayed to another worker would be accepted. Run one worker, or "
+                  "revoke them")
     if workers <= 1 or not cfg.auth.hmac_keys:
         return
     _fail(f"{key} {workers}" if key.startswith("--") else key,

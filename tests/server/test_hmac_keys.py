@@ -128,3 +128,17 @@ def test_the_cli_creates_lists_rotates_and_revokes_hmac_keys(tmp_path, capsys):
     assert cli.main(["keys", "create", "--hmac", "--config", str(cfg), "--tenant", "default",
                      "--name", "x", "--model", "m"]) == 2
     assert "apply to API keys" in capsys.readouterr().err
+
+
+def test_several_workers_are_refused_while_the_store_holds_hmac_keys(tmp_path):
+    from atp_server import config as atp_config
+    text = atp_config.DEFAULT_TOML.replace("[server]\n", f'[server]\nstate_dir = "{tmp_path}"\n', 1)
+    text = text.replace(atp_config.dev_auth_toml(), atp_config.dev_auth_toml(hmac=False))
+    cfg = atp_config.loads(text)
+    atp_config.check_workers(cfg, 2, "--workers")             # no HMAC key anywhere: fine
+    store = HmacKeyFile(hmac_path(tmp_path / "keys.json"))
+    _, rec = store.create("signer", "default")
+    with pytest.raises(atp_config.ConfigError, match="anti-replay"):
+        atp_config.check_workers(cfg, 2, "--workers")
+    store.revoke(str(rec.id))
+    atp_config.check_workers(cfg, 2, "--workers")
