@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "sched": "bench.sched.cli",     # µs per AIMD update and fair-queue selection, numba vs twin
     "policy": "bench.policy_eval",   # µs per policy decision, 20 rules: compiled closures vs cedarpy
     "audit": "bench.audit.cli",      # req/s with the audit log off / on (durable) / synchronous=full
+    "cache": "bench.cache_shadow",   # µs: response-cache key + lookup, shadow stage, Router.finished
 }
 
 
