@@ -242,3 +242,20 @@ def test_over_http_the_header_opts_in_and_marks_the_hit(tmp_path):
     finally:
         harness.stop()
         harness.close()
+
+
+def test_redis_stores_in_flight_are_bounded(redis_url):
+    from atp_server import cache as cache_mod
+    from atp_server.state import open_stores
+    from atp_server.limits_config import StateConfig
+
+    async def main():
+        stores = open_stores(StateConfig(redis_url=redis_url, prefix="bound:", timeout_ms=2000))
+        c = cache_mod.open_cache(CacheConfig(), stores, "bound:")
+        accepted = [c.put("t", f"k{i}", b"v") for i in range(cache_mod.MAX_PENDING_STORES + 10)]
+        await c.drain()
+        n, _ = await c.size()
+        await stores.close()
+        return accepted, n
+    accepted, n = asyncio.run(main())
+    assert accepted.count(True) == 256 and n == 256    # the rest skipped, nothing queued past it
