@@ -259,3 +259,21 @@ def test_redis_stores_in_flight_are_bounded(redis_url):
         return accepted, n
     accepted, n = asyncio.run(main())
     assert accepted.count(True) == 256 and n == 256    # the rest skipped, nothing queued past it
+
+
+def test_redacted_requests_share_an_entry_and_each_hit_restores_its_own_values(tmp_path):
+    """Two prompts differing only in an email redact to the same text, hence one entry; the
+    entry keeps the placeholders, so the second answer carries the second email, never the first."""
+    from .test_redact_stage import GOVERNANCE, EchoProvider
+
+    async def main():
+        app = App(make_config(tmp_path, sim_options=GOVERNANCE, extra="[cache]\nenabled = true\n"))
+        echo = app.adapters["sim"] = EchoProvider()
+        a = await app.pipeline.complete(ask("mail ana@example.org now"), PRINCIPAL, "test")
+        b = await app.pipeline.complete(ask("mail bob@example.net now"), PRINCIPAL, "test")
+        await app.stop(0)
+        return a, b, echo
+    a, b, echo = asyncio.run(main())
+    assert len(echo.received) == 1 and b.decision.provider == "cache"
+    assert a.text == "mail ana@example.org now" and b.text == "mail bob@example.net now"
+    assert "example" not in str(echo.received)          # the provider never saw either address
