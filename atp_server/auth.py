@@ -77,8 +77,6 @@ class Authenticator:
         self.keys_path = keys_path
         self._store: dict[str, tenancy.StoredKey] = {}
         self._jwt = None
-        if keys_path is not None or cfg.jwt is not None:
-            self.prepare_reload()()
         # Bearer token -> (Principal, valid until) for credentials already verified: skips a
         # SHA-256 (or a JWT signature check) per request; cleared by every reload (revocation).
         self._verified: dict[str, tuple[Principal, float]] = {}
@@ -90,6 +88,9 @@ class Authenticator:
         # redis_url is; None = this process's cache is the whole replay window.
         self.shared_nonces = None
         self._nonces_loaded = False     # save only what a load_nonces() start has guarded
+        self._stored_hmac: set[int] = set()   # ids in the keyring from the `atp keys --hmac` store
+        if keys_path is not None or cfg.jwt is not None:
+            self.prepare_reload()()
 
     def new_keyring(self) -> Keyring:
         """A keyring built with the codec backend in use now (tests switch backends)."""
@@ -149,6 +150,11 @@ class Authenticator:
         """Read the keys file (and the JWKS) now; return the function that puts them in force.
         Raises KeyStoreError / ConfigError naming the entry at fault, changing nothing."""
         store = {} if self.keys_path is None else tenancy.load_keys(self.keys_path, self.tenant_names)
+        stored_hmac = {}
+        if self.keys_path is not None:
+            from .hmac_keys import HmacKeyFile, hmac_path
+            stored_hmac = HmacKeyFile(hmac_path(self.keys_path), self.tenant_names).secrets(
+                {k.id for k in self.cfg.hmac_keys})
         jwt_state = None
         if self.cfg.jwt is not None:
             from .jwt_auth import JwtVerifier
@@ -157,7 +163,19 @@ class Authenticator:
         def commit() -> None:
             self._store, self._jwt = store, jwt_state
             self._verified = {}         # a revoked or rotated key must not live on in the cache
+            self._apply_hmac(stored_hmac)
         return commit
+
+    def _apply_hmac(self, stored: dict) -> None:
+        """Swap the store's HMAC keys in the keyring (config keys stay): a revoked or removed key
+        stops verifying, an expiring one verifies until its expiry."""
+        for kid in self._stored_hmac - set(stored):
+            self.keyring.remove(kid)
+            self._hmac_tenants.pop(kid, None)
+        for kid, (tenant, secret, expires) in stored.items():
+            self.keyring.add(kid, secret, None if expires is None else int(expires * 1000))
+            self._hmac_tenants[kid] = tenant
+        self._stored_hmac = set(stored)
 
     @staticmethod
     def signature_present(headers) -> bool:

@@ -25,8 +25,44 @@ def _when(ts) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _hmac_store(cfg):
+    from .hmac_keys import HmacKeyFile, hmac_path
+    names = frozenset(t.name for t in cfg.tenants) | {"default"} if cfg.tenants else None
+    return HmacKeyFile(hmac_path(keys_path(cfg)), names)
+
+
+def _hmac_row(rec, now: float) -> dict:
+    return {"kind": "hmac", "id": rec.id, "name": rec.name, "tenant": rec.tenant,
+            "state": rec.state(now), "created": _when(rec.created), "expires": _when(rec.expires)}
+
+
+def cmd_hmac_keys(args, cfg, now: float) -> int:
+    """`atp keys ... --hmac`: the HMAC signature keys (hmac_keys.py)."""
+    store = _hmac_store(cfg)
+    if args.keys_command == "create" and (args.user or args.group or args.model):
+        raise KeyStoreError("--user, --group and --model apply to API keys, not to --hmac keys")
+    if args.keys_command == "create":
+        expires = None if args.expires_days is None else now + args.expires_days * 86_400
+        secret, rec = store.create(args.name, args.tenant, expires=expires, now=now)
+    elif args.keys_command == "rotate":
+        secret, rec = store.rotate(args.ref, grace_s=args.grace, now=now)
+    else:
+        secret, rec = None, store.revoke(args.ref, now=now)
+    out = {**_hmac_row(rec, now), "reload": _tell_server(cfg, args)}
+    if secret is not None:
+        out["secret_hex"] = secret.hex()
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return EXIT_OK
+    if secret is not None:
+        print(f"key id {rec.id}\nsecret {secret.hex()}\n  ^ the secret (hex): shown this once, "
+              "store it now (sign with x-atp-key-id / x-atp-signature)")
+    print(f"{args.keys_command}: HMAC key {rec.id} ({rec.name}, tenant {rec.tenant}); {out['reload']}")
+    return EXIT_OK
+
+
 def _row(rec, now: float) -> dict:
-    return {"id": rec.id, "name": rec.name, "tenant": rec.tenant, "user": rec.user,
+    return {"kind": "api", "id": rec.id, "name": rec.name, "tenant": rec.tenant, "user": rec.user,
             "groups": list(rec.groups), "models": None if rec.models is None else list(rec.models),
             "state": rec.state(now), "created": _when(rec.created), "expires": _when(rec.expires)}
 
@@ -46,14 +82,20 @@ def cmd_keys(args) -> int:
     cfg = _config(args)
     store, now = _store(cfg), time.time()
     if args.keys_command == "list":
-        rows = [_row(r, now) for r in store.list()]
+        rows = [] if args.hmac else [_row(r, now) for r in store.list()]
+        hmac_rows = [_hmac_row(r, now) for r in _hmac_store(cfg).list()]
         if args.json:
-            print(json.dumps(rows, indent=1))
+            print(json.dumps(rows + hmac_rows, indent=1))
         else:
             for r in rows:
                 print(f"{r['id']}  {r['name']:<16} {r['tenant']:<12} {r['state']:<8} "
                       f"expires {r['expires']}  models {','.join(r['models'] or ['*'])}")
+            for r in hmac_rows:
+                print(f"hmac {r['id']:<10} {r['name']:<16} {r['tenant']:<12} {r['state']:<8} "
+                      f"expires {r['expires']}")
         return EXIT_OK
+    if args.hmac:
+        return cmd_hmac_keys(args, cfg, now)
     if args.keys_command == "create":
         expires = None if args.expires_days is None else now + args.expires_days * 86_400
         token, rec = store.create(args.name, args.tenant, user=args.user or "",
@@ -112,6 +154,7 @@ def cmd_reload(args) -> int:
         from .policy import PolicyHolder
         PolicyHolder.from_config(cfg)
         _store(cfg).list()
+        _hmac_store(cfg).secrets({k.id for k in cfg.auth.hmac_keys})
     except (KeyStoreError, atp_config.ConfigError) as exc:
         print(f"atp: reload refused, nothing changed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -162,7 +205,9 @@ def add_parsers(sub, raw_formatter) -> None:
                                    "kept. A running server is asked to reload after each change.",
                        epilog="examples:\n  atp keys create --config atp.toml --tenant acme --name ci "
                               "--model sim-fast --expires-days 90\n  atp keys list --config atp.toml\n"
-                              "  atp keys rotate ci --grace 3600\n  atp keys revoke 3f2a9c0d1e4b")
+                              "  atp keys rotate ci --grace 3600\n  atp keys revoke 3f2a9c0d1e4b\n"
+                              "  atp keys create --hmac --tenant acme --name signer   # id + secret, "
+                              "kept encrypted\n  atp keys rotate --hmac signer --grace 600")
     ksub = k.add_subparsers(dest="keys_command", metavar="<subcommand>", required=True)
     parsers = {name: ksub.add_parser(name, formatter_class=raw_formatter, help=text)
                for name, text in (("create", "issue a key (shown once)"), ("list", "list keys"),
@@ -171,6 +216,9 @@ def add_parsers(sub, raw_formatter) -> None:
     for name, q in parsers.items():
         q.add_argument("--config", metavar="PATH", help="TOML configuration (default: the embedded one)")
         q.add_argument("--json", action="store_true", help="print JSON")
+        q.add_argument("--hmac", action="store_true",
+                       help="HMAC signature keys (ids, secrets kept encrypted) instead of API keys"
+                       + (" (list: only those)" if name == "list" else ""))
         if name != "list":
             q.add_argument("--no-reload", action="store_true", help="do not signal a running server")
         q.set_defaults(func=cmd_keys)

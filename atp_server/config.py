@@ -637,6 +637,14 @@ def check_workers(cfg: Config, workers: int, key: str) -> None:
               "so a signed request or session HELLO replayed to another worker would be accepted. "
               "Set [state] redis_url to share one replay window, run one worker (--workers 1), or "
               "serve API-key traffic only (remove every [[auth.hmac_keys]])")
+    from .hmac_keys import HmacKeyFile, hmac_path   # `atp keys --hmac` keys: the same risk
+    from .tenants import keys_path
+    stored = [r for r in HmacKeyFile(hmac_path(keys_path(cfg))).list() if r.revoked is None]
+    if stored:
+        _fail(where, f"{workers} worker processes would each keep their own anti-replay nonce cache, "
+              f"and the key store holds {len(stored)} HMAC key(s) (`atp keys list --hmac`): a "
+              "signed request replayed to another worker would be accepted. Set [state] redis_url "
+              "to share one replay window, run one worker (--workers 1), or revoke them")
 
 
 def loads(text: str) -> Config:

@@ -189,7 +189,7 @@ class ShadowStage(Stage):
     def after(self, ctx: RequestContext, outcome: str) -> None:
         # not sampled: a comparison and a draw (0.8 µs per call measured with the call itself,
         # loaded 2-core machine); absent from the chain when no shadow challenger is configured
-        if ctx.decision is None or self.random() >= self.share:
-            return
+        if ctx.decision is None or self.random() >= self.share or ctx.decision.provider == "cache":
+            return                          # (a response-cache hit called no model to compare)
         if ctx.code == 0 and ctx.finished or ctx.code in UPSTREAM_FAULTS:
             self.submit(ctx)

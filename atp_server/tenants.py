@@ -270,7 +270,7 @@ class KeyFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            keys = load_keys(self.path, self.tenants)
+            keys = self._load()
             result = change(keys)
             self._write(keys)
             return result
@@ -296,8 +296,11 @@ class KeyFile:
             return f"{KEY_PREFIX}{kid}_{secret}", rec
         return self._locked(add)
 
+    def _load(self) -> dict:
+        return load_keys(self.path, self.tenants)
+
     def _find(self, keys, ref: str) -> StoredKey:
-        hits = [k for k in keys.values() if ref in (k.id, k.name) and k.revoked is None]
+        hits = [k for k in keys.values() if ref in (str(k.id), k.name) and k.revoked is None]
         if not hits:
             raise KeyStoreError(f"no active key with id or name {ref!r}")
         if len(hits) > 1:
@@ -318,8 +321,7 @@ class KeyFile:
         `grace_s` (0: at once) so clients can switch without an outage."""
         now = time.time() if now is None else now
         old = self._locked(lambda keys: self._find(keys, ref))
-        token, new = self.create(old.name, old.tenant, user=old.user, groups=old.groups,
-                                 models=old.models, expires=old.expires, now=now)
+        token, new = self._replacement(old, now)
 
         def retire(keys):
             rec = keys[old.id]
@@ -328,5 +330,9 @@ class KeyFile:
         self._locked(retire)
         return token, new
 
+    def _replacement(self, old: StoredKey, now: float):
+        return self.create(old.name, old.tenant, user=old.user, groups=old.groups,
+                           models=old.models, expires=old.expires, now=now)
+
     def list(self) -> list[StoredKey]:
-        return list(load_keys(self.path, self.tenants).values())
+        return list(self._load().values())

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "audit": "bench.audit.cli",      # req/s with the audit log off / on (durable) / synchronous=full
     "workers": "bench.workers",      # HTTP req/s, --workers 1 vs 2 (--redis: shared state in Redis)
     "chaos": "bench.chaos",          # kill -9 provider, router, worker, Redis under load: lost, errors, audit
+    "cache": "bench.cache_shadow",   # µs: response-cache key + lookup, shadow stage, Router.finished
 }
 
 

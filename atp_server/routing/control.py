@@ -74,6 +74,11 @@ class OperatorControl:
         stale = read_json(self.directory / COMMAND_FILE)   # left by an earlier run: never applied
         if stale is not None and isinstance(stale.get("id"), str):
             self.applied.add(stale["id"])
+        before = read_json(self.directory / STATE_FILE)
+        if before is not None and before.get("pinned") is True:
+            router.operator("pin")          # a restart is not an unpin: the pin holds
+            log.warning("routing: the champion stays pinned (%s); `atp router unpin` releases it",
+                        self.directory / STATE_FILE)
         previous = router.on_verdict
 
         def on_verdict(v) -> None:         # an automatic verdict changes the state too

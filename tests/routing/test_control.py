@@ -145,3 +145,14 @@ def test_a_stale_command_from_an_earlier_run_is_never_applied(tmp_path):
     (tmp_path / COMMAND_FILE).write_text(json.dumps({"id": "old", "action": "pin"}))
     app = App(make_config(tmp_path))
     assert app.reloader.reload() and not app.router.pinned
+
+
+def test_a_pin_survives_a_restart(tmp_path):
+    app = App(make_config(tmp_path))
+    app.router.operator("pin")
+    app.router_control.write_state()
+    again = App(make_config(tmp_path))
+    assert again.router.pinned
+    again.router.operator("unpin")
+    again.router_control.write_state()
+    assert not App(make_config(tmp_path)).router.pinned

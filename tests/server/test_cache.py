@@ -242,3 +242,38 @@ def test_over_http_the_header_opts_in_and_marks_the_hit(tmp_path):
     finally:
         harness.stop()
         harness.close()
+
+
+def test_redis_stores_in_flight_are_bounded(redis_url):
+    from atp_server import cache as cache_mod
+    from atp_server.state import open_stores
+    from atp_server.limits_config import StateConfig
+
+    async def main():
+        stores = open_stores(StateConfig(redis_url=redis_url, prefix="bound:", timeout_ms=2000))
+        c = cache_mod.open_cache(CacheConfig(), stores, "bound:")
+        accepted = [c.put("t", f"k{i}", b"v") for i in range(cache_mod.MAX_PENDING_STORES + 10)]
+        await c.drain()
+        n, _ = await c.size()
+        await stores.close()
+        return accepted, n
+    accepted, n = asyncio.run(main())
+    assert accepted.count(True) == 256 and n == 256    # the rest skipped, nothing queued past it
+
+
+def test_redacted_requests_share_an_entry_and_each_hit_restores_its_own_values(tmp_path):
+    """Two prompts differing only in an email redact to the same text, hence one entry; the
+    entry keeps the placeholders, so the second answer carries the second email, never the first."""
+    from .test_redact_stage import GOVERNANCE, EchoProvider
+
+    async def main():
+        app = App(make_config(tmp_path, sim_options=GOVERNANCE, extra="[cache]\nenabled = true\n"))
+        echo = app.adapters["sim"] = EchoProvider()
+        a = await app.pipeline.complete(ask("mail ana@example.org now"), PRINCIPAL, "test")
+        b = await app.pipeline.complete(ask("mail bob@example.net now"), PRINCIPAL, "test")
+        await app.stop(0)
+        return a, b, echo
+    a, b, echo = asyncio.run(main())
+    assert len(echo.received) == 1 and b.decision.provider == "cache"
+    assert a.text == "mail ana@example.org now" and b.text == "mail bob@example.net now"
+    assert "example" not in str(echo.received)          # the provider never saw either address
