@@ -119,6 +119,7 @@ class App:
         self.stores = open_stores(config.state)   # shared state: memory, or Redis when configured
         if self.stores.shared:    # one replay window for every worker (auth.check_shared_nonce)
             self.auth.shared_nonces = self.stores.nonces
+            self.stores.nonces.guard.on_recover = self.auth.shared_store_recovered
         self.limit_stage = None
         if config.limits:
             self.limit_stage = LimitsStage(config.limits, self.stores, self.router.models)

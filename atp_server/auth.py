@@ -232,6 +232,16 @@ class Authenticator:
             return self.check_shared_nonce(nonce, timestamp, now_ms)
         return None
 
+    def shared_store_recovered(self, now_ms: int | None = None) -> None:
+        """The shared nonce store answers again after an outage, and may have come back empty
+        (a restart without persistence): nonces other workers recorded before are then gone.
+        Refuse what was timestamped before now as STALE_TIMESTAMP, as a start without a
+        snapshot does (load_nonces): no request accepted before the outage can be replayed."""
+        now = wall_ms() if now_ms is None else now_ms
+        self.nonce_cache.floor_ms = max(self.nonce_cache.floor_ms, now)
+        log.warning("shared nonce store is back: refusing signed requests and session openings "
+                    "timestamped before %d as STALE_TIMESTAMP (it may have lost its nonces)", now)
+
     async def check_shared_nonce(self, nonce: bytes, timestamp_ms: int, now_ms: int) -> None:
         """The second, cross-worker half of the nonce check (after the local cache passed it):
         record the nonce in the shared store until timestamp + skew, as the local cache does.

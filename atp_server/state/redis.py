@@ -155,6 +155,9 @@ class _Guard:
         self.down_until = 0.0
         self.problem: str | None = None
         self.failures = 0               # calls that failed or were skipped while down
+        # fn() when Redis answers again after failing: it may have restarted empty (the nonce
+        # store's owner then refuses what was timestamped before, see auth.shared_store_recovered)
+        self.on_recover = None
 
     async def call(self, make, fallback):
         """Await make() within the timeout; when Redis fails: fallback if open, else refuse."""
@@ -169,6 +172,8 @@ class _Guard:
         if self.problem is not None:
             log.warning("state store %s: Redis answers again; back to shared state", self.name)
             self.problem = None
+            if self.on_recover is not None:
+                self.on_recover()
         return result
 
     def _down(self, problem: str) -> None:

@@ -102,3 +102,38 @@ def test_redis_stalled_then_killed_then_back(tmp_path, redis_server):
         recovered(s.http)
         assert s.proc.poll() is None                      # the server kept serving throughout
     assert "Redis unreachable" in s.output and "Redis answers again" in s.output
+
+
+def signed_request(port: int) -> tuple[bytes, dict]:
+    body = orjson.dumps({"model": "sim-fast", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]})
+    ts, nonce = int(time.time() * 1000), os.urandom(8).hex()
+    return body, {"Authorization": f"Bearer {atp_config.DEV_API_KEY}", "Content-Type": "application/json",
+                  "Connection": "close", "x-atp-key-id": str(atp_config.DEV_HMAC_KEY_ID),
+                  "x-atp-timestamp": str(ts), "x-atp-nonce": nonce,
+                  "x-atp-signature": sign_request(atp_config.DEV_HMAC_SECRET, "POST", PATH, ts, nonce, body)}
+
+
+def send(port: int, body: bytes, headers: dict) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", PATH, body, headers)
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+def test_a_redis_restarted_empty_does_not_reopen_the_replay_window(tmp_path, redis_server):
+    # Redis without persistence forgets the nonces; a request accepted before the restart must
+    # not become acceptable again at the worker that did not see it (auth.shared_store_recovered).
+    with serving(tmp_path, workers_toml(tmp_path, redis_server.url, RULES)) as s:
+        body, headers = signed_request(s.http)
+        assert send(s.http, body, headers) == 200
+        redis_server.stop()
+        check_down(s.http)                 # every worker notices (fail closed for nonces)
+        redis_server.start()               # empty
+        recovered(s.http)
+        replays = [send(s.http, body, headers) for _ in range(10)]
+    assert 200 not in replays and set(replays) == {401}, replays
+    assert "shared nonce store is back" in s.output
