@@ -1,5 +1,6 @@
 """The audit log's Ed25519 checkpoint key: created on first use, kept in the state dir, 0600."""
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -19,14 +20,22 @@ def load_or_create(path: str | os.PathLike) -> Ed25519PrivateKey:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: two workers starting together must not both write a key (one would sign with a key
-    # the file no longer holds); the loser reads the winner's.
+    # Written whole to a temp file, then linked into place: link() fails if the name exists, so two
+    # workers starting together never both install a key, and the loser never reads a file the
+    # winner is still writing (an O_EXCL create-then-write let it read a half-written PEM).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_or_create(path)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return load_or_create(path)
+    finally:
+        os.unlink(tmp)
     return key
 
 

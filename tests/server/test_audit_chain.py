@@ -308,3 +308,36 @@ def test_durable_does_not_wait_while_writes_are_failing(tmp_path):
         await log.close()
         return late
     assert asyncio.run(main()) == 1
+
+
+def test_processes_creating_the_signing_key_together_all_get_the_one_installed(tmp_path):
+    # Each child waits on the same pipe, then calls load_or_create at once: the key file that ends
+    # up in place is whole, every process holds that key, and no temp file is left behind.
+    import os
+    path = tmp_path / "audit_signing_key.pem"
+    read_fd, write_fd = os.pipe()
+    kids = []
+    for _ in range(6):
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_fd)
+            os.read(read_fd, 1)            # the start signal: an event, not a sleep
+            try:
+                pem = signing.public_pem(signing.load_or_create(path))
+                os.write(out_w, pem)
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        os.close(out_w)
+        kids.append((pid, out_r))
+    os.write(write_fd, b"x" * len(kids))
+    os.close(write_fd)
+    publics = set()
+    for pid, out_r in kids:
+        with os.fdopen(out_r, "rb") as f:
+            publics.add(f.read())
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert publics == {signing.public_pem(signing.load_or_create(path))}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert (path.stat().st_mode & 0o777) == 0o600
