@@ -81,8 +81,18 @@ def test_a_scoped_key_sees_only_its_own_models(start_server):
                                                              "UNKNOWN_MODEL"), doc
 
 
+def test_resources_metrics_serves_the_resource_monitor_by_default(atp_server):
+    status, doc = call(atp_server, "GET", "/api/v1/ai/resources/metrics", AUTH)   # [resources] on
+    assert status == 200 and {"pressure", "memory", "models", "blocked"} <= set(doc)
+
+
 def test_resources_metrics_reads_proc_without_a_monitor(atp_server):
-    status, doc = call(atp_server, "GET", "/api/v1/ai/resources/metrics", AUTH)
+    service = atp_server.app.service
+    monitor, service.resources = service.resources, None      # as with [resources] enabled = false
+    try:
+        status, doc = call(atp_server, "GET", "/api/v1/ai/resources/metrics", AUTH)
+    finally:
+        service.resources = monitor
     assert status == 200 and doc["source"] == "proc"
     assert doc["memory"]["total_bytes"] > doc["memory"]["available_bytes"] > 0
     assert doc["cpu"]["cores"] >= 1 and doc["cpu"]["load_1m"] >= 0
