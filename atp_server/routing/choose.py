@@ -154,8 +154,7 @@ def choose(request: ChatRequest, table, now: float, rng, *, impl=None) -> RouteD
         r = table.index.get(request.model)
         if r is not None:
             pinned = True
-            in_set = np.zeros(table.size, dtype=np.bool_)
-            in_set[r] = True
+            in_set = table.only[r]
             reasons.append("pinned by request")
         else:
             alias = table.aliases.get(request.model)

@@ -85,7 +85,7 @@ class ModelTable:
     __slots__ = ("specs", "ids", "index", "price_in", "price_out", "context", "caps", "cap_bit",
                  "prior_quality", "prior_latency", "max_output", "stats", "health", "predictor",
                  "pred_cols", "aliases", "alias_rows", "alias_weights", "alias_sets", "policy",
-                 "bandit", "objectives", "F", "all_rows", "every", "no_block", "no_cost", "scratch",
+                 "bandit", "objectives", "F", "all_rows", "every", "only", "no_block", "no_cost", "scratch",
                  "resource_block")
 
     @property
@@ -137,6 +137,8 @@ def build_table(models, health, *, predictor=None, aliases=(), policy=None,
     M = len(models)
     t.all_rows = _frozen(np.arange(M))
     t.every = _frozen(np.ones(M, dtype=np.bool_))
+    # the candidate set of a request pinned to row r, built once (choose() allocated one a request)
+    t.only = tuple(_frozen(np.arange(M) == r) for r in range(M))
     t.no_block = _frozen(np.zeros(M, dtype=np.bool_))
     t.no_cost = _frozen(np.full(M, np.nan))
     # Reused output buffers of the decision kernel: a decision copies out what it keeps, and the
