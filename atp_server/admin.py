@@ -436,8 +436,7 @@ class Admin:
     def _apply_budgets(self) -> None:
         stage = self.app.limit_stage
         if stage is not None:
-            stage.rules = tuple(self.budgets.values())
-            stage._plans.clear()        # plans are cached per (tenant, key, model): rebuild them
+            stage.set_rules(self.budgets.values())
 
     # ---- persistence -------------------------------------------------------------------------------
 
@@ -455,14 +454,14 @@ class Admin:
         os.replace(tmp, self.path)      # a crash leaves the old file or the new, never half
 
     def _read_state(self) -> tuple[dict, set, dict]:
-        """(specs, disabled ids, budgets): the config's, with <state_dir>/admin.json over them. A
-        bad entry is logged and skipped (the config's own models still serve); an unreadable
+        """(specs, disabled ids, budget changes by name): the config's models with
+        <state_dir>/admin.json over them (`_over_config` lays the budget changes over the limits).
+        A bad entry is logged and skipped (the config's own models still serve); an unreadable
         file raises OSError/ValueError."""
         cfg = self.app.config
         specs, disabled = {m.id: m for m in cfg.models}, set()
-        budgets = {r.name: r for r in cfg.limits}
         if self.path is None or not Path(self.path).exists():
-            return specs, disabled, budgets
+            return specs, disabled, {}
         doc = json.loads(Path(self.path).read_text())
         if type(doc) is not dict:
             raise ValueError("must be a JSON object")
@@ -474,10 +473,15 @@ class Admin:
                 continue
             if m.get("enabled") is False:
                 disabled.add(i)
-        for n, b in dict(doc.get("budgets", {})).items():
+        return specs, disabled, dict(doc.get("budgets", {}))
+
+    def _over_config(self, overrides: dict) -> dict:
+        """The config's [[limits]] in force now, with admin.json's budget changes over them."""
+        budgets = {r.name: r for r in self.app.config.limits}
+        for n, b in overrides.items():
             if n in budgets:
                 budgets[n] = dataclasses.replace(budgets[n], **{f: b[f] for f in BUDGET_FIELDS if f in b})
-        return specs, disabled, budgets
+        return budgets
 
     def _load(self) -> None:
         """At start: the state file over the config, or the config alone if the file is bad —
@@ -485,7 +489,8 @@ class Admin:
         if self.path is None or not Path(self.path).exists():
             return                     # the config as loaded: no table to rebuild
         try:
-            self._put(*self._read_state())
+            specs, disabled, changes = self._read_state()
+            self._put(specs, disabled, self._over_config(changes))
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.error("admin: %s ignored: %s", self.path, exc)
             self._put({m.id: m for m in self.app.config.models}, set(),
@@ -508,7 +513,9 @@ class Admin:
             raise ValueError(f"{self.path}: every model is disabled")
         from .routing.table import rebuild
         rebuild(self.app.router.table, live)      # an alias left without its model raises here
-        return lambda: self._put(*state)
+        # budgets laid over the config's limits as they are at commit: a reload of the config
+        # file's [[limits]] (app.py, an earlier part) has put its rules in force by then
+        return lambda: self._put(state[0], state[1], self._over_config(state[2]))
 
     def _tell_workers(self) -> None:
         """With --workers N, SIGHUP the parent: it forwards it to every worker, which reloads the

@@ -1,5 +1,6 @@
 """Composition root: builds every component from a Config and runs the transports on one loop."""
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -165,7 +166,9 @@ class App:
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
-                                  ("policy", self.policy.prepare_reload)], state_dir(config))
+                                  ("policy", self.policy.prepare_reload),
+                                  ("limits", self._prepare_limits_reload)], state_dir(config))
+        self.config_path: str | None = None   # the file the server was started from (cli.py sets it)
         from .routing.control import OperatorControl    # `atp router promote|rollback|pin`
         self.router_control = OperatorControl(self.router, state_dir(config), self.audit)
         self.reloader.add("router", self.router_control.prepare)
@@ -218,6 +221,29 @@ class App:
     @draining.setter
     def draining(self, value: bool) -> None:
         self.service.draining = value     # read by the transports on every request
+
+    def _prepare_limits_reload(self):
+        """The Reloader's [[limits]] part: re-read the config file the server started from; its
+        limits replace the ones in force (the admin API's budget changes are laid over them
+        again by its own part, which runs after this one). A file that does not load is refused
+        with the key at fault; the stage exists only if [[limits]] were configured at start."""
+        if self.config_path is None:      # the embedded default: no file to follow
+            return lambda: None
+        from . import config as atp_config
+        fresh = atp_config.load(self.config_path).limits   # ConfigError (a ValueError) names the key
+        if fresh == self.config.limits:
+            return lambda: None
+        if self.limit_stage is None:
+            raise ValueError(f"{self.config_path}: [[limits]] were added; the limits stage is built at "
+                             "start, so restart the server to enforce them")
+
+        def commit() -> None:
+            self.config = dataclasses.replace(self.config, limits=fresh)
+            self.limit_stage.set_rules(fresh)
+            admin = getattr(self.service, "admin", None)
+            if admin is not None:
+                admin.budgets = {r.name: r for r in fresh}
+        return commit
 
     async def start(self, *, http: bool = True, grpc: bool = True, quic: bool = True,
                     reuse_port: bool = False) -> BoundPorts:

@@ -113,7 +113,7 @@ def cmd_serve(args) -> int:
         if enabled["quic"]:
             _check_tls(cfg)
         if workers == 1:
-            app = _build_app(cfg)   # config errors found while building show before anything binds
+            app = _build_app(cfg, args.config)   # config errors found while building show before anything binds
         else:
             _check_audit_file(cfg)  # the workers build their own App: fail once, here, instead
             if cfg.audit.enabled:   # created once, here: workers racing to create it read it half-written
@@ -176,12 +176,15 @@ def _check_ports(cfg, enabled: dict, reuse_port: bool) -> None:
             raise PortUnavailable(f"{label} port {where} {problem} (server.{name}_port, --{name}-port)")
 
 
-def _build_app(cfg):
-    """App(cfg), with a failure to open the audit database reported as a config error."""
+def _build_app(cfg, config_path: str | None = None):
+    """App(cfg), with a failure to open the audit database reported as a config error;
+    `config_path` is the file a reload re-reads for [[limits]]."""
     import sqlite3
     from .app import App
     try:
-        return App(cfg)
+        app = App(cfg)
+        app.config_path = config_path
+        return app
     except (OSError, sqlite3.Error) as exc:
         if not cfg.audit.enabled:
             raise
@@ -267,7 +270,7 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
                 _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)  # not the parent's forwarder
                 mine = dict(enabled, quic=enabled["quic"] and index == 0)
                 # Built here, not before the fork: an SQLite connection must not cross one.
-                app = _build_app(cfg)
+                app = _build_app(cfg, args.config)
                 app.pid_owner = app.reloader.owner_pid = os.getppid()   # `atp reload` signals
                 code = _serve_one(app, cfg, args, mine, announce=index == 0 and not respawned,
                                   reuse_port=True)

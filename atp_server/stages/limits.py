@@ -118,6 +118,12 @@ class LimitsStage(Stage):
         self.counts: dict[tuple, int] = {}              # (rule, limit, level) -> events
         self.overshoot_micros = 0                       # actual cost beyond what was reserved
 
+    def set_rules(self, rules) -> None:
+        """Put new [[limits]] in force (a reload, the admin API): the plans cached per (tenant,
+        key, model) are rebuilt from them; counters and reservations already held stay."""
+        self.rules = tuple(rules)
+        self._plans.clear()
+
     # ---- the plan for a request -----------------------------------------------------------------
 
     def _plan(self, tenant: str, key: str, model: str | None) -> _Plan:

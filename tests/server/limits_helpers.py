@@ -35,7 +35,13 @@ max_output_tokens = 16
 
 def limits_config(state_dir, limits: str, *, state: str = "", sim: str = "output_tokens = 16",
                   audit: bool = True):
-    return config.loads(f"""
+    return config.loads(limits_toml(state_dir, limits, state=state, sim=sim, audit=audit))
+
+
+def limits_toml(state_dir, limits: str, *, state: str = "", sim: str = "output_tokens = 16",
+                audit: bool = True) -> str:
+    """The config text limits_config parses (a reload test writes it to a file)."""
+    return f"""
 [server]
 state_dir = "{state_dir}"
 {config.dev_auth_toml("dev", hmac=False)}
@@ -49,7 +55,7 @@ enabled = {str(audit).lower()}
 [state]
 {state}
 {limits}
-""")
+"""
 
 
 def audit_spend(path) -> tuple[int, int]:
