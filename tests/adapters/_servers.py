@@ -49,6 +49,7 @@ class RawServer:
         self.connections = 0
         self.closed: list[asyncio.Event] = []
         self.release = asyncio.Event()  # scripts that must hang wait on this
+        self.connected = asyncio.Event()  # set at the first connection
 
     async def __aenter__(self):
         self.server = await asyncio.start_server(self._on_conn, "127.0.0.1", 0)
@@ -64,6 +65,7 @@ class RawServer:
     async def _on_conn(self, reader, writer):
         index = self.connections
         self.connections += 1
+        self.connected.set()
         ended = asyncio.Event()
         self.closed.append(ended)
         try:

@@ -33,10 +33,13 @@ class Shadowed(SimulatedAdapter):
         super().__init__("sim")
         self.broken, self.mode = set(broken), mode
         self.hung = 0
+        self.hung_three = asyncio.Event()       # set when the third call hangs (tests wait on it)
 
     async def _broken(self, model):
         if self.mode == "hang":
             self.hung += 1
+            if self.hung >= 3:
+                self.hung_three.set()
             await asyncio.Event().wait()        # never set: only a cancel ends it
         raise AtpError(ErrorCode.UPSTREAM_ERROR, f"{model.id}: down")
 
@@ -140,8 +143,7 @@ def test_a_hung_shadow_provider_never_slows_the_clients(tmp_path, trained):
         champion, shadow = picks(app)
         adapter = app.adapters["sim"] = app.shadow.adapters["sim"] = Shadowed({shadow}, "hang")
         results = [await app.pipeline.complete(request(i), PRINCIPAL, "test") for i in range(1, 21)]
-        while adapter.hung < 3:                 # let the three admitted shadow calls reach it
-            await asyncio.sleep(0)
+        await adapter.hung_three.wait()         # the three admitted shadow calls reached it
         held = len(app.shadow.tasks)
         await app.stop(0)                       # shutdown cancels the hung shadow calls
         return app, champion, results, held

@@ -51,8 +51,7 @@ def test_the_upstream_connection_closes_promptly_when_the_client_leaves(tmp_path
                 await gen.aclose()                   # what a transport does when its client left
             else:
                 task = asyncio.create_task(gen.__anext__())
-                while server.connections == 0:       # the request is out, no answer yet
-                    await asyncio.sleep(0)
+                await server.connected.wait()        # the request is out, no answer yet
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
