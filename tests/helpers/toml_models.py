@@ -12,3 +12,20 @@ quality = 0.01
 latency_ms = 9000
 capabilities = ["embeddings"]
 """
+
+# A provider whose every call fails and its one model, rated high and free so routing tries it:
+# its breaker opens (failover tests, the dashboard's red row, breaker events for webhooks).
+BROKEN_MODEL = """
+[[providers]]
+name = "broken"
+type = "simulated"
+failure_rate = 1.0
+
+[[models]]
+id = "sim-broken"
+provider = "broken"
+quality = 0.9
+latency_ms = 1
+price_in_per_mtok = 0.0
+price_out_per_mtok = 0.0
+"""

@@ -11,25 +11,15 @@ from playwright.sync_api import expect, sync_playwright
 
 from atp_server import config as atp_config
 
+from tests.helpers.toml_models import BROKEN_MODEL
+
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "dashboard-token-0123456789"
 AUTH = {"Authorization": f"Bearer {atp_config.DEV_API_KEY}"}
 SCREENSHOT = pathlib.Path(__file__).parents[2] / "docs" / "dashboard.png"
 # A provider that always fails: its breaker opens (a red row) and the errors card has something to show.
 EXTRA = f"""
-[[providers]]
-name = "broken"
-type = "simulated"
-failure_rate = 1.0
-
-[[models]]
-id = "sim-broken"
-provider = "broken"
-quality = 0.9
-latency_ms = 1
-price_in_per_mtok = 0.0
-price_out_per_mtok = 0.0
-
+{BROKEN_MODEL}
 [costs]
 baseline_model = "sim-high"
 

@@ -15,6 +15,8 @@ import pytest
 from atp_server import config as atp_config
 from atp_server.auth import SIG_KEY_ID, SIG_NONCE, SIG_SIGNATURE, SIG_TIMESTAMP, sign_request
 
+from tests.helpers.toml_models import BROKEN_MODEL
+
 from .conftest import ServerHarness
 
 KEY = atp_config.DEV_API_KEY
@@ -38,19 +40,7 @@ latency_ms = 5000
 price_in_per_mtok = 50.0
 price_out_per_mtok = 50.0
 
-[[providers]]
-name = "broken"
-type = "simulated"
-failure_rate = 1.0
-
-[[models]]
-id = "sim-broken"
-provider = "broken"
-quality = 0.9
-latency_ms = 1
-price_in_per_mtok = 0.0
-price_out_per_mtok = 0.0
-
+""" + BROKEN_MODEL + """
 # Greedy on the posterior mean, not Thompson sampling: these tests need sim-broken ranked first on
 # every request (a sampled posterior may rank another model first, and then nothing fails over).
 [routing]

@@ -11,6 +11,8 @@ from aiohttp import web
 from atp_server import config as atp_config
 from atp_server.webhooks import verify
 
+from tests.helpers.toml_models import BROKEN_MODEL
+
 SECRET = "whsec-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {atp_config.DEV_API_KEY}"}
 
@@ -66,19 +68,7 @@ def test_signed_events_reach_a_receiver_and_a_dead_endpoint_slows_nothing(start_
     dead.bind(("127.0.0.1", 0))
     dead.listen(64)
     extra = f"""
-[[providers]]
-name = "broken"
-type = "simulated"
-failure_rate = 1.0
-
-[[models]]
-id = "sim-broken"
-provider = "broken"
-quality = 0.9
-latency_ms = 1
-price_in_per_mtok = 0.0
-price_out_per_mtok = 0.0
-
+{BROKEN_MODEL}
 [dashboard]
 enabled = true
 
