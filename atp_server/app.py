@@ -152,6 +152,11 @@ class App:
             self.cache_counters = CacheCounters(self.cache)
             self.metrics.registry.register(self.cache_counters)
             cache_stage = CacheStage(config.cache, self.cache, self.cache_counters, self.router.models)
+        else:
+            ruled = [r.id for r in self.policy.policy.rules if r.effect in ("cache", "no_cache")]
+            if ruled:   # not an error: the same policy files may serve servers with the cache on
+                log.warning("policy rules %s set a cache effect but [cache] enabled = false: "
+                            "no response is cached", ", ".join(ruled))
         self.slo = None           # slo.SloTracker when [[slo]] is configured
         if config.slo:
             from .slo import SloTracker

@@ -139,6 +139,8 @@ def cmd_policy_test(args) -> int:
             print(f"  models allowed: {', '.join(result['models']) or 'none'}")
         if result["require_redaction"]:
             print("  redaction required")
+        if result["cache"] is not None:
+            print(f"  response cache: {'required' if result['cache'] == 'on' else 'forbidden'} by policy")
         for t in result["trace"]:
             mark = ("not reached" if not t["reached"] else "match" if t["matched"]
                     else f"no ({t['failed']})")

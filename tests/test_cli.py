@@ -476,6 +476,21 @@ def test_policy_test_shows_the_deciding_rule_and_why(tmp_path, capsys):
     assert "principal.colour" in capsys.readouterr().err
 
 
+def test_policy_test_names_a_cache_obligation(tmp_path, capsys):
+    cfg = str(tenant_config(tmp_path))
+    with open(tmp_path / "policy.toml", "a") as f:
+        f.write('\n[[rules]]\nid = "no-cache-ops"\npriority = 5\neffect = "no_cache"\n'
+                'when.group = ["ops"]\n')
+    case = tmp_path / "request.json"
+    case.write_text(json.dumps({"principal": {"tenant": "acme", "groups": ["ops"]},
+                                "request": {"model": "sim-high"}}))
+    assert cli.main(["policy", "test", str(case), "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "response cache: forbidden by policy" in out and "no-cache-ops" in out
+    assert cli.main(["policy", "test", str(case), "--config", cfg, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cache"] == "off"
+
+
 @contextlib.contextmanager
 def serving(tmp_path, cfg, http: int, *flags):
     """`atp serve --config cfg` in a subprocess, ready on `http`; SIGTERM and its log at the end."""

@@ -1,7 +1,7 @@
 """Attribute-based policy, decided before routing: who (subject) may send what (context) where (resource).
 
-Rules (policy/rules.py) are walked by priority, highest first: restrict_models and
-require_redaction rules met on the way apply, and the first allow or deny ends the walk; when none
+Rules (policy/rules.py) are walked by priority, highest first: restrict_models, require_redaction,
+cache and no_cache rules met on the way apply, and the first allow or deny ends the walk; when none
 matches, the file's `default` decides. A request without a pinned model is decided per candidate
 model, so a rule over model, provider or region takes only the models it names out of routing.
 The API key's own model scope applies on top. Dry-run decides, logs and audits the same way and
@@ -15,7 +15,7 @@ from codec.errors import ErrorCode
 
 from ..events import publish
 from ..types import AtpError
-from .rules import PolicyError, PolicySet, load_policy_files, make_policy_set
+from .rules import CACHE_EFFECTS, PolicyError, PolicySet, load_policy_files, make_policy_set
 
 __all__ = ["Decision", "Facts", "PolicyError", "PolicyHolder", "PolicySet"]
 
@@ -67,6 +67,7 @@ class Decision:
     redact: bool                     # a require_redaction rule applies
     matched: tuple[str, ...]         # every rule that applied, in walk order
     dry_run: bool = False
+    cache: str | None = None         # "on" (a cache rule applies), "off" (no_cache: wins), None
 
 
 class PolicyHolder:
@@ -151,7 +152,7 @@ class PolicyHolder:
                 per_model = False
             else:
                 per_model = True
-        allowed, first, redact, matched = set(), None, False, []
+        allowed, first, redact, matched, cache = set(), None, False, [], None
         for spec in candidates:
             on_way: list = []
             ok, rule, reason = self._walk(live, facts, spec, on_way)
@@ -163,6 +164,10 @@ class PolicyHolder:
             if ok:
                 allowed.add(spec.id if spec is not None else None)
                 redact = redact or any(r.effect == "require_redaction" for r in on_way)
+                for r in on_way:
+                    says = CACHE_EFFECTS.get(r.effect)
+                    if says is not None and cache != "off":     # no_cache wins over cache
+                        cache = says
         ok, rule, reason = first
         if pinned is None and per_model:
             models = frozenset(allowed) if ok else frozenset()
@@ -174,7 +179,7 @@ class PolicyHolder:
             return Decision(False, NO_REDACTION, "a rule requires redaction and no redaction stage "
                             "is configured", models, True, tuple(matched), self.dry_run)
         return Decision(ok, rule.id if rule is not None else "default", reason, models, redact,
-                        tuple(matched), self.dry_run)
+                        tuple(matched), self.dry_run, cache)
 
     def decide(self, principal, request, transport: str, pii=()) -> Decision:
         """The decision for one request; the size caps raise before any rule is read."""

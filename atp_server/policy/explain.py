@@ -87,5 +87,6 @@ def explain(holder: PolicyHolder, doc, tenants=()) -> dict:
             or (r.effect == "restrict_models" and spec.id not in r.models))
     return {"allowed": decision.allowed, "rule": decision.rule, "reason": decision.reason,
             "models": None if decision.models is None else sorted(decision.models),
-            "require_redaction": decision.redact, "matched": list(decision.matched),
+            "require_redaction": decision.redact, "cache": decision.cache,
+            "matched": list(decision.matched),
             "dry_run": decision.dry_run, "trace": trace}

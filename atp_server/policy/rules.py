@@ -1,7 +1,7 @@
 """Policy files (TOML) parsed into rules, each compiled once into closures over request facts.
 
 A rule is `id`, `priority` (higher first), `effect` (allow | deny | require_redaction |
-restrict_models), optional `models` (restrict_models), `reason`, and `when`: conditions that must
+restrict_models | cache | no_cache), optional `models` (restrict_models), `reason`, and `when`: conditions that must
 all hold, each a list meaning "any of". Subject: tenant, user, group, key, attribute.<name>.
 Resource: model (globs), provider, region, classification, tool, capability. Context: transport,
 pii (detected types, "*" = any), hours_utc [start, end), weekdays, min/max_prompt_chars,
@@ -11,7 +11,10 @@ import fnmatch
 import tomllib
 from dataclasses import dataclass
 
-EFFECTS = ("allow", "deny", "require_redaction", "restrict_models")
+EFFECTS = ("allow", "deny", "require_redaction", "restrict_models", "cache", "no_cache")
+# Obligations on the response cache (stages/cache.py): `cache` opts the requests it matches in,
+# `no_cache` keeps them out whatever the request or [cache] default asks.
+CACHE_EFFECTS = {"cache": "on", "no_cache": "off"}
 DECIDING = frozenset({"allow", "deny"})
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _LISTS = ("tenant", "user", "group", "key", "model", "provider", "region", "classification",

@@ -4,6 +4,9 @@ Last of the befores (after policy, redaction, admission and routing: a hit is st
 rate-limited, policy-checked and counted against the tenant's slot like any request). Only a
 request for which caching applies gets a ticket (`ctx.cache`): `[cache] default = "on"`, or the
 request asks (HTTP header `x-atp-cache: on`, frame/gRPC metadata `cache = "on"`); `off` opts out.
+Policy decides above both (policy/rules.py CACHE_EFFECTS): a matching `cache` rule opts the
+request in (the request's own `off` still opts out), a `no_cache` rule keeps it out whatever was
+asked; in dry-run the policy's cache effects are not applied.
 On a hit the decision names the cached model with provider `cache` (what the HTTP headers, the
 gRPC response and the audit row show), the pipeline answers from the entry instead of dispatching,
 the usage keeps the entry's tokens at cost 0, and what it would have cost is the saving (metrics,
@@ -81,7 +84,12 @@ class CacheStage(Stage):
     def before(self, ctx: RequestContext):
         request = ctx.request
         asked = request.metadata.get("cache") if request.metadata else None
-        if not (self.default_on if asked is None else asked == "on"):
+        policy = ctx.policy
+        says = policy.cache if policy is not None and not policy.dry_run else None
+        if says is not None:    # a policy obligation: no_cache beats any ask, an opt-out beats cache
+            if says == "off" or asked == "off":
+                return None
+        elif not (self.default_on if asked is None else asked == "on"):
             return None
         tenant = ctx.principal.tenant
         ticket = ctx.cache = Ticket(tenant, request_key(tenant, request), ctx.decision.model)

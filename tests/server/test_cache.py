@@ -96,6 +96,63 @@ def test_caching_is_opt_in_per_request_or_on_by_config(tmp_path):
     assert asyncio.run(main("enabled = false", ["on", "on"])) == [False, False]
 
 
+CACHE_POLICY = """
+[[rules]]
+id = "never-cache-secrets"
+priority = 30
+effect = "no_cache"
+when.classification = ["secret"]
+
+[[rules]]
+id = "cache-default-tenant"
+priority = 20
+effect = "cache"
+when.tenant = ["default"]
+"""
+
+
+def test_policy_opts_requests_in_and_a_no_cache_rule_beats_any_ask(tmp_path):
+    """`cache` rules opt matching requests in without any header; `no_cache` keeps them out even
+    when the request asks; a request's own `off` still opts out; other tenants keep the default."""
+    path = tmp_path / "policy.toml"
+    path.write_text(CACHE_POLICY)
+
+    def secret(cache):
+        meta = {"data_classification": "secret"} | ({"cache": cache} if cache else {})
+        return ChatRequest([("user", "the launch codes")], metadata=meta, tier="high")
+
+    async def main(dry_run):
+        app = make_app(tmp_path / str(dry_run), f"enabled = true\n[policy]\nfiles = [{str(path)!r}]\n"
+                                                f"dry_run = {str(dry_run).lower()}")
+        run = app.pipeline.complete
+        out = {"policy": [await run(ask(cache=None), PRINCIPAL, "test") for _ in range(2)],
+               "opt_out": [await run(ask("other question", cache="off"), PRINCIPAL, "test")
+                           for _ in range(2)],
+               "secret": [await run(secret(c), PRINCIPAL, "test") for c in ("on", "on", None)],
+               "other_tenant": [await run(ask("a third", cache=None), OTHER, "test") for _ in range(2)]}
+        await app.stop(0)
+        return {k: [r.decision.provider == "cache" for r in v] for k, v in out.items()}
+    assert asyncio.run(main(False)) == {"policy": [False, True], "opt_out": [False, False],
+                                        "secret": [False, False, False],
+                                        "other_tenant": [False, False]}
+    # dry-run decides and audits but enforces nothing: no cache effect either (default off)
+    assert asyncio.run(main(True)) == {"policy": [False, False], "opt_out": [False, False],
+                                       "secret": [False, True, False],
+                                       "other_tenant": [False, False]}
+
+
+def test_the_policy_decision_carries_its_cache_obligation(tmp_path):
+    from atp_server.policy import PolicyHolder
+    app = make_app(tmp_path)
+    holder = PolicyHolder.of_rules(CACHE_POLICY, app.config.models)
+    plain = holder.decide(PRINCIPAL, ask(cache=None), "test")
+    secret = holder.decide(PRINCIPAL, ChatRequest([("user", "x")], metadata={
+        "data_classification": "secret"}), "test")
+    assert plain.allowed and plain.cache == "on" and plain.matched == ("cache-default-tenant",)
+    assert secret.cache == "off" and secret.matched == ("never-cache-secrets", "cache-default-tenant")
+    assert holder.decide(OTHER, ask(cache=None), "test").cache is None
+
+
 def test_off_by_default_the_stage_is_absent(tmp_path):
     app = App(make_config(tmp_path))
     assert "cache" not in app.pipeline.chain.names and app.cache is None
