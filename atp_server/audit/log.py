@@ -80,6 +80,10 @@ DEFAULT_MAX_BUFFER = 20_000
 # the file). A batch holds the lock well under a millisecond; beyond this the batch is retried
 # later instead of stalling every request on this loop (sqlite3's default would be 5 s).
 _LOCK_WAIT_S = 0.05
+# How long opening the file may wait for a lock: --workers N open it together at start, and the
+# first opener of a WAL file rebuilds its index under an exclusive lock (or a sibling commits);
+# on a loaded machine that outlasted 50 ms and failed a worker's start ("database is locked").
+OPEN_LOCK_WAIT_S = 10.0
 
 
 class AuditLog:
@@ -115,7 +119,7 @@ class AuditLog:
         self.on_event = on_event            # fn(name) at each state change (tests, /healthz later)
         self._buffer: list[tuple] = []
         self._lock = threading.Lock()       # count() may be called from other threads (tests)
-        self._db = self._open()             # at start, a failure to open is a config error: raise
+        self._db = self._open(OPEN_LOCK_WAIT_S)   # at start, a failure to open is a config error: raise
         self._task: asyncio.Task | None = None
         self._retry_delay = flush_every_s
         self.written = 0
@@ -127,8 +131,10 @@ class AuditLog:
         self.checkpoint_failing: str | None = None
         self.refusing = False
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, timeout=_LOCK_WAIT_S)
+    def _open(self, lock_wait_s: float = _LOCK_WAIT_S) -> sqlite3.Connection:
+        """A connection set up for appending; `lock_wait_s` bounds the wait for a lock while
+        setting up (at start OPEN_LOCK_WAIT_S; a reopen on the event loop the hot path's wait)."""
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=lock_wait_s)
         db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a committed batch survives a process crash (kill -9), not an OS crash
         # before the next WAL checkpoint; halves the cost per row against FULL (1.5 vs 3 µs
@@ -142,6 +148,7 @@ class AuditLog:
         if columns and "hash" not in columns:
             _migrate(db)
         self._since_signed, self._signed_at = _rows_since_checkpoint(db)
+        db.execute(f"PRAGMA busy_timeout={int(_LOCK_WAIT_S * 1000)}")   # the hot path's wait from here
         return db
 
     # ---- the request path -----------------------------------------------------------------------

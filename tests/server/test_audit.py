@@ -189,3 +189,22 @@ def test_close_reports_rows_it_could_not_write(tmp_path, caplog):
         asyncio.run(log.close())
     assert log.lost == 1
     assert any("1 audit row(s) could not be written" in r.getMessage() for r in caplog.records)
+
+
+def test_opening_waits_out_another_writers_lock(tmp_path):
+    """Workers open one audit file at start while a sibling may be committing: opening waits for
+    the lock (OPEN_LOCK_WAIT_S) instead of failing the worker's start as 'database is locked';
+    appends afterwards still give up after the short hot-path wait."""
+    import threading
+    path = str(tmp_path / "audit.sqlite")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")     # a rollback-journal file: its lock blocks every reader
+    holder.execute("BEGIN EXCLUSIVE")        # held 0.3 s: longer than the hot path's 50 ms wait
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        log = AuditLog(path)
+    finally:
+        release.join()
+    assert log._db.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+    holder.close()
