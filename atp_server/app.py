@@ -218,6 +218,8 @@ class App:
         self.learning = None      # state.learning.LearningSync: workers merge what routing learnt
         self.ports = BoundPorts()
         self.pid_owner: int | None = None        # the pid `atp reload` signals, when not ours
+        self.worker: tuple[int, int] | None = None   # (index, N) under `atp serve --workers N`
+        self.worker_metrics = None               # worker_metrics.WorkerMetrics when N > 1
 
     @property
     def draining(self) -> bool:
@@ -268,6 +270,11 @@ class App:
             self.resources.start()
         if self.events is not None:
             await self.events.start()
+        if self.worker is not None and self.worker[1] > 1 and self.worker_metrics is None:
+            from .worker_metrics import WorkerMetrics   # a scrape of any worker shows them all
+            self.worker_metrics = WorkerMetrics(self.metrics.render, state_dir(self.config), *self.worker)
+            await self.worker_metrics.start()
+            self.service.scrape_metrics = self.worker_metrics.gather
         if http:
             from .transport.http import HttpTransport
             t = HttpTransport(self.service)
@@ -301,6 +308,9 @@ class App:
             self.federation = None
         await asyncio.gather(*(t.stop(grace) for t in self.transports), return_exceptions=True)
         self.transports.clear()
+        if self.worker_metrics is not None:
+            await self.worker_metrics.stop()
+            self.worker_metrics = None
         self.auth.save_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # nothing accepts now
         if self.learning is not None:     # a last merge, so the saved posteriors hold it too
             await self.learning.stop()

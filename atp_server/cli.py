@@ -272,6 +272,7 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
                 # Built here, not before the fork: an SQLite connection must not cross one.
                 app = _build_app(cfg, args.config)
                 app.pid_owner = app.reloader.owner_pid = os.getppid()   # `atp reload` signals
+                app.worker = (index, workers)    # /metrics gathers every worker's numbers
                 code = _serve_one(app, cfg, args, mine, announce=index == 0 and not respawned,
                                   reuse_port=True)
             except atp_config.ConfigError as exc:   # rare: cmd_serve checked the audit file

@@ -58,13 +58,18 @@ class GatewayService:
         self.congested = admission.congested        # () -> bool: the CONGESTION flag (watermarks)
         self.credit_target = admission.capacity     # () -> slots now: sizes sessions' request credit
         self.congestion_watermark = congestion_watermark
-        self.render_metrics = metrics.render        # () -> Prometheus text
+        self.render_metrics = metrics.render        # () -> Prometheus text of this process
+        self.scrape_metrics = self._scrape_one      # async () -> what GET /metrics answers
         self._scrape = ("Bearer " + scrape_token).encode() if scrape_token else None
         self._metrics = metrics
         self._router = router
         self._policy = pipeline.policy
         self._clock = pipeline.clock
         self._feedback = feedback
+
+    async def _scrape_one(self) -> bytes:
+        """One process: its own numbers (with --workers N, App sets worker_metrics.gather)."""
+        return self.render_metrics()
 
     def metrics_allowed(self, authorization: str | None) -> bool:
         """Whether a scrape may read /metrics: always without [metrics] scrape_token, else only

@@ -114,7 +114,8 @@ class HttpTransport:
             self.refused("http", reason="auth")
             return error_response(AtpError(ErrorCode.UNAUTHENTICATED, "/metrics needs "
                                            "'Authorization: Bearer <[metrics] scrape_token>'"))
-        return web.Response(body=self.service.render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await self.service.scrape_metrics(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(self, request: web.Request) -> web.Response:
         try:

@@ -56,10 +56,12 @@ def fresh(port: int, method: str, path: str, body: bytes | None = None) -> tuple
         conn.close()
 
 
-def posterior(port: int) -> float:
+def posteriors(port: int) -> list[float]:
+    """Each worker's posterior for sim-dead: one scrape carries every worker's series."""
     _, text = fresh(port, "GET", "/metrics")
-    m = re.search(rb'atp_routing_quality_posterior\{model="sim-dead"\} ([0-9.e-]+)', text)
-    return float(m.group(1))
+    found = re.findall(rb'atp_routing_quality_posterior\{worker="(\d)",model="sim-dead"\} ([0-9.e-]+)', text)
+    assert sorted(w for w, _ in found) == [b"0", b"1"], text
+    return [float(v) for _, v in found]
 
 
 def unhealthy(port: int) -> bool:
@@ -80,7 +82,7 @@ def every_worker_says(check, deadline_s: float, in_a_row: int = 10) -> float:
 def test_failures_and_a_breaker_seen_by_one_worker_reach_the_other(tmp_path, redis_server):
     q = 0.6                          # the model's configured quality: its prior mean
     with serving(tmp_path, toml(tmp_path, redis_server.url)) as s:
-        assert abs(posterior(s.http) - q) < 1e-9
+        assert all(abs(p - q) < 1e-9 for p in posteriors(s.http))
         one = http.client.HTTPConnection("127.0.0.1", s.http, timeout=10)   # one worker only
 
         def send() -> int:
@@ -90,16 +92,11 @@ def test_failures_and_a_breaker_seen_by_one_worker_reach_the_other(tmp_path, red
             return r.status
 
         assert send() >= 500          # its dispatch retries: faults below the breaker threshold
-        seen = []                     # whichever worker answers ...
-
-        def merged() -> bool:
-            value = posterior(s.http)
-            if value >= q:
-                return False
-            seen.append(value)
-            return abs(value - seen[0]) < 1e-9
+        def merged() -> bool:         # every worker holds the same lower posterior ...
+            values = posteriors(s.http)
+            return max(values) < q and max(values) - min(values) < 1e-9
         every_worker_says(merged, 10)
-        # ... all of them hold the lower posterior, though only one saw the failures
+        # ... though only one saw the failures
         statuses = [send()]
         while len(statuses) < 12 and statuses[-1] != 503:
             statuses.append(send())
