@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from ..routing.bandit import LinUCB
+
 log = logging.getLogger("atp.state")
 
 # A worker's latency/error values count in the mean while it merged within this many intervals:
@@ -46,21 +48,31 @@ class LearningSync:
         self.router, self.store, self.interval_s = router, store, interval_s
         self.clock, self.wall = clock, wall
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
-        # model id -> (succ, fail, answers) at the last merge; first, what the table holds now
-        # (the posteriors restored at start, which every worker loaded: seeds, never deltas)
+        # model id -> (succ, fail, answers) at the last merge, and LinUCB's packed sums (A's
+        # upper triangle, b) at the last merge; first, what the table holds now (the posteriors
+        # restored at start, which every worker loaded: seeds, never deltas)
         self.base: dict[str, np.ndarray] = {}
-        self._seed()
+        self.lin_base: dict[str, np.ndarray] = {}
+        self._known: frozenset = frozenset()   # the model ids of the last merge's table
+        self._seed(router.ref.table)
+        self._known = frozenset(router.ref.table.ids)
+        self.refused: set[str] = set()         # models whose LinUCB sums the store refuses (dim)
         self.merges = 0                        # merges that reached the store
         self._wake = asyncio.Event()
         self._adopting = False                 # our own adopt() must not wake us again
         self._task: asyncio.Task | None = None
 
-    def _seed(self) -> None:
-        table = self.router.ref.table
-        s = table.stats
+    def _seed(self, table) -> None:
+        """Bases for models new since the last merge (a reload added them, or added them back
+        with fresh statistics): what they hold now, so only what they learn from here is sent."""
+        s, lin = table.stats, _linucb(table)
+        packed = lin.packed() if lin is not None else None
         for i, model in enumerate(table.ids):
-            if model not in self.base:
+            new = model not in self.base or model not in self._known
+            if new:
                 self.base[model] = np.array([s.succ[i], s.fail[i], float(s.answers[i])])
+            if packed is not None and (new or self.lin_base.get(model, packed[i]).shape != packed[i].shape):
+                self.lin_base[model] = packed[i]
 
     def wake(self) -> None:
         """A breaker of this worker changed: merge now instead of at the next tick."""
@@ -96,9 +108,10 @@ class LearningSync:
         """One push-and-pull; False when the store did not answer (the deltas wait)."""
         table = self.router.ref.table
         s, ids, health = table.stats, table.ids, self.router.health
+        lin = _linucb(table)
         offset = self.wall() - self.clock()
+        self._seed(table)               # a model new since (a reload): from what it holds now
         sent = np.stack([s.succ, s.fail, s.answers.astype(np.float64)])   # a copy
-        self._seed()                    # a model new since (a reload): from what it holds now
         rows = []
         for i, model in enumerate(ids):
             base = self.base[model]
@@ -107,28 +120,95 @@ class LearningSync:
             closed = c.closed_at + offset if c is not None and c.closed_at else 0.0
             rows.append((model, base, sent[:, i] - base, float(s.lat_ewma[i]), float(s.err_rate[i]),
                          opened, closed))
-        merged = await self.store.merge(self.worker, self.wall(), STALE_INTERVALS * self.interval_s, rows)
-        if merged is None or self.router.ref.table is not table:
-            return False                # down, or the table was swapped meanwhile: next time
+        lin_rows, lin_sent = (), None
+        if lin is not None:             # only when LinUCB is the bandit: Thompson/UCB need the sums above
+            lin_sent = lin.packed()     # a copy
+            lin_rows = [(model, lin.dim, self.lin_base[model], lin_sent[i] - self.lin_base[model])
+                        for i, model in enumerate(ids)]
+        merged = await self.store.merge(self.worker, self.wall(), STALE_INTERVALS * self.interval_s,
+                                        rows, lin_rows)
+        if merged is None:
+            return False                # down: the deltas wait for the next merge
+        beta, pulled = merged
         self.merges += 1
-        now = np.stack([s.succ, s.fail, s.answers.astype(np.float64)])
+        # The store holds our deltas now, whatever happened meanwhile: the bases move on. A
+        # table swapped in during the merge (a reload, a promotion) carried the rows of the
+        # models it kept, so what arrived meanwhile is its row minus what was sent, by model id.
+        current = self.router.ref.table
+        cs, index = current.stats, current.index
+        now = np.stack([cs.succ, cs.fail, cs.answers.astype(np.float64)])
         for i, model in enumerate(ids):
-            succ, fail, answers, lat, err, opened, closed = merged[i]
+            succ, fail, answers, lat, err, opened, closed = beta[i]
             total = np.array([succ, fail, answers])
-            local = total + (now[:, i] - sent[:, i])   # plus what arrived while merging
-            s.succ[i], s.fail[i], s.answers[i] = local[0], local[1], round(local[2])
             self.base[model] = total
+            j = index.get(model)
+            if j is None:
+                continue
+            local = total + (now[:, j] - sent[:, i])   # plus what arrived while merging
+            cs.succ[j], cs.fail[j], cs.answers[j] = local[0], local[1], round(local[2])
             if np.isfinite(lat):
-                s.lat_ewma[i] = lat
+                cs.lat_ewma[j] = lat
             if np.isfinite(err):
-                s.err_rate[i] = err
+                cs.err_rate[j] = err
             self._adopting = True
             try:
                 health.adopt(model, opened - offset if opened else 0.0,
                              closed - offset if closed else 0.0)
             finally:
                 self._adopting = False
+        if lin_rows:
+            self._adopt_linucb(lin_rows, pulled, lin_sent, current)
+        self._known = frozenset(ids)
+        for model in [m for m in self.base if m not in index]:   # removed: bounded by the table
+            del self.base[model]
+            self.lin_base.pop(model, None)
         return True
+
+    def _adopt_linucb(self, lin_rows, pulled, sent: np.ndarray, current) -> None:
+        """The merged LinUCB sums: each model's A and b become merged + what arrived meanwhile,
+        and A⁻¹ is inverted afresh. A row the store refused (it holds another dim: a worker
+        with another trained router or version) or a merged value that is not finite is skipped
+        with a log line: this worker keeps its own matrices, the store keeps its sums."""
+        lin = _linucb(current)
+        mine = lin.packed() if lin is not None else None
+        rows, values = [], []
+        for i, ((model, dim, _, _), (vec, stored)) in enumerate(zip(lin_rows, pulled)):
+            if vec is None or not np.isfinite(vec).all():
+                if model not in self.refused:
+                    self.refused.add(model)
+                    log.warning("learning merge: LinUCB sums of %s skipped: the store holds %s, "
+                                "this worker dim %d (another trained router or version?)", model,
+                                f"dim {stored}" if vec is None else "non-finite values", dim)
+                continue
+            if model in self.refused:
+                self.refused.discard(model)
+                log.info("learning merge: LinUCB sums of %s merge again", model)
+            self.lin_base[model] = vec
+            j = current.index.get(model)
+            if lin is not None and j is not None and lin.dim == dim:
+                rows.append(j)
+                values.append(vec + (mine[j] - sent[i]))   # plus what arrived while merging
+        if rows:
+            _set_rows(lin, rows, np.array(values), [current.ids[j] for j in rows])
+
+
+def _linucb(table):
+    return table.bandit if isinstance(table.bandit, LinUCB) else None
+
+
+def _set_rows(lin: LinUCB, rows, values, models) -> None:
+    """lin.set_rows, row by row when the batch holds a singular A (a corrupt store: that row
+    keeps this worker's own matrices, logged)."""
+    try:
+        lin.set_rows(rows, values)
+        return
+    except np.linalg.LinAlgError:
+        pass
+    for j, v, model in zip(rows, values, models):
+        try:
+            lin.set_rows([j], v[None])
+        except np.linalg.LinAlgError:
+            log.error("learning merge: merged LinUCB A of %s is singular; kept this worker's", model)
 
 
 def start_sync(router, store, interval_s: float, clock) -> LearningSync:

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 
+import numpy as np
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -352,25 +353,105 @@ end
 return out
 """
 
+# LinUCB's sums (routing/bandit.py: A's upper triangle and b, n = d(d+1)/2 + d floats per model),
+# merged like succ/fail: set from `base` when the key is new, then this worker's delta added.
+# KEYS: per model its sums hash. ARGV: per model dim, base, delta — packed little-endian float64.
+# Returns per model {1, merged sums} or {0, the stored dim} when the model's key holds another
+# dim (another trained router's features, another version) or a blob is not n floats long: the
+# store is left as it was and the worker skips that model.
+# Packed bytes, not HINCRBYFLOAT per entry: 170 floats per model would be 170 commands and 170
+# decimal strings each way; a Lua number is an IEEE double, so `a + b` here is the same addition
+# numpy does, and nothing is lost to formatting. Lua's unpack() is bounded by its C stack
+# (LUAI_MAXCSTACK = 8000 values), so floats are unpacked LINUCB_CHUNK at a time whatever the dim.
+LINUCB_CHUNK = 64
+_MERGE_LINUCB = """
+local out = {}
+for i = 1, #KEYS do
+  local d, base, delta = tonumber(ARGV[i * 3 - 2]), ARGV[i * 3 - 1], ARGV[i * 3]
+  local n = d * (d + 1) / 2 + d
+  local k = KEYS[i]
+  local have = redis.call('HMGET', k, 'dim', 'sums')
+  if not have[1] and #base == 8 * n then
+    redis.call('HSET', k, 'dim', d, 'sums', base)
+    have = {tostring(d), base}
+  end
+  if tonumber(have[1]) ~= d or #have[2] ~= 8 * n or #delta ~= 8 * n then
+    out[i] = {0, tonumber(have[1]) or 0}
+  else
+    local sums, parts = have[2], {}
+    for first = 1, n, """ + str(LINUCB_CHUNK) + """ do
+      local m = math.min(""" + str(LINUCB_CHUNK) + """, n - first + 1)
+      local fmt = '<' .. string.rep('d', m)
+      local from, to = 8 * (first - 1) + 1, 8 * (first - 1 + m)
+      local a = {struct.unpack(fmt, string.sub(sums, from, to))}
+      local b = {struct.unpack(fmt, string.sub(delta, from, to))}
+      for j = 1, m do a[j] = a[j] + b[j] end
+      parts[#parts + 1] = struct.pack(fmt, unpack(a, 1, m))
+    end
+    sums = table.concat(parts)
+    redis.call('HSET', k, 'sums', sums)
+    out[i] = {1, sums}
+  end
+end
+return out
+"""
+
 
 class RedisLearning:
     """The merge of state/learning.py on Redis; `merge` returns None when Redis is down (learning
     is best effort: it always fails open, and the deltas wait for the next merge)."""
 
     def __init__(self, client, prefix: str, guard: _Guard):
-        self.prefix, self.guard = prefix, guard
+        self.r, self.prefix, self.guard = client, prefix, guard
         self._merge = client.register_script(_MERGE)
+        self._merge_linucb = client.register_script(_MERGE_LINUCB)
 
-    async def merge(self, worker: str, now: float, stale_s: float, rows) -> list | None:
-        """rows: per model (id, base (3), delta (3), latency, error rate, opened, closed)."""
+    async def merge(self, worker: str, now: float, stale_s: float, rows, linucb=()):
+        """rows: per model (id, base (3), delta (3), latency, error rate, opened, closed);
+        linucb: per model (id, dim, base, delta) — packed float64 vectors (LinUCB.packed()).
+        Returns (per row the merged (succ, fail, answers, latency, error, opened, closed), per
+        linucb row (merged vector, dim) or (None, the dim the store holds) when it refused the
+        row), or None when Redis did not answer. Both scripts go in one pipeline: one
+        round trip (and a deployment without LinUCB sends the first alone)."""
         keys = [self.prefix + "l:" + row[0] for row in rows] + [self.prefix + "h:" + row[0] for row in rows]
         args = [worker, repr(now), repr(stale_s)]
         for _, base, delta, lat, err, opened, closed in rows:
             args += [repr(float(x)) for x in (*base, *delta, lat, err, opened, closed)]
-        out = await self.guard.call(lambda: self._merge(keys, args), None)
+        lin_keys = [self.prefix + "lin:" + row[0] for row in linucb]
+        lin_args = []
+        for _, dim, base, delta in linucb:
+            lin_args += [dim, _packed(base), _packed(delta)]
+
+        async def both():
+            if not linucb:
+                return await self._merge(keys, args), []
+            async with self.r.pipeline(transaction=False) as pipe:
+                await self._merge(keys, args, client=pipe)
+                await self._merge_linucb(lin_keys, lin_args, client=pipe)
+                # errors as results: the Beta merge applied must not be reported as failed
+                # (its deltas would go out twice) because the LinUCB script failed
+                merged, lin = await pipe.execute(raise_on_error=False)
+                if isinstance(merged, Exception):
+                    raise merged        # to the guard, as when the script is sent alone
+                return merged, lin
+        out = await self.guard.call(both, None)
         if out is None:
             return None
-        return [tuple(float(x) for x in row) for row in out]
+        merged, lin = out
+        if isinstance(lin, Exception):
+            log.error("learning merge: LinUCB script failed (%s); its deltas wait", lin)
+            lin = [(0, 0)] * len(linucb)
+        pulled = []
+        for (ok, body), (_, dim, _, _) in zip(lin, linucb):
+            if ok:
+                pulled.append((np.frombuffer(body, dtype="<f8").astype(np.float64), dim))
+            else:
+                pulled.append((None, int(body)))
+        return [tuple(float(x) for x in row) for row in merged], pulled
+
+
+def _packed(v) -> bytes:
+    return np.ascontiguousarray(v, dtype="<f8").tobytes()
 
 
 class RedisStores(Stores):
