@@ -53,9 +53,11 @@ class LearningSync:
         # restored at start, which every worker loaded: seeds, never deltas)
         self.base: dict[str, np.ndarray] = {}
         self.lin_base: dict[str, np.ndarray] = {}
-        self._known: frozenset = frozenset()   # the model ids of the last merge's table
         self._seed(router.ref.table)
-        self._known = frozenset(router.ref.table.ids)
+        # Models a reload removed since the merge began: their bases go (a model added back
+        # later starts from fresh statistics, and its old base would send a negative delta)
+        self._dropped: set[str] = set()
+        router.on_removed = self.forget
         self.refused: set[str] = set()         # models whose LinUCB sums the store refuses (dim)
         self.merges = 0                        # merges that reached the store
         self._wake = asyncio.Event()
@@ -63,16 +65,23 @@ class LearningSync:
         self._task: asyncio.Task | None = None
 
     def _seed(self, table) -> None:
-        """Bases for models new since the last merge (a reload added them, or added them back
-        with fresh statistics): what they hold now, so only what they learn from here is sent."""
+        """Bases for models without one (new: a reload added them, or added them back with fresh
+        statistics): what they hold now, so only what they learn from here is sent."""
         s, lin = table.stats, _linucb(table)
         packed = lin.packed() if lin is not None else None
         for i, model in enumerate(table.ids):
-            new = model not in self.base or model not in self._known
+            new = model not in self.base
             if new:
                 self.base[model] = np.array([s.succ[i], s.fail[i], float(s.answers[i])])
             if packed is not None and (new or self.lin_base.get(model, packed[i]).shape != packed[i].shape):
                 self.lin_base[model] = packed[i]
+
+    def forget(self, models) -> None:
+        """A reload removed `models` (Router.set_models calls this): drop their bases."""
+        for model in models:
+            self.base.pop(model, None)
+            self.lin_base.pop(model, None)
+            self._dropped.add(model)
 
     def wake(self) -> None:
         """A breaker of this worker changed: merge now instead of at the next tick."""
@@ -111,6 +120,7 @@ class LearningSync:
         lin = _linucb(table)
         offset = self.wall() - self.clock()
         self._seed(table)               # a model new since (a reload): from what it holds now
+        self._dropped.clear()
         sent = np.stack([s.succ, s.fail, s.answers.astype(np.float64)])   # a copy
         rows = []
         for i, model in enumerate(ids):
@@ -138,12 +148,13 @@ class LearningSync:
         cs, index = current.stats, current.index
         now = np.stack([cs.succ, cs.fail, cs.answers.astype(np.float64)])
         for i, model in enumerate(ids):
+            j = index.get(model)
+            if j is None or model in self._dropped:   # removed meanwhile
+                self.forget((model,))
+                continue
             succ, fail, answers, lat, err, opened, closed = beta[i]
             total = np.array([succ, fail, answers])
             self.base[model] = total
-            j = index.get(model)
-            if j is None:
-                continue
             local = total + (now[:, j] - sent[:, i])   # plus what arrived while merging
             cs.succ[j], cs.fail[j], cs.answers[j] = local[0], local[1], round(local[2])
             if np.isfinite(lat):
@@ -158,10 +169,6 @@ class LearningSync:
                 self._adopting = False
         if lin_rows:
             self._adopt_linucb(lin_rows, pulled, lin_sent, current)
-        self._known = frozenset(ids)
-        for model in [m for m in self.base if m not in index]:   # removed: bounded by the table
-            del self.base[model]
-            self.lin_base.pop(model, None)
         return True
 
     def _adopt_linucb(self, lin_rows, pulled, sent: np.ndarray, current) -> None:
@@ -183,9 +190,11 @@ class LearningSync:
             if model in self.refused:
                 self.refused.discard(model)
                 log.info("learning merge: LinUCB sums of %s merge again", model)
-            self.lin_base[model] = vec
             j = current.index.get(model)
-            if lin is not None and j is not None and lin.dim == dim:
+            if j is None or model not in self.base:     # removed meanwhile (forgotten above)
+                continue
+            self.lin_base[model] = vec
+            if lin is not None and lin.dim == dim:
                 rows.append(j)
                 values.append(vec + (mine[j] - sent[i]))   # plus what arrived while merging
         if rows:
