@@ -195,8 +195,10 @@ class LearningSync:
                 continue
             self.lin_base[model] = vec
             if lin is not None and lin.dim == dim:
-                rows.append(j)
-                values.append(vec + (mine[j] - sent[i]))   # plus what arrived while merging
+                value = vec + (mine[j] - sent[i])          # plus what arrived while merging
+                if not np.array_equal(value, mine[j]):     # unchanged: no inversion needed
+                    rows.append(j)
+                    values.append(value)
         if rows:
             _set_rows(lin, rows, np.array(values), [current.ids[j] for j in rows])
 
