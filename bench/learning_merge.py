@@ -5,7 +5,7 @@ answers between merges (untimed): 4 per worker (a few models move), or one for e
 16 move: a busy deployment, LinUCB's worst case). Reported per case (Thompson: the Beta script
 alone; LinUCB: both scripts in one pipeline): the median and p90 of one `merge_once()` as the
 worker's loop sees it (round trip included), Redis's own time per merge (INFO commandstats,
-evalsha), and LinUCB's re-inversion of 16 merged A alone.
+evalsha), LinUCB's re-inversion of 16 merged A alone, and LinUCB's per-observation update.
 """
 import asyncio
 import statistics
@@ -86,4 +86,9 @@ def main(args) -> int:
     packed, rows = lin.packed(), list(range(MODELS))
     inv = statistics.median(timeit.repeat(lambda: lin.set_rows(rows, packed), number=2000, repeat=5)) / 2000
     print(f"LinUCB.set_rows(): unpack + invert {MODELS} × {N_DENSE}×{N_DENSE} A: {inv * 1e6:.1f} µs")
+    x = np.random.default_rng(1).random(N_DENSE)
+    for name, fn in (("LinUCB.update(), one observation", lambda: lin.update(3, x, 0.1)),
+                     ("  of which A += x xᵀ (kept for the merge)", lambda: lin.A[3].__iadd__(np.outer(x, x)))):
+        us = statistics.median(timeit.repeat(fn, number=20_000, repeat=5)) / 20_000 * 1e6
+        print(f"{name}: {us:.2f} µs")
     return 0

@@ -9,10 +9,11 @@ reward − predicted quality, so it starts at the predictor (θ = 0) and only mo
 predictor is wrong for this deployment. A⁻¹ is kept directly and updated by Sherman–Morrison
 (one rank-one update per observation, no inversion).
 
-A itself is kept beside A⁻¹ (A += x xᵀ per observation: 289 adds, ~1 µs) because A = λI + Σ x xᵀ
+A itself is kept beside A⁻¹ (A += x xᵀ per observation: ~2 µs on top of the Sherman–Morrison
+update's ~4.5 µs, off the decision path, bench/RESULTS.md) because A = λI + Σ x xᵀ
 and b = Σ r x are *sums*, and sums merge exactly across workers (state/learning.py): each worker
 sends its ΔA, Δb, the store adds them, and the worker inverts the merged A once per merge
-(`set_rows`: a batched np.linalg.inv of 16 × 17×17, tens of µs every 2 s; bench/RESULTS.md). A⁻¹
+(`set_rows`: a batched np.linalg.inv, ~0.1 ms for 16 × 17×17 every 2 s; bench/RESULTS.md). A⁻¹
 alone cannot be merged (the inverse of a sum is no function of the summands' inverses), and
 inverting A⁻¹ back to A at every merge would compound rounding; keeping A also resets the
 Sherman–Morrison rounding drift at each merge. A stays exactly symmetric (outer(x, x) is: xᵢxⱼ

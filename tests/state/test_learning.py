@@ -441,3 +441,29 @@ def test_restored_linucb_sums_seed_the_store_once(redis_server):
         assert await a.merge_once() and await b.merge_once() and await a.merge_once()
         assert ref.matches(a) and ref.matches(b)    # the file's sums once, not twice
     run(go, redis_server.url)
+
+
+def test_corrupt_stored_sums_are_left_alone_and_never_adopted(redis_server, caplog):
+    async def go(store):
+        clock, rng = Clock(), np.random.default_rng(10)
+        a = linucb_worker(store, "a", clock)
+        teach(a, None, MODEL, rng, 2)
+        assert await a.merge_once()
+        lin = a.router.ref.table.bandit
+        n = len(lin.packed()[0])
+        short, nans = b"\0" * 8, np.full(n, np.nan).astype("<f8").tobytes()
+        for blob in (short, nans):
+            await store.r.hset(store.prefix + "lin:" + MODEL, "sums", blob)
+            teach(a, None, MODEL, rng, 1)
+            own = lin.A.copy(), lin.A_inv.copy(), lin.b.copy()
+            with caplog.at_level(logging.WARNING, logger="atp.state"):
+                assert await a.merge_once()
+            assert all(np.array_equal(x, y) for x, y in zip(own, (lin.A, lin.A_inv, lin.b)))
+            assert MODEL in a.refused
+            a.refused.clear()             # log the next one too
+            stored = await store.r.hget(store.prefix + "lin:" + MODEL, "sums")
+            assert stored == short or np.isnan(np.frombuffer(stored)).all()
+        assert [m for m in caplog.messages if "skipped" in m and MODEL in m][-1].endswith(
+            "non-finite values, this worker dim 17 (another trained router or version?)")
+        assert np.isfinite(a.router.ref.table.bandit.A_inv).all()
+    run(go, redis_server.url)
