@@ -87,7 +87,8 @@ class LinUCB:
         return np.concatenate([self.A[:, iu[0], iu[1]], self.b], axis=1)
 
     def set_rows(self, rows, packed: np.ndarray) -> None:
-        """Replace the sums of `rows` by `packed` (rows of packed()) and invert their A afresh."""
+        """Replace the sums of `rows` by `packed` (rows of packed()) and invert their A afresh.
+        np.linalg.LinAlgError, and nothing changed, when an A is not at least λI."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return
@@ -95,6 +96,10 @@ class LinUCB:
         A = np.empty((rows.size, self.dim, self.dim))
         A[:, iu[0], iu[1]] = packed[:, :n]
         A[:, iu[1], iu[0]] = packed[:, :n]
+        # Every LinUCB A = λI + Σ x xᵀ is ⪰ λI, so A − λI/2 is positive definite with a margin far
+        # above rounding; an A that fails this (Cholesky raises) came from a corrupt store, and a
+        # near-singular one would not make inv() raise, only return garbage.
+        np.linalg.cholesky(A - 0.5 * RIDGE * np.eye(self.dim))
         self.A[rows] = A
         self.A_inv[rows] = np.linalg.inv(A)
         self.b[rows] = packed[:, n:]

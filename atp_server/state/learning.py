@@ -221,8 +221,8 @@ def _linucb(table):
 
 
 def _set_rows(lin: LinUCB, rows, values, models) -> None:
-    """lin.set_rows, row by row when the batch holds a singular A (a corrupt store: that row
-    keeps this worker's own matrices, logged)."""
+    """lin.set_rows, row by row when the batch holds an A that is no LinUCB sum (not ⪰ λI: a
+    corrupt store; that row keeps this worker's own matrices, logged)."""
     try:
         lin.set_rows(rows, values)
         return
@@ -232,7 +232,8 @@ def _set_rows(lin: LinUCB, rows, values, models) -> None:
         try:
             lin.set_rows([j], v[None])
         except np.linalg.LinAlgError:
-            log.error("learning merge: merged LinUCB A of %s is singular; kept this worker's", model)
+            log.error("learning merge: merged LinUCB A of %s is not ⪰ λI (a corrupt store?); "
+                      "kept this worker's", model)
 
 
 def start_sync(router, store, interval_s: float, clock) -> LearningSync:

@@ -465,5 +465,12 @@ def test_corrupt_stored_sums_are_left_alone_and_never_adopted(redis_server, capl
             assert stored == short or np.isnan(np.frombuffer(stored)).all()
         assert [m for m in caplog.messages if "skipped" in m and MODEL in m][-1].endswith(
             "non-finite values, this worker dim 17 (another trained router or version?)")
+        # a merged A that is no LinUCB sum (zeros stored + this worker's rank-2 delta): kept its own
+        await store.r.hset(store.prefix + "lin:" + MODEL, "sums", np.zeros(n).astype("<f8").tobytes())
+        own = lin.A.copy(), lin.A_inv.copy(), lin.b.copy()
+        with caplog.at_level(logging.WARNING, logger="atp.state"):
+            assert await a.merge_once()
+        assert all(np.array_equal(x, y) for x, y in zip(own, (lin.A, lin.A_inv, lin.b)))
+        assert any(f"merged LinUCB A of {MODEL} is not ⪰ λI" in m for m in caplog.messages)
         assert np.isfinite(a.router.ref.table.bandit.A_inv).all()
     run(go, redis_server.url)
