@@ -474,3 +474,23 @@ def test_corrupt_stored_sums_are_left_alone_and_never_adopted(redis_server, capl
         assert any(f"merged LinUCB A of {MODEL} is not ⪰ λI" in m for m in caplog.messages)
         assert np.isfinite(a.router.ref.table.bandit.A_inv).all()
     run(go, redis_server.url)
+
+
+def test_the_store_adds_packed_sums_bit_for_bit_over_several_chunks(redis_server):
+    """Redis's Lua adds the doubles numpy would (IEEE), over more floats than one unpack chunk."""
+    async def go(store):
+        from atp_server.state.redis import LINUCB_CHUNK
+        dim = 50
+        n = dim * (dim + 1) // 2 + dim
+        assert n > LINUCB_CHUNK
+        rng = np.random.default_rng(11)
+        base, d1, d2 = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 8, n) for _ in range(3))
+        for delta in (d1, d2):
+            _, pulled = await store.merge("w", 1e9, 3.0, [], [("wide", dim, base, delta)])
+        assert np.array_equal(pulled[0][0], (base + d1) + d2)
+        # a row of another length for that key is refused, naming the dim the store holds
+        _, pulled = await store.merge("w", 1e9, 3.0, [], [("wide", 3, np.zeros(9), np.ones(9))])
+        assert pulled == [(None, dim)]
+        _, pulled = await store.merge("w", 1e9, 3.0, [], [("wide", dim, base, np.zeros(n))])
+        assert np.array_equal(pulled[0][0], (base + d1) + d2)      # an empty delta only reads
+    run(go, redis_server.url)
