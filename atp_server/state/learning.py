@@ -29,7 +29,7 @@ Why 2 s by default ([state] merge_interval_ms): a breaker cools down for 10 s, s
 at once and pulled within 2 s keeps the other workers off a dead model for most of it, for the
 price of at most a few more failed calls there; posteriors move by one observation per request,
 so a 2 s lag is noise next to the thousands they already hold; and one script per worker every
-2 s is nothing for Redis (~0.2 ms of it with Thompson, ~0.4–0.7 ms with LinUCB, 16 models).
+2 s is nothing for Redis (~0.2 ms of it with Thompson, ~0.4–0.6 ms with LinUCB, 16 models).
 Not merged: in-flight counts (each worker's own).
 
 Clocks: the breaker runs on the pipeline's clock (monotonic, per host); times cross the store as
