@@ -107,6 +107,7 @@ class Router:
         self.on_verdict = None          # fn(Verdict): the App logs it and writes it to the audit trail
         self.pinned = False             # an operator froze the champion (`atp router pin`)
         self.shadow = False             # the challenger only sees mirrored requests (shadow.py)
+        self.on_removed = None          # fn(model ids) after set_models removed them (state/learning.py)
 
     def _bandit(self, n_models: int):
         if self.policy.bandit != "linucb":
@@ -130,6 +131,9 @@ class Router:
                 dst, src = zip(*kept)
                 lin.rows(list(src), list(dst), old.bandit)
         self.models = {m.id: m for m in models}
+        removed = [i for i in old.ids if i not in new.index]
+        if removed and self.on_removed is not None:
+            self.on_removed(removed)
 
     # ---- the decision ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 
+import numpy as np
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -303,21 +304,64 @@ class RedisNonces(NonceStore):
         return bool(ok)
 
 
+# LinUCB's sums (routing/bandit.py: A's upper triangle then b, n = d(d+1)/2 + d floats per
+# model), merged like succ/fail: set from `base` when the key is new, then this worker's delta
+# added. Per model: KEYS its sums hash; ARGV dim, base, delta, packed little-endian float64 — an
+# empty delta is all zeros (a model this worker did not see since its last merge: its sums are
+# only read, sparing the unpacking, ~30 µs of Redis per model). Out per model {1, merged sums},
+# or {0, the stored dim} when the key holds another dim (another trained router's features,
+# another version) or a blob is not n floats long: the key is left as it was, the worker skips.
+# Packed bytes, not HINCRBYFLOAT per entry: 170 floats per model would be 170 commands and 170
+# decimal strings each way; a Lua number is an IEEE double, so `a + b` here is the addition numpy
+# does, and nothing is lost to formatting. Lua's unpack() is bounded by its C stack
+# (LUAI_MAXCSTACK = 8000 values), so floats are unpacked LINUCB_CHUNK at a time whatever the dim
+# (one chunk at the dim in use: 170 floats).
+LINUCB_CHUNK = 1024
+_LINUCB_SUMS = """
+local function linucb_sums(k, d, base, delta)
+  local n = d * (d + 1) / 2 + d
+  local have = redis.call('HMGET', k, 'dim', 'sums')
+  if not have[1] and #base == 8 * n then
+    redis.call('HSET', k, 'dim', d, 'sums', base)
+    have = {tostring(d), base}
+  end
+  if tonumber(have[1]) ~= d or #have[2] ~= 8 * n or (#delta ~= 8 * n and #delta ~= 0) then
+    return {0, tonumber(have[1]) or 0}
+  end
+  if #delta == 0 then return {1, have[2]} end
+  local sums, parts = have[2], {}
+  for first = 1, n, CHUNK do
+    local m = math.min(CHUNK, n - first + 1)
+    local fmt = '<' .. string.rep('d', m)
+    local from, to = 8 * (first - 1) + 1, 8 * (first - 1 + m)
+    local a = {struct.unpack(fmt, string.sub(sums, from, to))}
+    local b = {struct.unpack(fmt, string.sub(delta, from, to))}
+    for j = 1, m do a[j] = a[j] + b[j] end
+    parts[#parts + 1] = struct.pack(fmt, unpack(a, 1, m))
+  end
+  sums = table.concat(parts)
+  redis.call('HSET', k, 'sums', sums)
+  return {1, sums}
+end
+""".replace("CHUNK", str(LINUCB_CHUNK))
+
 # One merge of the router's learning (state/learning.py) for every model, in one round trip.
-# KEYS: per model its statistics hash, then its breaker hash. ARGV: worker id, now, stale after,
-# then per model: base succ, fail, answers (set only when the hash is new: the posteriors every
-# worker loaded), their deltas since this worker's last merge, its latency EWMA and error rate,
-# its last trip and last close (wall seconds, 0 = none). Sums are exact merges (each worker adds
-# only what it saw); latency and error rate are the mean over workers heard from within `stale`
+# KEYS: per model its statistics hash, then per model its breaker hash, then per LinUCB model its
+# sums hash (_LINUCB_SUMS). ARGV: worker id, now, stale after, the count of models and of LinUCB
+# models (0 unless LinUCB is the bandit), then per model: base succ, fail, answers (set only when
+# the hash is new: the posteriors every worker loaded), their deltas since this worker's last
+# merge, its latency EWMA and error rate, its last trip and last close (wall seconds, 0 = none);
+# then per LinUCB model its dim, base and delta. Sums are exact merges (each worker adds only
+# what it saw); latency and error rate are the mean over workers heard from within `stale`
 # seconds (one value per worker, so a dead worker's fades out); breaker times keep the latest.
-# Returns per model {succ, fail, answers, latency, error rate, opened, closed} as strings (a Lua
-# number would come back truncated to an integer).
-_MERGE = """
+# Returns {per model {succ, fail, answers, latency, error rate, opened, closed} as strings (a Lua
+# number would come back truncated to an integer), per LinUCB model what _LINUCB_SUMS returns}.
+_MERGE = _LINUCB_SUMS + """
 local wid, now, stale = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local m = #KEYS / 2
+local m, l = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
 for i = 1, m do
-  local a = 3 + (i - 1) * 10
+  local a = 5 + (i - 1) * 10
   local k = KEYS[i]
   if redis.call('EXISTS', k) == 0 then
     redis.call('HSET', k, 'succ', ARGV[a + 1], 'fail', ARGV[a + 2], 'answers', ARGV[a + 3])
@@ -349,7 +393,12 @@ for i = 1, m do
   out[i] = {succ, fail, answers, tostring(lat / n), tostring(err / n), tostring(opened),
             tostring(closed)}
 end
-return out
+local lin = {}
+for i = 1, l do
+  local a = 5 + m * 10 + (i - 1) * 3
+  lin[i] = linucb_sums(KEYS[2 * m + i], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3])
+end
+return {out, lin}
 """
 
 
@@ -358,19 +407,37 @@ class RedisLearning:
     is best effort: it always fails open, and the deltas wait for the next merge)."""
 
     def __init__(self, client, prefix: str, guard: _Guard):
-        self.prefix, self.guard = prefix, guard
+        self.r, self.prefix, self.guard = client, prefix, guard
         self._merge = client.register_script(_MERGE)
 
-    async def merge(self, worker: str, now: float, stale_s: float, rows) -> list | None:
-        """rows: per model (id, base (3), delta (3), latency, error rate, opened, closed)."""
-        keys = [self.prefix + "l:" + row[0] for row in rows] + [self.prefix + "h:" + row[0] for row in rows]
-        args = [worker, repr(now), repr(stale_s)]
+    async def merge(self, worker: str, now: float, stale_s: float, rows, linucb=()):
+        """rows: per model (id, base (3), delta (3), latency, error rate, opened, closed);
+        linucb: per model (id, dim, base, delta) — packed float64 vectors (LinUCB.packed()).
+        Returns (per row the merged (succ, fail, answers, latency, error, opened, closed), per
+        linucb row (merged vector, dim) or (None, the dim the store holds) when it refused the
+        row), or None when Redis did not answer."""
+        keys = ([self.prefix + "l:" + row[0] for row in rows] + [self.prefix + "h:" + row[0] for row in rows]
+                + [self.prefix + "lin:" + row[0] for row in linucb])
+        args = [worker, repr(now), repr(stale_s), len(rows), len(linucb)]
         for _, base, delta, lat, err, opened, closed in rows:
             args += [repr(float(x)) for x in (*base, *delta, lat, err, opened, closed)]
+        for _, dim, base, delta in linucb:
+            args += [dim, _packed(base), _packed(delta) if delta.any() else b""]
         out = await self.guard.call(lambda: self._merge(keys, args), None)
         if out is None:
             return None
-        return [tuple(float(x) for x in row) for row in out]
+        merged, lin = out
+        pulled = []
+        for (ok, body), (_, dim, _, _) in zip(lin, linucb):
+            if ok:
+                pulled.append((np.frombuffer(body, dtype="<f8").astype(np.float64), dim))
+            else:
+                pulled.append((None, int(body)))
+        return [tuple(float(x) for x in row) for row in merged], pulled
+
+
+def _packed(v) -> bytes:
+    return np.ascontiguousarray(v, dtype="<f8").tobytes()
 
 
 class RedisStores(Stores):

@@ -143,6 +143,70 @@ def test_posteriors_persist_across_restarts(tmp_path):
     assert Router(MODELS).load(tmp_path / "missing.npz") == 0
 
 
+def linucb_router(models=MODELS) -> Router:
+    r = Router(models, policy=RoutingConfig(bandit="linucb"))
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        r.table.bandit.update(i % 2, rng.random(r.table.bandit.dim), float(rng.random()) - 0.5)
+    return r
+
+
+def test_linucb_keeps_A_beside_its_inverse():
+    lin = linucb_router().table.bandit
+    assert np.allclose(lin.A_inv @ lin.A, np.eye(lin.dim), atol=1e-10)
+    assert (lin.A == lin.A.transpose(0, 2, 1)).all()     # exactly symmetric: packing halves it
+
+
+def test_packed_sums_round_trip_and_reinvert():
+    lin = linucb_router().table.bandit
+    packed = lin.packed()
+    d = lin.dim
+    assert packed.shape == (2, d * (d + 1) // 2 + d)
+    other = bandit.LinUCB(2, d)
+    other.set_rows([1, 0], packed)            # row 1 takes model 0's sums
+    assert (other.A[1] == lin.A[0]).all() and (other.b[1] == lin.b[0]).all()
+    assert np.allclose(other.A_inv[1], np.linalg.inv(lin.A[0]))
+
+
+def test_linucb_sums_persist_with_A(tmp_path):
+    path = tmp_path / bandit.FILE
+    a = linucb_router()
+    a.save(path)
+    b = Router(list(reversed(MODELS)), policy=RoutingConfig(bandit="linucb"))
+    assert b.load(path) == 2
+    la, lb = a.table.bandit, b.table.bandit
+    for k in ("A", "A_inv", "b"):
+        assert (getattr(lb, k)[::-1] == getattr(la, k)).all()
+
+
+def test_a_posterior_file_without_A_is_loaded_by_inverting_A_inv(tmp_path):
+    path = tmp_path / bandit.FILE
+    a = linucb_router()
+    a.save(path)
+    with np.load(path) as z:                     # as written before A was saved
+        old = {k: z[k] for k in z.files if k != "A"}
+    with open(path, "wb") as f:
+        np.savez(f, **old)
+    b = Router(MODELS, policy=RoutingConfig(bandit="linucb"))
+    assert b.load(path) == 2
+    la, lb = a.table.bandit, b.table.bandit
+    assert (lb.A_inv == la.A_inv).all() and (lb.b == la.b).all()
+    assert np.allclose(lb.A, la.A, rtol=1e-9)
+
+
+def test_a_singular_saved_A_inv_is_named(tmp_path):
+    path = tmp_path / bandit.FILE
+    a = linucb_router()
+    a.table.bandit.A_inv[0] = 0.0
+    a.save(path)
+    with np.load(path) as z:
+        old = {k: z[k] for k in z.files if k != "A"}
+    with open(path, "wb") as f:
+        np.savez(f, **old)
+    with pytest.raises(ValueError, match=f"{path}.*singular"):
+        Router(MODELS, policy=RoutingConfig(bandit="linucb")).load(path)
+
+
 def test_a_corrupt_posterior_file_is_named(tmp_path):
     path = tmp_path / bandit.FILE
     path.write_bytes(b"not a zip")
@@ -155,8 +219,10 @@ def test_set_models_swaps_the_table_and_keeps_what_was_learnt():
     served(r, "s")
     r.feedback("acme", "s", 1.0, 0.0)
     old = r.table
+    removed = []
+    r.on_removed = removed.extend          # the learning merge forgets their bases
     r.set_models([MODELS[0], ModelSpec("w", "p", "w", quality=0.1)])
-    assert r.table is not old and set(r.models) == {"x", "w"}
+    assert r.table is not old and set(r.models) == {"x", "w"} and removed == ["y"]
     assert r.table.stats.succ[0] == 1.0
     assert served(r, "s2").model in ("x", "w")
 

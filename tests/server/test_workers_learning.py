@@ -1,15 +1,22 @@
 """Two workers learn together through Redis: failures one worker saw move the other's quality
-posterior, and a breaker one worker opens is open in the other within one merge interval."""
+posterior, a breaker one worker opens is open in the other within one merge interval, and
+LinUCB's matrices one worker learnt from feedback reach the other (and its saved posteriors)."""
+import asyncio
 import http.client
 import re
 import time
 
+import numpy as np
 import orjson
 import pytest
 
 from atp_server import config as atp_config
+from atp_server.app import App
+from atp_server.routing.bandit import FILE as POSTERIORS
+from atp_server.types import ChatRequest
 
 from ..state.redis_server import RedisServer
+from .helpers import PRINCIPAL, make_config
 from .workers_helpers import serving, workers_toml
 
 INTERVAL_S = 0.3
@@ -105,3 +112,37 @@ def test_failures_and_a_breaker_seen_by_one_worker_reach_the_other(tmp_path, red
         took = every_worker_says(lambda: unhealthy(s.http), 10)
     # pushed at once by the worker that tripped, pulled by the other at its next merge
     assert took < INTERVAL_S + 1.0, took
+
+
+def test_linucb_learnt_from_feedback_in_one_worker_reaches_the_other_and_its_file(tmp_path, redis_server):
+    """Two Apps in this process stand for two workers (so the merges can be called, not waited
+    for): the App starts the merge with LinUCB's sums, and stop() merges before it saves."""
+    def worker(name: str) -> App:
+        d = tmp_path / name
+        d.mkdir()
+        # an hour between merges: only the ones this test calls (and stop's) happen
+        extra = (f'[routing]\nbandit = "linucb"\n[state]\nredis_url = "{redis_server.url}"\n'
+                 "merge_interval_ms = 3600000\n")
+        return App(make_config(d, extra=extra), audit_path=str(d / "audit.sqlite"))
+
+    async def go():
+        a, b = worker("a"), worker("b")
+        for app in (a, b):
+            await app.start(http=False, grpc=False, quic=False)
+        try:
+            for i in range(5):
+                req = ChatRequest([("user", f"Is {i} a prime number?")], request_id=f"r{i}")
+                await a.service.complete(req, PRINCIPAL, "test")
+                assert a.service.feedback(PRINCIPAL, f"r{i}", 0.0)
+            lin_a, lin_b = a.router.table.bandit, b.router.table.bandit
+            assert not np.allclose(lin_a.A, lin_b.A)          # a learnt, b did not
+            assert await a.learning.merge_once() and await b.learning.merge_once()
+            assert np.allclose(lin_b.A, lin_a.A) and np.allclose(lin_b.b, lin_a.b)
+            assert np.allclose(lin_b.A_inv, lin_a.A_inv)
+            learnt = lin_a.A.copy()
+        finally:
+            await a.stop(0)
+            await b.stop(0)
+        with np.load(tmp_path / "b" / POSTERIORS) as saved:
+            assert np.allclose(saved["A"], learnt)
+    asyncio.run(go())
