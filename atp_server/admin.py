@@ -235,17 +235,8 @@ class Admin:
         live = [s for i, s in self.specs.items() if i not in self.disabled]
         if not live:
             raise ValueError("at least one model must stay enabled")
-        app.router.set_models(live)      # raises ValueError (alias names a missing model) unchanged
-        by_id = {s.id: s for s in live}
-        app.policy.models = by_id        # the candidates of unpinned requests
-        app.metrics.add_models(self.specs)
-        stage = app.limit_stage
-        if stage is not None:            # prices for budget reservations (LimitsStage.__init__)
-            stage.models, stage._all_models = by_id, tuple(live)
-            stage._prices = {m.id: ((m.price_in_per_mtok, m.price_out_per_mtok, m.max_output_tokens),)
-                             for m in live}
-            stage._all_prices = tuple(p for (p,) in stage._prices.values())
-            stage._plans.clear()
+        app.router.set_models(live)      # raises ValueError (alias names a missing model) unchanged;
+        app.metrics.add_models(self.specs)   # limits, policy and cache follow (App._models_changed)
 
     async def test_model(self, model_id: str) -> dict:
         """One tiny completion straight through the model's adapter (no routing, no breaker)."""

@@ -168,6 +168,8 @@ class App:
                                  limits=self.limit_stage, redaction=config.redaction,
                                  guard=config.guard, shadow=shadow_stage, cache=cache_stage,
                                  slo=self.slo)
+        self._cache_stage = cache_stage
+        self.router.on_models.append(self._models_changed)
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
@@ -251,6 +253,16 @@ class App:
             if admin is not None:
                 admin.budgets = {r.name: r for r in fresh}
         return commit
+
+    def _models_changed(self, models: dict) -> None:
+        """The router's table changed (admin API, federation rows): what prices, allows or serves
+        per model follows it — budget bounds (a remote route may cost more than every local
+        model), the policy's candidates for unpinned requests, the models a cache hit may name."""
+        self.policy.models = dict(models)
+        if self.limit_stage is not None:
+            self.limit_stage.set_models(models)
+        if self._cache_stage is not None:
+            self._cache_stage.models = models
 
     async def start(self, *, http: bool = True, grpc: bool = True, quic: bool = True,
                     reuse_port: bool = False) -> BoundPorts:

@@ -108,6 +108,9 @@ class Router:
         self.pinned = False             # an operator froze the champion (`atp router pin`)
         self.shadow = False             # the challenger only sees mirrored requests (shadow.py)
         self.on_removed = None          # fn(model ids) after set_models removed them (state/learning.py)
+        # fn(id -> spec) after every set_models (admin API, federation rows): what prices or lists
+        # the models outside routing follows the table (App: limits, policy, cache)
+        self.on_models: list = []
 
     def _bandit(self, n_models: int):
         if self.policy.bandit != "linucb":
@@ -134,6 +137,8 @@ class Router:
         removed = [i for i in old.ids if i not in new.index]
         if removed and self.on_removed is not None:
             self.on_removed(removed)
+        for follow in self.on_models:
+            follow(self.models)
 
     # ---- the decision ---------------------------------------------------------------------------
 

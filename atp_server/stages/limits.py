@@ -103,14 +103,9 @@ class LimitsStage(Stage):
         self.rules = tuple(rules)
         self.stores = stores
         self.counters, self.budgets = stores.counters, stores.budgets
-        self.models = models                            # id -> ModelSpec
-        self._all_models = tuple(models.values())
-        # (price in, price out, max output) per model, and all of them: read per request
-        self._prices = {m.id: ((m.price_in_per_mtok, m.price_out_per_mtok, m.max_output_tokens),)
-                        for m in self._all_models}
-        self._all_prices = tuple(p for (p,) in self._prices.values())
-        self.wall_clock = clock                         # wall, not monotonic: shared, and periods are dates
         self._plans: dict[tuple, _Plan] = {}
+        self.set_models(models)
+        self.wall_clock = clock                         # wall, not monotonic: shared, and periods are dates
         self._held: dict[RequestContext, tuple] = {}    # at most one per in-flight request
         self._quiet_until: dict[tuple, float] = {}      # log/listener de-duplication
         self._period = (None, None)                     # (day number, (day id, end, month id, end))
@@ -174,6 +169,17 @@ class LimitsStage(Stage):
                 ends.append(end)
             plan.holds = (day, tuple(holds), tuple(ends))
         return plan.holds[1], plan.holds[2]
+
+    def set_models(self, models: dict) -> None:
+        """The models a request can go to (id -> ModelSpec), at start and whenever the router's
+        table changes (Router.on_models: admin API, federation rows): bounds price them all."""
+        self.models = models
+        self._all_models = tuple(models.values())
+        # (price in, price out, max output) per model, and all of them: read per request
+        self._prices = {m.id: ((m.price_in_per_mtok, m.price_out_per_mtok, m.max_output_tokens),)
+                        for m in self._all_models}
+        self._all_prices = tuple(p for (p,) in self._prices.values())
+        self._plans.clear()                             # a plan names its model's limits
 
     def max_cost_micros(self, request) -> int:
         """The most this request can cost on any model it could be routed to (module docstring)."""

@@ -1,6 +1,7 @@
 """Rate limits, concurrency caps and budgets in the pipeline: refusals, retry-after, alerts, and
 budgets that hold under concurrent load (many coroutines in memory; several processes on Redis)."""
 import asyncio
+import dataclasses
 import multiprocessing
 import time
 
@@ -148,6 +149,26 @@ def test_budget_reserves_the_most_possible_cost_and_settles_the_actual(tmp_path)
     # "hi": 2 bytes + 8 + 16 template tokens at $1000/Mtok, 16 out at $2000/Mtok
     assert bound == 26 * 1000 + 16 * 2000
     assert running == (0, bound) and after == (cost, 0) and 0 < cost < bound
+
+
+def test_a_model_added_to_the_router_later_is_priced_into_every_reservation(tmp_path):
+    """Federation rows and admin-added models reach the router through set_models: the budget's
+    bound must price them (a route pricier than every local model would otherwise be reserved at
+    the local maximum and concurrent requests could overspend) and policy must see them."""
+    app = App(limits_config(tmp_path, '[[limits]]\nname = "usd"\nusd_per_day = 1.0\n'))
+    dear = app.router.models["dear"]
+    remote = dataclasses.replace(dear, id="remote-x", provider="federation", upstream="remote-x",
+                                 price_in_per_mtok=9000.0, price_out_per_mtok=90000.0)
+    before = app.limit_stage.max_cost_micros(request(model=None))
+    app.router.set_models(list(app.router.models.values()) + [remote])
+    stage = app.limit_stage
+    # "hi": 2 bytes + 8 + 16 template tokens; 16 out (the copied max_output_tokens)
+    assert stage.max_cost_micros(request(model="remote-x")) == 26 * 9000 + 16 * 90000
+    assert stage.max_cost_micros(request(model=None)) == 26 * 9000 + 16 * 90000 > before
+    assert "remote-x" in app.policy.models
+    app.router.set_models([m for m in app.router.models.values() if m.id != "remote-x"])
+    assert stage.max_cost_micros(request(model=None)) == before
+    assert "remote-x" not in app.policy.models
 
 
 @pytest.mark.parametrize("how", ["error", "cancel"])
