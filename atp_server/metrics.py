@@ -25,7 +25,8 @@ _WIRE_CODES = frozenset(str(int(c)) for c in ErrorCode)
 # Why a request was refused at the door (auth, parse, routes, policy, limits...): a fixed set, so
 # atp_refusals has at most transports × len(REFUSAL_REASONS) series whatever clients send.
 REFUSAL_REASONS = ("auth", "signature", "forbidden", "parse", "not_found", "method_not_allowed",
-                   "too_large", "unknown_model", "no_route", "policy", "limits", "overload")
+                   "too_large", "unknown_model", "no_route", "policy", "limits", "overload",
+                   "draining")
 _C = ErrorCode
 _REFUSAL_BY_CODE = {
     int(_C.UNAUTHENTICATED): "auth", int(_C.UNKNOWN_KEY): "auth",
@@ -43,7 +44,8 @@ _REFUSAL_BY_CODE = {
 
 def refusal_reason(code) -> str | None:
     """The refusal reason of a wire code, or None when the code is no refusal (an upstream fault,
-    a cancellation, a drain: those are outcomes, counted in atp_requests)."""
+    a cancellation, a drain: those are outcomes, counted in atp_requests). New work refused while
+    draining is UNAVAILABLE too, so the transports name that reason ("draining") themselves."""
     return _REFUSAL_BY_CODE.get(code)      # an ErrorCode hashes and compares as its int
 
 
