@@ -141,6 +141,19 @@ class _CodeLabelled:
         return self.counter.labels(transport, code if code in _WIRE_CODES else OTHER)
 
 
+class _StateCollector:
+    def __init__(self, stores):
+        self.epoch = stores.epoch
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        yield CounterMetricFamily("atp_state_store_resets", "Times this process found the shared "
+                                  "state store (Redis) had lost its data: counters and budgets "
+                                  "restarted from zero", value=self.epoch.resets)
+
+
 class _AuditCollector:
     """The audit log's counters (plain ints on AuditLog), exported at scrape time."""
 
@@ -288,6 +301,10 @@ class Metrics:
 
     def count_injection(self, mode: str) -> None:
         self.injections[mode] = self.injections.get(mode, 0) + 1
+
+    def track_state(self, stores) -> None:
+        """Export what a shared state store noticed: the resets (data lost) this process saw."""
+        self.registry.register(_StateCollector(stores))
 
     def track_privacy(self, ledger_path, cfg) -> None:
         self.registry.register(_PrivacyCollector(ledger_path, cfg))
