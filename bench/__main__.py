@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "workers": "bench.workers",      # HTTP req/s, --workers 1 vs 2 (--redis: shared state in Redis)
     "chaos": "bench.chaos",          # kill -9 provider, router, worker, Redis under load: lost, errors, audit
     "cache": "bench.cache_shadow",   # µs: response-cache key + lookup, shadow stage, Router.finished
+    "nonces": "bench.state_nonces",  # µs per shared nonce record: SET NX vs the epoch script (Redis)
 }
 
 
