@@ -6,6 +6,10 @@ unrecorded, `closed` refuses it with a retryable UNAVAILABLE — and further cal
 a short back-off instead of each waiting out the timeout. The first call after the back-off
 tries again, so service resumes by itself when Redis returns. State changes are logged once.
 
+A Redis that loses its data between two calls (restart without persistence, FLUSHALL, failover
+to an empty replica) is noticed by the epoch key every admit and nonce script reads in its own
+round trip (StoreEpoch): nonces then get a shared floor; counters and budgets are reported lost.
+
 Refunds, releases and settles run in the background (stage `after` is synchronous). One that
 fails is lost, and errs on the safe side: a lost settle leaves its reservation held until the
 period's key expires (the budget under-spends, never over-spends); a lost release leaves a
@@ -61,7 +65,7 @@ if ts ~= nil and ts < floor then return {2, floor, created} end
 if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return {1, floor, created} end
 return {0, floor, created}
 """
-_NONCE_STALE = 2
+_NONCE_STALE = 2        # _NONCE's first reply item for a timestamp below the floor
 
 
 class StoreEpoch:
