@@ -121,6 +121,8 @@ class App:
         if self.stores.shared:    # one replay window for every worker (auth.check_shared_nonce)
             self.auth.shared_nonces = self.stores.nonces
             self.stores.nonces.guard.on_recover = self.auth.shared_store_recovered
+            self.stores.epoch.listeners.append(self.auth.shared_floor)
+            self.metrics.track_state(self.stores)
         self.limit_stage = None
         if config.limits:
             self.limit_stage = LimitsStage(config.limits, self.stores, self.router.models)
@@ -269,6 +271,7 @@ class App:
         """Start the enabled transports (a configured port of 0 picks a free port)."""
         s = self.config.server
         self.auth.load_nonces(state_dir(self.config) / NONCE_SNAPSHOT)   # before any transport
+        await self.stores.start()        # Redis: the epoch, read before the first request
         if self.config.routing.persist:
             self.router.load(state_dir(self.config) / POSTERIORS)
         if self.audit is not None:

@@ -242,13 +242,21 @@ class Authenticator:
         log.warning("shared nonce store is back: refusing signed requests and session openings "
                     "timestamped before %d as STALE_TIMESTAMP (it may have lost its nonces)", now)
 
+    def shared_floor(self, floor_ms: int) -> None:
+        """The shared store's floor (state.redis.StoreEpoch: set when it was found to have lost
+        its data): this process's cache refuses below it too, so a replay is refused before a
+        round trip, also while the store is down and fails open, and the snapshot carries it."""
+        self.nonce_cache.floor_ms = max(self.nonce_cache.floor_ms, floor_ms)
+
     async def check_shared_nonce(self, nonce: bytes, timestamp_ms: int, now_ms: int) -> None:
         """The second, cross-worker half of the nonce check (after the local cache passed it):
         record the nonce in the shared store until timestamp + skew, as the local cache does.
-        Raises REPLAYED_NONCE when another worker recorded it first, or the store's retryable
-        UNAVAILABLE when it is unreachable and fails closed (state.nonces_on_error)."""
+        Raises REPLAYED_NONCE when another worker recorded it first, STALE_TIMESTAMP when the
+        timestamp is below the store's floor (it lost its data, see shared_floor), or the
+        store's retryable UNAVAILABLE when it is unreachable and fails closed
+        (state.nonces_on_error)."""
         ttl_s = max(1, timestamp_ms + self.cfg.skew_ms - now_ms) / 1000
-        if not await self.shared_nonces.add(nonce, ttl_s, now_ms / 1000):
+        if not await self.shared_nonces.add(nonce, ttl_s, now_ms / 1000, timestamp_ms):
             raise AtpError(ErrorCode.REPLAYED_NONCE, f"nonce {nonce.hex()} was already used")
 
     # ---- the nonce cache across a restart (PROTOCOL.md §10.1) -----------------------------------

@@ -12,6 +12,21 @@ RELOAD_WAIT_S = 10.0          # how long `atp reload` waits for the server's ans
 _POLL_S = 0.05                # the status file is the server's only way to answer a signal
 
 
+# KeyFile.create names the record's field at fault ("groups: ..."); the CLI user typed an option.
+_CREATE_OPTIONS = {"name": "--name", "tenant": "--tenant", "groups": "--group", "models": "--model"}
+
+
+def _create_key(store: KeyFile, args, **kwargs):
+    """store.create, its KeyStoreError naming the command-line option instead of the field."""
+    try:
+        return store.create(args.name, args.tenant, **kwargs)
+    except KeyStoreError as exc:
+        field, sep, rest = str(exc).partition(":")
+        if not sep or field not in _CREATE_OPTIONS:
+            raise
+        raise KeyStoreError(f"{_CREATE_OPTIONS[field]}:{rest}") from None
+
+
 def _config(args):
     return atp_config.load(args.config)
 
@@ -98,9 +113,8 @@ def cmd_keys(args) -> int:
         return cmd_hmac_keys(args, cfg, now)
     if args.keys_command == "create":
         expires = None if args.expires_days is None else now + args.expires_days * 86_400
-        token, rec = store.create(args.name, args.tenant, user=args.user or "",
-                                  groups=args.group or (), models=args.model or None,
-                                  expires=expires, now=now)
+        token, rec = _create_key(store, args, user=args.user or "", groups=args.group or (),
+                                 models=args.model or None, expires=expires, now=now)
     elif args.keys_command == "rotate":
         token, rec = store.rotate(args.ref, grace_s=args.grace, now=now)
     else:

@@ -25,7 +25,8 @@ _WIRE_CODES = frozenset(str(int(c)) for c in ErrorCode)
 # Why a request was refused at the door (auth, parse, routes, policy, limits...): a fixed set, so
 # atp_refusals has at most transports × len(REFUSAL_REASONS) series whatever clients send.
 REFUSAL_REASONS = ("auth", "signature", "forbidden", "parse", "not_found", "method_not_allowed",
-                   "too_large", "unknown_model", "no_route", "policy", "limits", "overload")
+                   "too_large", "unknown_model", "no_route", "policy", "limits", "overload",
+                   "draining")
 _C = ErrorCode
 _REFUSAL_BY_CODE = {
     int(_C.UNAUTHENTICATED): "auth", int(_C.UNKNOWN_KEY): "auth",
@@ -43,7 +44,8 @@ _REFUSAL_BY_CODE = {
 
 def refusal_reason(code) -> str | None:
     """The refusal reason of a wire code, or None when the code is no refusal (an upstream fault,
-    a cancellation, a drain: those are outcomes, counted in atp_requests)."""
+    a cancellation, a drain: those are outcomes, counted in atp_requests). New work refused while
+    draining is UNAVAILABLE too, so the transports name that reason ("draining") themselves."""
     return _REFUSAL_BY_CODE.get(code)      # an ErrorCode hashes and compares as its int
 
 
@@ -137,6 +139,19 @@ class _CodeLabelled:
 
     def labels(self, transport: str, code: str):
         return self.counter.labels(transport, code if code in _WIRE_CODES else OTHER)
+
+
+class _StateCollector:
+    def __init__(self, stores):
+        self.epoch = stores.epoch
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        yield CounterMetricFamily("atp_state_store_resets", "Times this process found the shared "
+                                  "state store (Redis) had lost its data: counters and budgets "
+                                  "restarted from zero", value=self.epoch.resets)
 
 
 class _AuditCollector:
@@ -286,6 +301,10 @@ class Metrics:
 
     def count_injection(self, mode: str) -> None:
         self.injections[mode] = self.injections.get(mode, 0) + 1
+
+    def track_state(self, stores) -> None:
+        """Export what a shared state store noticed: the resets (data lost) this process saw."""
+        self.registry.register(_StateCollector(stores))
 
     def track_privacy(self, ledger_path, cfg) -> None:
         self.registry.register(_PrivacyCollector(ledger_path, cfg))

@@ -88,6 +88,7 @@ class FrameSession(FrameDriver):
                 if service.draining:
                     conn.send_error(sid, ErrorCode.UNAVAILABLE, "server draining: retry elsewhere",
                                     retry_after_ms=1000)
+                    service.refused(self.transport, reason="draining")
                     self.credits.closed(sid)
                     continue
                 try:

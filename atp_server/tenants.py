@@ -282,6 +282,10 @@ class KeyFile:
             raise KeyStoreError(f"name: must be 1..{NAME_MAX} characters")
         if self.tenants is not None and tenant not in self.tenants:
             raise KeyStoreError(f"tenant: {tenant!r} is not a configured [[tenants]] name")
+        for field_name, items in (("groups", groups), ("models", models or ())):
+            # the loader refuses these (parse_key): one stored would make the whole file unreadable
+            if not all(isinstance(x, str) and x for x in items):
+                raise KeyStoreError(f"{field_name}: must be non-empty names, not {list(items)!r}")
         now = time.time() if now is None else now
 
         def add(keys):

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "chaos": "bench.chaos",          # kill -9 provider, router, worker, Redis under load: lost, errors, audit
     "cache": "bench.cache_shadow",   # µs: response-cache key + lookup, shadow stage, Router.finished
     "merge": "bench.learning_merge",  # µs per learning merge of 16 models through Redis (Thompson, LinUCB)
+    "nonces": "bench.state_nonces",  # µs per shared nonce record: SET NX vs the epoch script (Redis)
 }
 
 

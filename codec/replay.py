@@ -27,6 +27,7 @@ class NonceCache:
     `floor_ms`: timestamps below it are refused as STALE_TIMESTAMP too. A cache that starts
     without its predecessor's nonces (first start, crash, unreadable snapshot) sets it to the
     start time: whatever the previous process accepted, and forgot, carries an older timestamp.
+    (The server also raises it when a shared store it relies on lost its nonces.)
     """
 
     __slots__ = ("capacity", "skew_ms", "floor_ms", "_expiry")
@@ -44,9 +45,10 @@ class NonceCache:
             raise AuthError(f"timestamp {timestamp_ms} is {timestamp_ms - now_ms:+d} ms from now, "
                             f"allowed ±{self.skew_ms}", ErrorCode.STALE_TIMESTAMP)
         if timestamp_ms < self.floor_ms:
-            raise AuthError(f"timestamp {timestamp_ms} is before {self.floor_ms}, when this "
-                            "server started without its predecessor's nonces; retry with a new "
-                            "timestamp (check the clock)", ErrorCode.STALE_TIMESTAMP)
+            raise AuthError(f"timestamp {timestamp_ms} is before {self.floor_ms}, since when this "
+                            "server's nonces are known (it started without its predecessor's, or "
+                            "its shared store lost its data); retry with a new timestamp (check "
+                            "the clock)", ErrorCode.STALE_TIMESTAMP)
         expiry = self._expiry
         if nonce in expiry and expiry[nonce] >= now_ms:
             raise AuthError(f"nonce {nonce.hex()} was already used", ErrorCode.REPLAYED_NONCE)

@@ -454,6 +454,16 @@ def test_keys_create_list_rotate_revoke(tmp_path, capsys):
     assert "tenant: 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--group", "--model"])
+def test_keys_create_refuses_an_empty_name_naming_the_option(tmp_path, capsys, option):
+    cfg = str(tenant_config(tmp_path))
+    assert cli.main(["keys", "create", "--config", cfg, "--tenant", "acme", "--name", "ci",
+                     option, ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"atp: {option}: ") and "non-empty" in err, err
+    assert not (tmp_path / "keys.json").exists()       # nothing was stored
+
+
 def test_policy_test_shows_the_deciding_rule_and_why(tmp_path, capsys):
     cfg = str(tenant_config(tmp_path))
     case = tmp_path / "request.json"

@@ -3,12 +3,12 @@
 `open_stores(state_config)` is the one place that picks the implementation; nothing else imports
 redis.py, so no other module can talk to Redis.
 """
-from .base import (FAIL_CLOSED, FAIL_MODES, FAIL_OPEN, Admitted, Bucket, BudgetStore, CounterStore,
-                   Denial, Gauge, Hold, NonceStore, Stores, StoreUnavailable)
+from .base import (FAIL_CLOSED, FAIL_MODES, FAIL_OPEN, Admitted, BelowFloor, Bucket, BudgetStore,
+                   CounterStore, Denial, Gauge, Hold, NonceStore, Stores, StoreUnavailable)
 from .memory import memory_stores
 
-__all__ = ["FAIL_CLOSED", "FAIL_MODES", "FAIL_OPEN", "Admitted", "Bucket", "BudgetStore", "CounterStore",
-           "Denial", "Gauge", "Hold", "NonceStore", "Stores", "StoreUnavailable", "open_stores"]
+__all__ = ["FAIL_CLOSED", "FAIL_MODES", "FAIL_OPEN", "Admitted", "BelowFloor", "Bucket", "BudgetStore",
+           "CounterStore", "Denial", "Gauge", "Hold", "NonceStore", "Stores", "StoreUnavailable", "open_stores"]
 
 
 def open_stores(state) -> Stores:

@@ -69,6 +69,16 @@ class StoreUnavailable(AtpError):
                          "retry later", retry_after_ms)
 
 
+class BelowFloor(AtpError):
+    """A nonce's timestamp is below the shared store's floor: the store lost its data (a Redis
+    restarted empty, redis.StoreEpoch), and a nonce recorded before may be this one."""
+
+    def __init__(self, timestamp_ms: int, floor_ms: int):
+        super().__init__(ErrorCode.STALE_TIMESTAMP, f"timestamp {timestamp_ms} is before {floor_ms}, "
+                         "when the shared state store was found to have lost its data; retry with "
+                         "a new timestamp (check the clock)")
+
+
 class CounterStore:
     """Token buckets (requests/min, tokens/min) and gauges (concurrent requests)."""
 
@@ -118,8 +128,10 @@ class BudgetStore:
 class NonceStore:
     """Nonces seen within a TTL (anti-replay across workers)."""
 
-    async def add(self, nonce: bytes, ttl_s: float, now: float) -> bool:
-        """Remember `nonce` for `ttl_s`; False when it was already there (a replay)."""
+    async def add(self, nonce: bytes, ttl_s: float, now: float, timestamp_ms: int | None = None) -> bool:
+        """Remember `nonce` for `ttl_s`; False when it was already there (a replay). A shared
+        store that may lose its data (Redis) also holds `timestamp_ms` against the floor it set
+        when it found the loss, raising BelowFloor (STALE_TIMESTAMP) below it."""
         raise NotImplementedError
 
 
@@ -144,6 +156,7 @@ class Stores:
         self.counters, self.budgets, self.nonces = counters, budgets, nonces
         self.kind = kind                 # "memory" | "redis": what --workers may rely on
         self.learning = None             # shared: the router-learning merge (state/learning.py)
+        self.epoch = None                # shared: how a store that lost its data is noticed (redis.StoreEpoch)
         self._closer = closer
 
     @property
@@ -182,6 +195,9 @@ class Stores:
             self.counters.refund(buckets, costs)
         if held:
             self.counters.release(gauges)
+
+    async def start(self) -> None:
+        """Before serving: a shared store reads what it needs to notice a later loss of its data."""
 
     async def drain(self) -> None:
         """Wait until every background refund/release/settle was sent."""

@@ -122,7 +122,9 @@ class MemoryNonces(NonceStore):
         self.capacity = capacity
         self._seen: OrderedDict[bytes, float] = OrderedDict()
 
-    async def add(self, nonce, ttl_s, now):
+    async def add(self, nonce, ttl_s, now, timestamp_ms=None):
+        # timestamp_ms unused: this store lives and dies with the process (whose start sets the
+        # nonce cache's floor, auth.load_nonces), so it never loses nonces behind its back.
         seen = self._seen
         while seen:   # expiries are in insertion order when the TTL is one per store
             oldest, expires = next(iter(seen.items()))

@@ -6,6 +6,10 @@ unrecorded, `closed` refuses it with a retryable UNAVAILABLE — and further cal
 a short back-off instead of each waiting out the timeout. The first call after the back-off
 tries again, so service resumes by itself when Redis returns. State changes are logged once.
 
+A Redis that loses its data between two calls (restart without persistence, FLUSHALL, failover
+to an empty replica) is noticed by the epoch key every admit and nonce script reads in its own
+round trip (StoreEpoch): nonces then get a shared floor; counters and budgets are reported lost.
+
 Refunds, releases and settles run in the background (stage `after` is synchronous). One that
 fails is lost, and errs on the safe side: a lost settle leaves its reservation held until the
 period's key expires (the budget under-spends, never over-spends); a lost release leaves a
@@ -22,8 +26,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .base import (FAIL_OPEN, Admitted, BudgetStore, CounterStore, Denial, NonceStore, Stores,
-                   StoreUnavailable)
+from .base import (FAIL_OPEN, Admitted, BelowFloor, BudgetStore, CounterStore, Denial, NonceStore,
+                   Stores, StoreUnavailable)
 
 log = logging.getLogger("atp.state")
 
@@ -39,6 +43,81 @@ POOL_SIZE = 32
 # Background writes waiting for Redis: a few seconds of one worker's peak request rate. Only a
 # Redis slower than the traffic fills it; beyond, writes are dropped and counted (`lost`).
 MAX_QUEUED_WRITES = 20_000
+
+# The epoch check every admit and nonce script starts with (StoreEpoch): `floor` is the epoch
+# key's value; a missing (or unreadable) key is set to the caller's now, and `created` says so.
+# Formatted with the Lua expressions of the key and of now (ms) in the script that embeds it.
+_EPOCH_LUA = """
+local floor, created = tonumber(redis.call('GET', {key})), 0
+if floor == nil then
+  floor, created = tonumber({now}), 1
+  redis.call('SET', {key}, {now})
+end
+"""
+# The check alone, at start (RedisStores.start). KEYS: the epoch key. ARGV: now (ms).
+_EPOCH = _EPOCH_LUA.format(key="KEYS[1]", now="ARGV[1]") + "return {floor, created}"
+# Record a nonce (auth.check_shared_nonce): refused as stale below the epoch's floor, else SET NX
+# until its expiry. KEYS: the epoch key, the nonce's key. ARGV: now (ms), the nonce's timestamp
+# (ms) or "" (none to check), its TTL (ms). Returns {1 recorded | 0 already there | 2 below the
+# floor, floor, created}.
+_NONCE = _EPOCH_LUA.format(key="KEYS[1]", now="ARGV[1]") + """
+local ts = tonumber(ARGV[2])
+if ts ~= nil and ts < floor then return {2, floor, created} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return {1, floor, created} end
+return {0, floor, created}
+"""
+_NONCE_STALE = 2        # _NONCE's first reply item for a timestamp below the floor
+
+
+class StoreEpoch:
+    """What tells this process that Redis lost the data the deployment wrote (issue 12).
+
+    The key `<prefix>epoch` holds a floor, Unix ms, and never expires. Every admit and nonce
+    script reads it in the round trip it makes anyway; a script that finds it missing — Redis
+    restarted without persistence, FLUSHALL, a failover to an empty replica — sets it to the
+    caller's now and says so, and the nonce script refuses timestamps below it as stale. So
+    whichever process calls first notices, and from then on every process checks the same
+    floor: re-creating the key does not hide the loss from the others, whose next call returns
+    a floor above the one they knew. Counters and budgets are not recovered, only reported.
+
+    Replies on a pool's connections may arrive out of order: only a higher floor (or one this
+    process created) is news, a lower one is an older reply. So a reset noticed by a host whose
+    clock lags the previous creator's is logged and counted by that host only (every process
+    still enforces the floor in the script).
+    """
+
+    def __init__(self, key: str, clock=time.time):
+        self.key, self.clock = key, clock
+        self.floor_ms: int | None = None    # None: not read yet
+        self.resets = 0                     # losses this process noticed (atp_state_store_resets)
+        self.listeners: list = []           # fn(floor_ms) for each new floor (auth's nonce cache)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def observe(self, floor_ms: int, created: bool) -> None:
+        """One script's reply: the floor it saw (or set, `created`)."""
+        previous = self.floor_ms
+        if previous is not None and not created and floor_ms <= previous:
+            return
+        self.floor_ms = floor_ms if previous is None else max(previous, floor_ms)
+        if previous is not None:
+            self.resets += 1
+            log.error("state store: REDIS LOST ITS DATA (the key %s %s: a restart without "
+                      "persistence, FLUSHALL, or a failover to an empty replica). Rate-limit "
+                      "counters, concurrency gauges and budgets start again from zero (what was "
+                      "spent before is forgotten); session openings and signed requests "
+                      "timestamped before %d are refused as STALE_TIMESTAMP. Run Redis with "
+                      "persistence (appendonly yes) to keep budgets.", self.key,
+                      "was missing" if created else "was re-created by another process", floor_ms)
+        elif created:
+            log.warning("state store: no key %s in Redis (the first start on this Redis, or it "
+                        "lost its data while no ATP process was using it): created with floor %d;"
+                        " session openings and signed requests timestamped before are refused",
+                        self.key, floor_ms)
+        for listener in self.listeners:
+            listener(floor_ms)
+
 
 _REFUND = """
 for i = 1, #KEYS do
@@ -72,13 +151,15 @@ return 0
 # Everything `before` needs in one script: take the buckets, hold the gauges, reserve the holds,
 # all or nothing (one round trip; take, acquire and reserve alone are this script with the
 # other two lists empty).
-# KEYS: buckets, gauges, holds. ARGV: counts, now, gauge TTL, amount, then per bucket (capacity,
-# rate, cost), per gauge (limit), per hold (limit, ttl). Returns {kind, index, wait ms} on a
-# refusal (1 rate, 2 gauge, 3 budget), else {0, 0, 0, tokens left..., spent + reserved...}.
+# KEYS: buckets, gauges, holds, the epoch key (StoreEpoch). ARGV: counts, now, gauge TTL, amount,
+# now in ms (for the epoch), then per bucket (capacity, rate, cost), per gauge (limit), per hold
+# (limit, ttl). Returns {kind, index, wait ms, epoch floor, epoch created} on a refusal (1 rate,
+# 2 gauge, 3 budget), else {0, 0, 0, floor, created, tokens left..., spent + reserved...}.
 _ADMIT = """
 local nb, ng, nh = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, gttl, amount = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local a = 7
+""" + _EPOCH_LUA.format(key="KEYS[nb + ng + nh + 1]", now="ARGV[7]") + """
+local a = 8
 local levels, totals = {}, {}
 for i = 1, nb do
   local cap, rate, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
@@ -90,12 +171,12 @@ for i = 1, nb do
   if tokens < cost then
     local wait = 0
     if rate > 0 then wait = math.max(1, math.ceil((cost - tokens) / rate * 1000)) end
-    return {1, i - 1, wait}
+    return {1, i - 1, wait, floor, created}
   end
   levels[i] = {tokens - cost, ts, cap, rate}
 end
 for i = 1, ng do
-  if (tonumber(redis.call('GET', KEYS[nb + i])) or 0) >= tonumber(ARGV[a]) then return {2, i - 1, 0} end
+  if (tonumber(redis.call('GET', KEYS[nb + i])) or 0) >= tonumber(ARGV[a]) then return {2, i - 1, 0, floor, created} end
   a = a + 1
 end
 for i = 1, nh do
@@ -103,10 +184,10 @@ for i = 1, nh do
   a = a + 2
   local s = redis.call('HMGET', KEYS[nb + ng + i], 'spent', 'reserved')
   local total = (tonumber(s[1]) or 0) + (tonumber(s[2]) or 0)
-  if total + amount > limit then return {3, i - 1, 0} end
+  if total + amount > limit then return {3, i - 1, 0, floor, created} end
   totals[i] = {total + amount, ttl}
 end
-local out = {0, 0, 0}
+local out = {0, 0, 0, floor, created}
 for i = 1, nb do
   local l = levels[i]
   redis.call('HSET', KEYS[i], 't', tostring(l[1]), 'ts', tostring(l[2]))
@@ -127,11 +208,11 @@ return out
 _REFUSED = {1: "rate", 2: "gauge", 3: "budget"}
 
 
-async def _admit(script, guard, buckets, costs, now, gauges, holds, amount, cprefix, bprefix):
+async def _admit(script, guard, epoch, buckets, costs, now, gauges, holds, amount, cprefix, bprefix):
     """Run _ADMIT under `guard`: an Admitted (all None/False when the guard fell back)."""
     keys = ([cprefix + x.key for x in buckets] + [cprefix + g.key for g in gauges]
-            + [bprefix + h.key for h in holds])
-    args = [len(buckets), len(gauges), len(holds), repr(now), GAUGE_TTL_MS, amount]
+            + [bprefix + h.key for h in holds] + [epoch.key])
+    args = [len(buckets), len(gauges), len(holds), repr(now), GAUGE_TTL_MS, amount, epoch.now_ms()]
     for bucket, cost in zip(buckets, costs):
         args += (bucket.capacity, repr(bucket.rate_per_s), cost)
     args += [g.limit for g in gauges]
@@ -140,11 +221,12 @@ async def _admit(script, guard, buckets, costs, now, gauges, holds, amount, cpre
     out = await guard.call(lambda: script(keys, args), None)
     if out is None:
         return Admitted(None, None, None, False, None)
+    epoch.observe(int(out[3]), bool(out[4]))
     if out[0]:
         return Admitted(_REFUSED[out[0]], Denial(int(out[1]), int(out[2])), None, False, None)
     n = len(buckets)
-    return Admitted(None, None, tuple(int(x) for x in out[3:3 + n]), bool(gauges),
-                    tuple(int(x) for x in out[3 + n:]))
+    return Admitted(None, None, tuple(int(x) for x in out[5:5 + n]), bool(gauges),
+                    tuple(int(x) for x in out[5 + n:]))
 
 
 class _Guard:
@@ -235,15 +317,16 @@ class _Background:
 
 
 class RedisCounters(CounterStore):
-    def __init__(self, client, prefix: str, guard: _Guard):
-        self.r, self.prefix, self.guard = client, prefix, guard
+    def __init__(self, client, prefix: str, guard: _Guard, epoch: StoreEpoch):
+        self.r, self.prefix, self.guard, self.epoch = client, prefix, guard, epoch
         self._admit = client.register_script(_ADMIT)
         self._refund = client.register_script(_REFUND)
         self._release = client.register_script(_RELEASE)
         self.background = _Background(client, guard)
 
     async def take(self, buckets, costs, now):
-        got = await _admit(self._admit, self.guard, buckets, costs, now, (), (), 0, self.prefix, "")
+        got = await _admit(self._admit, self.guard, self.epoch, buckets, costs, now, (), (), 0,
+                           self.prefix, "")
         return got.denial, got.levels
 
     def refund(self, buckets, amounts):
@@ -254,7 +337,8 @@ class RedisCounters(CounterStore):
         self.background.send(self._refund, keys, args)
 
     async def acquire(self, gauges):
-        got = await _admit(self._admit, self.guard, (), (), 0.0, gauges, (), 0, self.prefix, "")
+        got = await _admit(self._admit, self.guard, self.epoch, (), (), 0.0, gauges, (), 0,
+                           self.prefix, "")
         return got.denial, got.held
 
     def release(self, gauges):
@@ -269,14 +353,15 @@ class RedisCounters(CounterStore):
 
 
 class RedisBudgets(BudgetStore):
-    def __init__(self, client, prefix: str, guard: _Guard):
-        self.r, self.prefix, self.guard = client, prefix, guard
+    def __init__(self, client, prefix: str, guard: _Guard, epoch: StoreEpoch):
+        self.r, self.prefix, self.guard, self.epoch = client, prefix, guard, epoch
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
         self.background = _Background(client, guard)
 
     async def reserve(self, holds, amount):
-        got = await _admit(self._admit, self.guard, (), (), 0.0, (), holds, amount, "", self.prefix)
+        got = await _admit(self._admit, self.guard, self.epoch, (), (), 0.0, (), holds, amount, "",
+                           self.prefix)
         return got.denial, got.totals
 
     def settle(self, holds, amount, actual):
@@ -293,15 +378,24 @@ class RedisBudgets(BudgetStore):
 
 
 class RedisNonces(NonceStore):
-    def __init__(self, client, prefix: str, guard: _Guard):
-        self.r, self.prefix, self.guard = client, prefix, guard
+    def __init__(self, client, prefix: str, guard: _Guard, epoch: StoreEpoch):
+        self.r, self.prefix, self.guard, self.epoch = client, prefix, guard, epoch
+        self._record = client.register_script(_NONCE)
 
-    async def add(self, nonce, ttl_s, now):
-        # SET NX PX is one atomic command: no script needed. Fail open = treat as new.
-        ok = await self.guard.call(
-            lambda: self.r.set(self.prefix + nonce.hex(), b"1", nx=True,
-                               px=max(1, math.ceil(ttl_s * 1000))), True)
-        return bool(ok)
+    async def add(self, nonce, ttl_s, now, timestamp_ms=None):
+        # One script: the epoch check and SET NX PX in the same round trip. Fail open = new.
+        keys = [self.epoch.key, self.prefix + nonce.hex()]
+        # No timestamp (""): nothing to hold against the floor.
+        args = [round(now * 1000), "" if timestamp_ms is None else timestamp_ms,
+                max(1, math.ceil(ttl_s * 1000))]
+        out = await self.guard.call(lambda: self._record(keys, args), None)
+        if out is None:
+            return True
+        floor = int(out[1])
+        self.epoch.observe(floor, bool(out[2]))
+        if out[0] == _NONCE_STALE:
+            raise BelowFloor(timestamp_ms, floor)
+        return bool(out[0])
 
 
 # LinUCB's sums (routing/bandit.py: A's upper triangle then b, n = d(d+1)/2 + d floats per
@@ -448,15 +542,32 @@ class RedisStores(Stores):
         super().__init__(counters, budgets, nonces, "redis", closer=client.aclose)
         self.client = client      # for the response cache (cache.py), which imports no redis
         self._admit = client.register_script(_ADMIT)
+        self._epoch = client.register_script(_EPOCH)
         self.learning = learning
+        self.epoch = nonces.epoch
+
+    async def start(self) -> None:
+        """Read (or, on a Redis that has none, create) the epoch before serving: so the first
+        request after a start never creates it, and is not refused for predating it. Redis
+        unreachable: logged; the first script that reaches it later reads or creates it."""
+        epoch = self.epoch
+        try:
+            out = await self.nonces.guard.call(lambda: self._epoch([epoch.key], [epoch.now_ms()]), None)
+        except StoreUnavailable:
+            out = None
+        if out is None:
+            log.warning("state store: Redis unreachable at start; the epoch (%s) is read on the "
+                        "first call that reaches it", epoch.key)
+            return
+        epoch.observe(int(out[0]), bool(out[1]))
 
     async def admit(self, buckets, costs, now, gauges, holds, amount):
         c, b = self.counters, self.budgets
         # One call, two fail modes: refusing wins when budgets are at stake and fail closed
         # (money); otherwise the limits' mode decides.
         guard = b.guard if holds and not b.guard.fail_open else c.guard
-        return await _admit(self._admit, guard, buckets, costs, now, gauges, holds, amount,
-                            c.prefix, b.prefix)
+        return await _admit(self._admit, guard, self.epoch, buckets, costs, now, gauges, holds,
+                            amount, c.prefix, b.prefix)
 
 
 def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:") -> Stores:
@@ -471,8 +582,10 @@ def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:"
         url, max_connections=POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
     client = aioredis.Redis(connection_pool=pool)
+    epoch = StoreEpoch(prefix + "epoch")
     return RedisStores(
-        client, RedisCounters(client, prefix + "c:", _Guard("limits", fail["limits"], timeout_s)),
-        RedisBudgets(client, prefix + "b:", _Guard("budgets", fail["budgets"], timeout_s)),
-        RedisNonces(client, prefix + "n:", _Guard("nonces", fail["nonces"], timeout_s)),
+        client,
+        RedisCounters(client, prefix + "c:", _Guard("limits", fail["limits"], timeout_s), epoch),
+        RedisBudgets(client, prefix + "b:", _Guard("budgets", fail["budgets"], timeout_s), epoch),
+        RedisNonces(client, prefix + "n:", _Guard("nonces", fail["nonces"], timeout_s), epoch),
         RedisLearning(client, prefix, _Guard("learning", FAIL_OPEN, timeout_s)))

@@ -192,6 +192,7 @@ class HttpTransport:
     async def _generate(self, request: web.Request, parse, legacy: bool) -> web.StreamResponse:
         t0 = time.perf_counter_ns()
         if self.draining or self.service.draining:
+            self.refused("http", reason="draining")
             return error_response(AtpError(ErrorCode.UNAVAILABLE, "server is draining"), close=True)
         task = asyncio.current_task()
         self._tasks.add(task)

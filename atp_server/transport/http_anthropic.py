@@ -47,6 +47,7 @@ def add_routes(transport) -> None:
 async def messages(t, request: web.Request) -> web.StreamResponse:
     t0 = time.perf_counter_ns()
     if t.draining or t.service.draining:
+        t.refused("http", reason="draining")
         return error_response(AtpError(ErrorCode.UNAVAILABLE, "server is draining"))
     task = asyncio.current_task()
     t._tasks.add(task)

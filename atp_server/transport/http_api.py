@@ -83,9 +83,9 @@ class _RestApi:
         self.service = transport.service
         self._openapi: bytes | None = None
 
-    def _refuse(self, exc: AtpError, status: int = 0) -> web.Response:
+    def _refuse(self, exc: AtpError, status: int = 0, reason: str | None = None) -> web.Response:
         from .http import error_response   # http.py imports this module
-        self.t.refused("http", exc.code)
+        self.t.refused("http", exc.code, reason)
         return error_response(exc, status=status)
 
     async def _chat(self, request: web.Request):
@@ -113,7 +113,7 @@ class _RestApi:
         """Route and execute: the completion (OpenAI chat.completion JSON) and the decision."""
         t, t0 = self.t, time.perf_counter_ns()
         if t.draining or self.service.draining:
-            return self._refuse(AtpError(ErrorCode.UNAVAILABLE, "server is draining"))
+            return self._refuse(AtpError(ErrorCode.UNAVAILABLE, "server is draining"), reason="draining")
         task = asyncio.current_task()
         t._tasks.add(task)
         try:

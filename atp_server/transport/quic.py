@@ -39,6 +39,7 @@ class AtpQuicProtocol(CoalescingQuicProtocol):
         self._quic.receive_datagram(data, addr, now=self._loop.time())
         if self._refuse:
             self._refuse = False
+            self._owner.service.refused("quic", reason="draining")
             self._quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED,
                              frame_type=QuicFrameType.PADDING, reason_phrase="server draining")
         self._process_events()
@@ -64,6 +65,7 @@ class AtpQuicProtocol(CoalescingQuicProtocol):
                 session.feed(event.data)
             if fresh and self._owner.draining:   # after the feed, so the refusal echoes the nonce
                 session.close(ErrorCode.UNAVAILABLE, "server draining")
+                self._owner.service.refused("quic", reason="draining")
             if event.end_stream:     # the transport ended without (or after) CLOSE: §11.6
                 self.sessions.pop(sid, None)
                 session.peer_gone()

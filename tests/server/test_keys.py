@@ -93,6 +93,19 @@ def test_unknown_tenant_and_unknown_key_are_refused_by_name(store):
         store.revoke("ghost")
 
 
+@pytest.mark.parametrize("field,kwargs", [("groups", {"groups": ["ci", ""]}),
+                                          ("models", {"models": [""]})])
+def test_an_empty_group_or_model_name_is_refused_and_nothing_is_written(store, field, kwargs):
+    # The loader refuses such a file (a list of non-empty strings): a key created with one would
+    # make the whole store unreadable at the next reload.
+    store.create("ci", "acme")
+    before = store.path.read_text()
+    with pytest.raises(KeyStoreError, match=f"^{field}: "):
+        store.create("ci2", "acme", **kwargs)
+    assert store.path.read_text() == before
+    assert [k.name for k in load_keys(store.path).values()] == ["ci"]
+
+
 @pytest.mark.parametrize("edit,key", [
     (lambda d: d["api_keys"][0].update(tenant="nope"), "api_keys[0].tenant"),
     (lambda d: d["api_keys"][0].update(salt="zz"), "api_keys[0].salt"),

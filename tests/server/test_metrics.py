@@ -43,3 +43,15 @@ def test_refusal_reasons_come_from_a_fixed_set():
     assert refusal_reason(ErrorCode.UPSTREAM_ERROR) is None and refusal_reason(ErrorCode.UNAVAILABLE) is None
     assert refusal_reason(ErrorCode.POLICY_DENIED) == "policy" and refusal_reason(302) == "limits"
     assert len(series(m, "atp_refusals_total")) == len(m.refusals)
+
+
+def test_resets_of_the_shared_state_store_are_exported():
+    from atp_server.state.redis import redis_stores
+    fail = {"limits": "open", "budgets": "closed", "nonces": "closed"}
+    stores = redis_stores("redis://127.0.0.1:1/0", timeout_s=0.1, fail=fail)   # never connected
+    m = Metrics()
+    m.track_state(stores)
+    assert "atp_state_store_resets_total 0.0" in m.render().decode()
+    stores.epoch.observe(1000, False)         # first sight: no reset
+    stores.epoch.observe(2000, True)          # found missing, re-created: one
+    assert "atp_state_store_resets_total 1.0" in m.render().decode()

@@ -171,3 +171,20 @@ def test_a_max_cost_no_model_can_meet_is_no_route(tmp_path):
     refused, after = run(main())
     assert refused.code == ErrorCode.NO_ROUTE and "max_cost" in str(refused)
     assert isinstance(after, Result)
+
+
+def test_a_request_refused_while_draining_is_counted(tmp_path):
+    async def main():
+        app = App(make_config(tmp_path))
+        wire = Wire(app)
+        app.draining = True
+        with pytest.raises(AtpClientError) as err:
+            await wire.client.complete(build_request("refused while draining"))
+        app.draining = False
+        wire.client.close()
+        await wire.closed.wait()
+        await app.stop(0)
+        return err.value, app
+    err, app = run(main())
+    assert err.code == ErrorCode.UNAVAILABLE and err.retryable
+    assert app.metrics.refusals == {("mem", "draining"): 1}

@@ -139,3 +139,50 @@ def test_two_workers_with_redis_accept_what_they_can_share():
     for extra, hmac in (("", True), ('\n[[limits]]\nname = "t"\nrequests_per_min = 5\n', False)):
         cfg = atp_config.loads(workers_toml("/tmp/x", "redis://127.0.0.1:1/0", extra, hmac=hmac))
         atp_config.check_workers(cfg, 2, "--workers")
+
+
+# ---- a Redis that loses its data between two calls (issue 12) --------------------------------------
+
+def flush(server: RedisServer) -> None:
+    """FLUSHALL: Redis empties with no call of the workers failing (a quick restart without
+    persistence or a failover to an empty replica look the same to them)."""
+    import redis
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert client.flushall()
+    finally:
+        client.close()
+
+
+def test_replays_after_redis_lost_its_data_without_a_failed_call_are_refused(tmp_path, redis_server):
+    body = orjson.dumps({"model": "sim-fast", "max_tokens": 4,
+                         "messages": [{"role": "user", "content": "once"}]})
+
+    async def sessions(port, nonce, ts, sent):
+        return [await replay_session(port, nonce, ts, sent) for _ in range(REPLAYS)]
+
+    with serving(tmp_path, workers_toml(tmp_path, redis_server.url)) as s:
+        headers = signed_headers(body)
+        assert post(s.http, body, headers)[0] == 200
+        nonce, ts = os.urandom(8), int(time.time() * 1000)
+        _, sent = session_bytes(nonce, ts)
+        assert asyncio.run(replay_session(s.grpc, nonce, ts, sent)) == (True, 0)
+        flush(redis_server)
+        http_replays = [post(s.http, body, headers) for _ in range(REPLAYS)]
+        session_replays = asyncio.run(sessions(s.grpc, nonce, ts, sent))
+        fresh_http = post(s.http, body, signed_headers(body))
+        fresh_nonce, fresh_ts = os.urandom(8), int(time.time() * 1000)
+        _, fresh_sent = session_bytes(fresh_nonce, fresh_ts)
+        fresh_session = asyncio.run(replay_session(s.grpc, fresh_nonce, fresh_ts, fresh_sent))
+    # The worker that served them refuses from its own cache (already used); the other, whose
+    # cache never saw them, from the floor the epoch key set when it was found missing.
+    assert {status for status, _ in http_replays} == {401}, http_replays
+    # (the other worker's later refusals come from its own cache, whose floor followed the store's)
+    messages = [doc["error"]["message"] for _, doc in http_replays]
+    assert all("already used" in m or "lost its data" in m for m in messages), messages[:3]
+    assert any("lost its data" in m for m in messages)   # all 20 on one worker: odds 2**-19
+    assert not any(answered for answered, _ in session_replays), session_replays
+    assert {code for _, code in session_replays} <= {ErrorCode.REPLAYED_NONCE, ErrorCode.STALE_TIMESTAMP}
+    assert ErrorCode.STALE_TIMESTAMP in {code for _, code in session_replays}
+    assert fresh_http[0] == 200 and fresh_session == (True, 0)   # new nonces, timestamps after
+    assert "REDIS LOST ITS DATA" in s.output and "Redis unreachable" not in s.output

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from atp_server.state import Bucket, Hold, StoreUnavailable
+from atp_server.types import AtpError
 from codec.errors import ErrorCode
 
 from .conftest import redis_stores_for
@@ -100,3 +101,75 @@ def test_admit_down_refuses_when_budgets_fail_closed_and_passes_rate_limits_open
         return rates_only
     got = asyncio.run(go())
     assert got.refused is None and got.levels is None and got.totals is None and not got.held
+
+
+# ---- the epoch key: a Redis that lost its data is noticed (issue 12) -------------------------------
+
+NOW_S = 1_800_000_000.0
+
+
+def epoch_stores(server, prefix: str = "e:"):
+    s = redis_stores_for(server.url, prefix=prefix)
+    s.epoch.clock = lambda: NOW_S
+    return s
+
+
+def test_the_first_start_creates_the_epoch_and_the_next_reads_it_without_a_reset(own_redis, caplog):
+    async def go():
+        first, second = epoch_stores(own_redis), epoch_stores(own_redis)
+        second.epoch.clock = lambda: NOW_S + 60           # started a minute later
+        await first.start()
+        await second.start()
+        stored = await first.client.get("e:epoch")
+        out = (first.epoch.floor_ms, second.epoch.floor_ms, first.epoch.resets,
+               second.epoch.resets, stored)
+        for s in (first, second):
+            await s.close()
+        return out
+    with caplog.at_level("WARNING", logger="atp.state"):
+        got = asyncio.run(go())
+    assert got == (NOW_S * 1000, NOW_S * 1000, 0, 0, b"%d" % (NOW_S * 1000))
+    created = [r for r in caplog.records if "no key e:epoch" in r.getMessage()]
+    assert len(created) == 1 and "LOST" not in caplog.text     # a first start is no reset
+
+
+def test_a_flush_is_noticed_by_the_budget_path_once_and_the_nonce_floor_follows(own_redis, caplog):
+    async def go():
+        a, b = epoch_stores(own_redis), epoch_stores(own_redis)
+        for s in (a, b):
+            await s.start()
+        hold = Hold("day", 1000, 3600)
+        assert (await a.budgets.reserve((hold,), 400)) == (None, (400,))
+        await a.client.flushall()
+        a.epoch.clock = lambda: NOW_S + 7                   # the loss is noticed 7 s later
+        # not recovered: the budget starts again from zero (documented; Redis should persist)
+        assert (await a.budgets.reserve((hold,), 400)) == (None, (400,))
+        assert (await a.budgets.reserve((hold,), 100)) == (None, (500,))   # no second report
+        # the admit re-created the key; the nonce check of the other process still sees the loss
+        stale = NOW_S * 1000 + 5000
+        with pytest.raises(AtpError) as info:
+            await b.nonces.add(b"\x01" * 8, 30.0, NOW_S + 8, timestamp_ms=stale)
+        fresh = await b.nonces.add(b"\x02" * 8, 30.0, NOW_S + 8, timestamp_ms=stale + 3000)
+        out = a.epoch.resets, b.epoch.resets, info.value.code, fresh, b.epoch.floor_ms
+        for s in (a, b):
+            await s.close()
+        return out
+    with caplog.at_level("ERROR", logger="atp.state"):
+        got = asyncio.run(go())
+    assert got == (1, 1, ErrorCode.STALE_TIMESTAMP, True, NOW_S * 1000 + 7000)
+    lost = [r for r in caplog.records if "REDIS LOST ITS DATA" in r.getMessage()]
+    # once per process that noticed: a (it found the key missing), b (re-created by another)
+    assert [("was missing" in r.getMessage(), "another process" in r.getMessage()) for r in lost] == [
+        (True, False), (False, True)]
+    assert "appendonly yes" in lost[0].getMessage()
+
+
+def test_a_late_reply_with_an_older_floor_is_no_reset():
+    from atp_server.state.redis import StoreEpoch
+    epoch = StoreEpoch("k")
+    epoch.observe(1000, False)              # first sight
+    epoch.observe(2000, False)              # another process re-created it: a reset
+    epoch.observe(1000, False)              # a reply sent before that, arriving late: nothing
+    assert (epoch.floor_ms, epoch.resets) == (2000, 1)
+    epoch.observe(1500, True)               # created here by a host whose clock lags: a reset
+    assert (epoch.floor_ms, epoch.resets) == (2000, 2)

@@ -81,3 +81,72 @@ def test_two_workers_on_one_redis(redis_server):
         assert info.value.code == ErrorCode.REPLAYED_NONCE
         await stores.close()
     asyncio.run(run())
+
+
+# ---- a Redis that loses its data between two calls (issue 12): the epoch key -----------------------
+
+@pytest.fixture
+def own_redis():
+    from .redis_server import RedisServer
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def two_workers(url: str):
+    """Two workers as two processes would be: one client each, the same key prefix."""
+    stores = [redis_stores_for(url, prefix="w:") for _ in range(2)]
+    for s in stores:
+        s.epoch.clock = lambda: NOW / 1000           # the start happens "now"
+    auths = []
+    for s in stores:
+        auth = worker(s.nonces)
+        s.epoch.listeners.append(auth.shared_floor)  # as the App wires it
+        auths.append(auth)
+    return stores, auths
+
+
+def test_a_flush_between_two_calls_refuses_the_replay_at_the_other_worker(own_redis):
+    async def run():
+        stores, (a, b) = two_workers(own_redis.url)
+        for s in stores:
+            await s.start()
+        await check(a, signed())                              # recorded by worker A
+        await check(b, signed("00112233445566ee"))            # ... and one by worker B
+        await stores[0].client.flushall()                    # Redis empties; no call failed
+        with pytest.raises(AtpError) as info:                 # the replay, through worker B
+            await check(b, signed(), NOW + 5)
+        assert info.value.code == ErrorCode.STALE_TIMESTAMP and "lost its data" in info.value.message
+        assert stores[1].epoch.resets == 1
+        # a fresh nonce timestamped after the moment of the loss is accepted at both workers
+        await check(b, signed("0011223344556601", NOW + 10), NOW + 10)
+        assert stores[0].epoch.resets == 0                   # A has not called since
+        await check(a, signed("0011223344556602", NOW + 11), NOW + 11)
+        # ... and that call told A: B re-creating the key did not hide the loss from it
+        assert stores[0].epoch.resets == 1 and stores[0].epoch.floor_ms == NOW + 5
+        assert a.nonce_cache.floor_ms == NOW + 5
+        # B's nonce from before the loss, replayed through A (whose cache never saw it): refused
+        # by A's own cache now, synchronously: no round trip
+        with pytest.raises(AtpError) as info:
+            check(a, signed("00112233445566ee"), NOW + 12)
+        assert info.value.code == ErrorCode.STALE_TIMESTAMP
+        for s in stores:
+            await s.close()
+    asyncio.run(run())
+
+
+def test_a_restart_on_a_redis_that_kept_its_data_refuses_no_lagging_client(own_redis):
+    async def run():
+        earlier = redis_stores_for(own_redis.url, prefix="r:")
+        earlier.epoch.clock = lambda: (NOW - 3_600_000) / 1000    # the first run, an hour ago
+        await earlier.start()
+        await earlier.close()
+        stores = redis_stores_for(own_redis.url, prefix="r:")   # the next start, now
+        stores.epoch.clock = lambda: NOW / 1000
+        auth = worker(stores.nonces)
+        await stores.start()
+        # a client whose clock lags 20 s (within the skew) is not refused by the epoch
+        await check(auth, signed(ts=NOW - 20_000), NOW)
+        assert stores.epoch.floor_ms == NOW - 3_600_000 and stores.epoch.resets == 0
+        await stores.close()
+    asyncio.run(run())

@@ -322,14 +322,21 @@ def test_draining_refuses_new_requests_and_finishes_inflight(start_server):
                 refused = r.status, r.headers.get("Retry-After"), error_of(await r.read())
                 r = await s2.get(url(h, "/healthz"))
                 health = r.status, await r.json()
+                others = []     # the Anthropic route and the REST API refuse (and count) too
+                for path in ("/v1/messages", "/api/v1/ai/route-request"):
+                    r = await s2.post(url(h, path), headers=AUTH, json={"messages": HELLO})
+                    others.append(r.status)
             rest = seen + await slow.read()
             await stopping
-            return refused, health, rest
-    refused, health, rest = asyncio.run(asyncio.wait_for(go(), 30))
+            return refused, health, rest, others
+    refused, health, rest, others = asyncio.run(asyncio.wait_for(go(), 30))
     h.app = None                                  # stopped here; the fixture must not stop it again
     status, retry_after, err = refused
     assert status == 503 and err["code"] == "UNAVAILABLE" and retry_after
     assert health == (503, {"status": "draining"})
+    assert others == [529, 503]                  # the Anthropic dialect's status for UNAVAILABLE
+    # three requests refused at the door while draining; the health probe is no refusal
+    assert app.metrics.refusals == {("http", "draining"): 3}
     events = sse_events(rest)
     assert events[-1] == "[DONE]" and not any("error" in e for e in events[:-1])
     assert sum(1 for e in events[:-1] if e.get("choices") and e["choices"][0]["delta"].get("content")) == 60

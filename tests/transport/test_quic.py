@@ -452,6 +452,8 @@ def test_stop_lets_inflight_finish_and_refuses_new_work(tmp_path):
             assert "server draining (QUIC error 0x2)" in refused.value.message   # CONNECTION_REFUSED
             await fresh.until(lambda: fresh.event("ConnectionTerminated"))
             assert fresh.event("ConnectionTerminated").code == ErrorCode.UNAVAILABLE
+            # both refusals counted: the session on the live connection, the new connection
+            assert app.metrics.refusals == {("quic", "draining"): 2}
             result = await slow                        # in flight: it finished normally
             assert result.output_tokens == 4
             await stopping
