@@ -84,6 +84,7 @@ _LOCK_WAIT_S = 0.05
 # first opener of a WAL file rebuilds its index under an exclusive lock (or a sibling commits);
 # on a loaded machine that outlasted 50 ms and failed a worker's start ("database is locked").
 OPEN_LOCK_WAIT_S = 10.0
+_OPEN_RETRY_S = 0.005   # between attempts at WAL mode while a sibling holds the file: ~1 recovery
 
 
 class AuditLog:
@@ -135,7 +136,7 @@ class AuditLog:
         """A connection set up for appending; `lock_wait_s` bounds the wait for a lock while
         setting up (at start OPEN_LOCK_WAIT_S; a reopen on the event loop the hot path's wait)."""
         db = sqlite3.connect(self.path, check_same_thread=False, timeout=lock_wait_s)
-        db.execute("PRAGMA journal_mode=WAL")
+        _wal_mode(db, lock_wait_s)
         # WAL + NORMAL: a committed batch survives a process crash (kill -9), not an OS crash
         # before the next WAL checkpoint; halves the cost per row against FULL (1.5 vs 3 µs
         # measured here). [audit] synchronous = "full" fsyncs every commit for power loss too.
@@ -467,6 +468,21 @@ class AuditLog:
 # Retention runs at start and then hourly: pruning is a range delete on the seq key, and rows
 # expire by the day, so checking more often buys nothing.
 _PRUNE_EVERY_S = 3600.0
+
+
+def _wal_mode(db: sqlite3.Connection, wait_s: float) -> None:
+    """PRAGMA journal_mode=WAL, retried while another process holds the file: sqlite answers
+    "database is locked" at once here, without its busy handler, while a sibling worker opening
+    the same file rebuilds the WAL index (seen under load with --workers 2)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(_OPEN_RETRY_S)
 
 
 def _rows_since_checkpoint(db: sqlite3.Connection) -> tuple[int, float]:
