@@ -173,6 +173,8 @@ class HttpTransport:
             raise _bad(f"malformed JSON: {exc}") from None
 
     async def embeddings(self, request: web.Request) -> web.Response:
+        if self.draining or self.service.draining:
+            return self._draining()
         try:
             principal, data = await self._read(request)
             emb, encoding = dialect.parse_embeddings(data)
@@ -189,11 +191,15 @@ class HttpTransport:
         return web.Response(body=dialect.embeddings_body(result, model_id, encoding), headers={
             "Content-Type": _JSON, "x-atp-model": model_id, "x-atp-cost-usd": f"{usage.cost_usd:.6f}"})
 
+    def _draining(self) -> web.Response:
+        """A new request while the server drains: refused, counted, the connection closed."""
+        self.refused("http", reason="draining")
+        return error_response(AtpError(ErrorCode.UNAVAILABLE, "server is draining"), close=True)
+
     async def _generate(self, request: web.Request, parse, legacy: bool) -> web.StreamResponse:
         t0 = time.perf_counter_ns()
         if self.draining or self.service.draining:
-            self.refused("http", reason="draining")
-            return error_response(AtpError(ErrorCode.UNAVAILABLE, "server is draining"), close=True)
+            return self._draining()
         task = asyncio.current_task()
         self._tasks.add(task)
         chat = None

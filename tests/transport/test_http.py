@@ -326,6 +326,9 @@ def test_draining_refuses_new_requests_and_finishes_inflight(start_server):
                 for path in ("/v1/messages", "/api/v1/ai/route-request"):
                     r = await s2.post(url(h, path), headers=AUTH, json={"messages": HELLO})
                     others.append(r.status)
+                r = await s2.post(url(h, "/v1/embeddings"), headers=AUTH,
+                                  json={"model": "auto", "input": "hi"})
+                others.append(r.status)
             rest = seen + await slow.read()
             await stopping
             return refused, health, rest, others
@@ -334,9 +337,9 @@ def test_draining_refuses_new_requests_and_finishes_inflight(start_server):
     status, retry_after, err = refused
     assert status == 503 and err["code"] == "UNAVAILABLE" and retry_after
     assert health == (503, {"status": "draining"})
-    assert others == [529, 503]                  # the Anthropic dialect's status for UNAVAILABLE
-    # three requests refused at the door while draining; the health probe is no refusal
-    assert app.metrics.refusals == {("http", "draining"): 3}
+    assert others == [529, 503, 503]             # 529: the Anthropic dialect's status for UNAVAILABLE
+    # four requests refused at the door while draining; the health probe is no refusal
+    assert app.metrics.refusals == {("http", "draining"): 4}
     events = sse_events(rest)
     assert events[-1] == "[DONE]" and not any("error" in e for e in events[:-1])
     assert sum(1 for e in events[:-1] if e.get("choices") and e["choices"][0]["delta"].get("content")) == 60
