@@ -11,6 +11,7 @@ from codec.errors import ErrorCode
 
 from ..dialects import anthropic as dialect
 from ..routing.spec import estimate_tokens
+from ..tracing.context import TRACE_HEADER, from_headers as trace_from_headers
 from ..types import AtpError, Delta, Done, Routed, ToolCallDelta
 
 log = logging.getLogger("atp.http")
@@ -70,15 +71,18 @@ async def messages(t, request: web.Request) -> web.StreamResponse:
         chat, stream = dialect.parse_messages(data)
         if (rid := headers.get("X-Request-Id")) and len(rid) <= 128:
             chat.request_id = rid
+        trace_from_headers(chat, headers)   # W3C traceparent/tracestate (tracing/)
         if stream:
             return await _stream(t, request, chat, principal, t0)
         c = await t._complete(chat, principal, "http", t0)
         d = c.decision
-        return web.Response(body=orjson.dumps(dialect.message_json(c)), headers={
-            "Content-Type": _JSON, "x-atp-overhead-us": str(c.overhead_us), "x-atp-model": d.model,
-            "x-atp-provider": d.provider, "x-atp-cost-usd": f"{c.usage.cost_usd:.6f}",
-            "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
-            "request-id": c.request_id})
+        out = {"Content-Type": _JSON, "x-atp-overhead-us": str(c.overhead_us), "x-atp-model": d.model,
+               "x-atp-provider": d.provider, "x-atp-cost-usd": f"{c.usage.cost_usd:.6f}",
+               "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
+               "request-id": c.request_id}
+        if chat.trace_id:
+            out[TRACE_HEADER] = chat.trace_id
+        return web.Response(body=orjson.dumps(dialect.message_json(c)), headers=out)
     except AtpError as exc:
         t.refused("http", exc.code)
         return error_response(exc, chat.request_id if chat else "")
@@ -113,6 +117,8 @@ async def _stream(t, request, chat, principal, t0: int):
                     resp = web.StreamResponse(headers={
                         **_SSE_HEADERS, "x-atp-model": decision.model, "x-atp-provider": decision.provider,
                         "request-id": chat.request_id})
+                    if chat.trace_id:
+                        resp.headers[TRACE_HEADER] = chat.trace_id
                     await resp.prepare(request)
                     out = enc.start(chat.request_id, decision.model, estimate_tokens(chat.prompt_chars()))
                 if kind is Delta:
