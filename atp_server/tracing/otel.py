@@ -16,7 +16,7 @@ import time
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -31,9 +31,10 @@ from .context import UPSTREAM_HEADERS
 # upstream speaks OpenAI's API, which is what the convention's "openai" names.
 GEN_AI_SYSTEMS = {"openai_compat": "openai", "anthropic": "anthropic", "ollama": "ollama",
                   "simulated": "atp.simulated"}
-# Attribute values are cut at 256 characters: a client's model string or an upstream's error
-# message can be long, and every span waits in the exporter's queue until it is sent.
-_LIMITS = SpanLimits(max_attribute_length=256)
+# What a client or an upstream wrote (the requested model, an error message) is cut to 256
+# characters on a span: every span waits in the exporter's bounded queue until it is sent. (Not
+# SpanLimits: that would cut the exception events' stack traces too, with a warning each time.)
+_CLIENT_TEXT = 256
 _PROPAGATOR = TraceContextTextMapPropagator()
 _ERROR = StatusCode.ERROR
 _SERVER, _CLIENT, _INTERNAL = SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL
@@ -56,7 +57,7 @@ class Tracer:
         self.config = cfg
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": cfg.service_name}),
-            sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)), span_limits=_LIMITS)
+            sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)))
         self.exporter = _exporter(cfg)
         # In memory: each span is there once it ended (tests read them at once). Elsewhere a
         # background thread batches the export, off the event loop.
@@ -85,7 +86,7 @@ def failed(span, exc: BaseException) -> None:
         span.set_attribute("atp.code", int(exc.code))
         span.set_attribute("error.type", exc.name)
         span.record_exception(exc)
-        span.set_status(Status(_ERROR, str(exc)))
+        span.set_status(Status(_ERROR, str(exc)[:_CLIENT_TEXT]))
     elif type(exc).__name__ in _CANCELLED:
         span.set_attribute("atp.outcome", "CANCELLED")
     else:
@@ -115,7 +116,7 @@ class RequestSpan:
                       "atp.tenant": ctx.principal.tenant, "atp.tier": request.tier,
                       "gen_ai.operation.name": "chat"}
         if request.model:
-            attributes["gen_ai.request.model"] = request.model
+            attributes["gen_ai.request.model"] = request.model[:_CLIENT_TEXT]
         self.span = span = owner.tracer.start_span("atp.request", context=parent, kind=_SERVER,
                                                    attributes=attributes, start_time=started)
         ctx.trace_id = request.trace_id = format(span.get_span_context().trace_id, "032x")
