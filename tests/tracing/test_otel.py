@@ -358,3 +358,64 @@ def test_spans_are_exported_over_otlp_http_to_the_configured_endpoint(tmp_path):
     assert attrs["gen_ai.response.model"].string_value == "cheap"
     assert attrs["gen_ai.usage.output_tokens"].int_value == c.usage.output_tokens
 
+
+
+def test_hedged_attempts_each_send_their_own_traceparent_and_the_loser_ends_cancelled(tmp_path):
+    from tests.server.test_dispatch import Sleep
+    hedge_s = 0.05
+
+    async def main():
+        seen, arrived, release = {}, asyncio.Event(), asyncio.Event()
+
+        async def handler(request):
+            body = await request.json()
+            seen[body["model"]] = request.headers["traceparent"]
+            if body["model"] == "slow-up":          # the first choice hangs: the hedge must win
+                arrived.set()
+                await release.wait()
+            return web.json_response({**UPSTREAM_ANSWER, "model": body["model"]})
+
+        upstream = web.Application()
+        upstream.router.add_post("/v1/chat/completions", handler)
+        async with serve_app(upstream) as url:
+            models = f"""
+[[providers]]
+name = "up"
+type = "openai_compat"
+base_url = "{url}/v1"
+
+[[models]]
+id = "slow"
+provider = "up"
+upstream = "slow-up"
+
+[[models]]
+id = "fast"
+provider = "up"
+upstream = "fast-up"
+"""
+            app = traced_app(tmp_path, f'\n[routing]\nhedge_after_ms = {hedge_s * 1000}\n'
+                                       '[[aliases]]\nname = "pair"\nmodels = ["slow", "fast"]\nmode = "ordered"\n',
+                             models=models)
+            app.pipeline.sleep = sleep = Sleep(hedge_s)
+            task = asyncio.ensure_future(app.pipeline.complete(ask(model="pair", tier="fast"), PRINCIPAL, "t"))
+            await arrived.wait()                     # the first attempt is out, no answer yet
+            sleep.fire.set()                         # the hedge timer fires: the second starts
+            c = await task
+            release.set()
+            await app.stop(0)
+        return app, seen, c
+    app, seen, c = asyncio.run(main())
+    assert c.decision.model == "fast"
+    spans = spans_of(app)
+    root = the_request(spans)
+    attempts = {s.attributes["atp.model"]: s for s in spans["atp.attempt"]}
+    assert set(attempts) == {"slow", "fast"}
+    for model, upstream_model in (("slow", "slow-up"), ("fast", "fast-up")):
+        span = attempts[model]
+        assert span.parent.span_id == root.context.span_id
+        flags = int(span.context.trace_flags)    # sampled (+ W3C level 2's random-id bit)
+        assert flags & 1
+        assert seen[upstream_model] == f"00-{root.context.trace_id:032x}-{span.context.span_id:016x}-{flags:02x}"
+    assert attempts["slow"].attributes["atp.outcome"] == "CANCELLED"
+    assert attempts["fast"].attributes["atp.outcome"] == "ok"
