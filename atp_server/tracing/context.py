@@ -11,12 +11,28 @@ TRACE_HEADER = "x-atp-trace-id"
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z", re.S)
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
-# The header block an upstream HTTP call made inside an attempt carries: b"traceparent: ...\r\n"
-# (and tracestate), set by the attempt (tracing/otel.py) around the call, read by the shared HTTP
-# client (adapters/http_client.py). A context variable, so hedged attempts, each in its own task,
-# carry their own span; None (the default) when tracing is off or outside an attempt.
-UPSTREAM_HEADERS: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
-    "atp_upstream_trace_headers", default=None)
+
+
+class UpstreamTrace:
+    """The trace context an upstream call made inside an attempt carries: its traceparent and
+    tracestate, and the same as the header block the shared HTTP client appends."""
+
+    __slots__ = ("traceparent", "tracestate", "block")
+
+    def __init__(self, traceparent: str, tracestate: str = ""):
+        self.traceparent, self.tracestate = traceparent, tracestate
+        block = f"{TRACEPARENT}: {traceparent}\r\n"
+        if tracestate:
+            block += f"{TRACESTATE}: {tracestate}\r\n"
+        self.block = block.encode("latin-1")
+
+
+# Set by the attempt (tracing/otel.py) around its call, read by the shared HTTP client
+# (adapters/http_client.py) and by the federation's next-hop REQUEST (federation/forward.py). A
+# context variable, so hedged attempts, each in its own task, carry their own span; None (the
+# default) when tracing is off or outside an attempt.
+UPSTREAM_TRACE: contextvars.ContextVar[UpstreamTrace | None] = contextvars.ContextVar(
+    "atp_upstream_trace", default=None)
 
 
 def trace_id(traceparent: str) -> str | None:

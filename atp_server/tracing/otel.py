@@ -25,7 +25,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from ..types import AtpError
 from .config import TracingConfig
-from .context import UPSTREAM_HEADERS
+from .context import UPSTREAM_TRACE, UpstreamTrace
 
 # gen_ai.system (OpenTelemetry GenAI semantic conventions) by adapter type: an OpenAI-compatible
 # upstream speaks OpenAI's API, which is what the convention's "openai" names.
@@ -166,27 +166,25 @@ class RequestSpan:
 class AttemptSpan:
     """One upstream call's span: its traceparent for the provider, ended once by `end(exc)`.
 
-    `async with` (a whole-answer call) sets UPSTREAM_HEADERS around the call and ends the span;
+    `async with` (a whole-answer call) sets UPSTREAM_TRACE around the call and ends the span;
     a streamed attempt calls `enter()` / `leave(token)` around its first read and `end` itself.
     """
 
-    __slots__ = ("span", "headers", "token")
+    __slots__ = ("span", "upstream", "token")
 
     def __init__(self, span):
         self.span = span
         sc = span.get_span_context()
-        block = f"traceparent: 00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}\r\n"
-        if sc.trace_state:
-            block += f"tracestate: {sc.trace_state.to_header()}\r\n"
-        self.headers = block.encode("latin-1")
+        self.upstream = UpstreamTrace(f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}",
+                                      sc.trace_state.to_header() if sc.trace_state else "")
         self.token = None
 
     def enter(self):
-        return UPSTREAM_HEADERS.set(self.headers)
+        return UPSTREAM_TRACE.set(self.upstream)
 
     @staticmethod
     def leave(token) -> None:
-        UPSTREAM_HEADERS.reset(token)
+        UPSTREAM_TRACE.reset(token)
 
     def end(self, exc: BaseException | None) -> None:
         span, self.span = self.span, None
