@@ -12,6 +12,7 @@ Only this module imports OpenTelemetry; the pipeline sees RequestSpan and Attemp
 A tracer provider of our own (never the process-global one), so several Apps in one process
 (tests, workers) each export to their own place.
 """
+import sys
 import time
 
 from opentelemetry import trace
@@ -45,7 +46,8 @@ def _exporter(cfg: TracingConfig):
     if cfg.exporter == "memory":
         return InMemorySpanExporter()
     if cfg.exporter == "console":     # one span per line, not the SDK's indented JSON
-        return ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
+        # sys.stdout as it is now (the SDK's default is the one bound when it was imported)
+        return ConsoleSpanExporter(out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     return OTLPSpanExporter(endpoint=cfg.endpoint)
 

@@ -20,7 +20,7 @@ _JSON = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def error_response(exc: AtpError, request_id: str = "", status: int = 0) -> web.Response:
+def error_response(exc: AtpError, request_id: str = "", status: int = 0, trace_id: str = "") -> web.Response:
     """An Anthropic-shaped error ({"type": "error", "error": {type, message}}) with its HTTP status."""
     status = status or dialect.STATUS[exc.code][0]
     headers = {"Content-Type": _JSON}
@@ -28,6 +28,8 @@ def error_response(exc: AtpError, request_id: str = "", status: int = 0) -> web.
         headers["Retry-After"] = str(max(1, -(-exc.retry_after_ms // 1000)))
     if request_id:
         headers["request-id"] = headers["x-request-id"] = request_id
+    if trace_id:      # the pipeline traced the request before refusing it (tracing/)
+        headers[TRACE_HEADER] = trace_id
     return web.Response(status=status, body=orjson.dumps(dialect.error_json(exc)), headers=headers)
 
 
@@ -85,7 +87,7 @@ async def messages(t, request: web.Request) -> web.StreamResponse:
         return web.Response(body=orjson.dumps(dialect.message_json(c)), headers=out)
     except AtpError as exc:
         t.refused("http", exc.code)
-        return error_response(exc, chat.request_id if chat else "")
+        return error_response(exc, chat.request_id if chat else "", trace_id=chat.trace_id if chat else "")
     except web.HTTPRequestEntityTooLarge:
         t.refused("http", reason="too_large")
         return error_response(dialect.bad("request body too large"), status=413)
@@ -135,7 +137,7 @@ async def _stream(t, request, chat, principal, t0: int):
             log.exception("http: messages stream failed")
         if resp is None:
             t.refused("http", err.code)
-            return error_response(err, chat.request_id)
+            return error_response(err, chat.request_id, trace_id=chat.trace_id)
         with suppress(ConnectionResetError, RuntimeError):   # an error event and no message_stop
             await resp.write(enc.error(err))
             await resp.write_eof()

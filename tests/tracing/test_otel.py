@@ -419,3 +419,17 @@ upstream = "fast-up"
         assert seen[upstream_model] == f"00-{root.context.trace_id:032x}-{span.context.span_id:016x}-{flags:02x}"
     assert attempts["slow"].attributes["atp.outcome"] == "CANCELLED"
     assert attempts["fast"].attributes["atp.outcome"] == "ok"
+
+
+def test_the_console_exporter_prints_one_json_span_per_line(tmp_path, capsys):
+    import json
+
+    async def main():
+        app = App(make_config(tmp_path, extra='\n[tracing]\nenabled = true\nexporter = "console"\n'))
+        await app.pipeline.complete(ask(model="cheap"), PRINCIPAL, "t")
+        await app.stop(0)                  # the batch is written at shutdown at the latest
+    asyncio.run(main())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    spans = [json.loads(line) for line in lines]
+    assert [s["name"] for s in spans].count("atp.request") == 1
+    assert {"atp.attempt", "atp.before.validate"} <= {s["name"] for s in spans}

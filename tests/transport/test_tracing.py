@@ -81,10 +81,13 @@ def test_without_a_traceparent_the_request_starts_a_trace_and_returns_its_id(tra
     assert headers["x-atp-trace-id"] == format(span.context.trace_id, "032x")
 
 
-def test_a_refusal_in_the_pipeline_still_returns_the_trace_id(traced):
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"model": "no-such-model", "messages": HELLO}),
+    ("/v1/messages", {"model": "no-such-model", "max_tokens": 16, "messages": HELLO}),
+])
+def test_a_refusal_in_the_pipeline_still_returns_the_trace_id(traced, path, body):
     request_id = rid()
-    status, headers, _ = post(traced, "/v1/chat/completions", {"model": "no-such-model", "messages": HELLO},
-                              {**PARENT, "X-Request-Id": request_id})
+    status, headers, _ = post(traced, path, body, {**PARENT, "X-Request-Id": request_id})
     assert status == 404 and headers["x-atp-trace-id"] == CLIENT_TRACE
     assert request_span(traced, request_id).attributes["atp.outcome"] == "UNKNOWN_MODEL"
 
