@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 # "otlp": OTLP/HTTP protobuf to `endpoint` (an OpenTelemetry collector, Jaeger >= 1.35, Tempo);
 # "console": one JSON span per line on stdout (a quick look without a collector);
-# "memory": kept in process (tests read them; nothing leaves the process).
+# "memory": the newest spans kept in process (tests read them; nothing leaves the process).
 EXPORTERS = ("otlp", "console", "memory")
 
 

@@ -433,3 +433,23 @@ def test_the_console_exporter_prints_one_json_span_per_line(tmp_path, capsys):
     spans = [json.loads(line) for line in lines]
     assert [s["name"] for s in spans].count("atp.request") == 1
     assert {"atp.attempt", "atp.before.validate"} <= {s["name"] for s in spans}
+
+
+def test_the_memory_exporter_keeps_only_the_newest_spans(tmp_path, monkeypatch):
+    from atp_server.tracing.otel import RecentSpans
+    monkeypatch.setattr(RecentSpans, "MAX_SPANS", 20)
+
+    async def main():
+        app = traced_app(tmp_path)
+        ids = []
+        for _ in range(3):                           # 3 x 14 spans > 20
+            request = ask(model="cheap")
+            await app.pipeline.complete(request, PRINCIPAL, "t")
+            ids.append(request.trace_id)
+        await app.stop(0)
+        return app, ids
+    app, ids = asyncio.run(main())
+    spans = app.tracer.finished_spans()
+    assert len(spans) == 20
+    assert format(spans[-1].context.trace_id, "032x") == ids[-1]   # the newest request's are kept
+    assert ids[0] not in {format(s.context.trace_id, "032x") for s in spans}
