@@ -38,6 +38,9 @@ GEN_AI_SYSTEMS = {"openai_compat": "openai", "anthropic": "anthropic", "ollama":
 # characters on a span: every span waits in the exporter's bounded queue until it is sent. (Not
 # SpanLimits: that would cut the exception events' stack traces too, with a warning each time.)
 _CLIENT_TEXT = 256
+# One OTLP export (its retries included) gives up after 5 s, half the exporter's default: the last
+# export at shutdown then ends within a typical drain even when the collector is unreachable.
+_EXPORT_TIMEOUT_S = 5
 _PROPAGATOR = TraceContextTextMapPropagator()
 _ERROR = StatusCode.ERROR
 _SERVER, _CLIENT, _INTERNAL = SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL
@@ -73,7 +76,7 @@ def _exporter(cfg: TracingConfig):
         # sys.stdout as it is now (the SDK's default is the one bound when it was imported)
         return ConsoleSpanExporter(out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    return OTLPSpanExporter(endpoint=cfg.endpoint)
+    return OTLPSpanExporter(endpoint=cfg.endpoint, timeout=_EXPORT_TIMEOUT_S)
 
 
 class Tracer:
