@@ -12,6 +12,7 @@ Only this module imports OpenTelemetry; the pipeline sees RequestSpan and Attemp
 A tracer provider of our own (never the process-global one), so several Apps in one process
 (tests, workers) each export to their own place.
 """
+import asyncio
 import collections
 import sys
 import time
@@ -44,7 +45,6 @@ _EXPORT_TIMEOUT_S = 5
 _PROPAGATOR = TraceContextTextMapPropagator()
 _ERROR = StatusCode.ERROR
 _SERVER, _CLIENT, _INTERNAL = SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL
-_CANCELLED = ("CancelledError", "GeneratorExit")
 
 
 class RecentSpans(InMemorySpanExporter):
@@ -116,7 +116,7 @@ def failed(span, exc: BaseException) -> None:
         span.set_attribute("error.type", exc.name)
         span.record_exception(exc)
         span.set_status(Status(_ERROR, str(exc)[:_CLIENT_TEXT]))
-    elif type(exc).__name__ in _CANCELLED:
+    elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         span.set_attribute("atp.outcome", "CANCELLED")
     else:
         span.set_attribute("atp.outcome", "INTERNAL")
