@@ -65,3 +65,12 @@ def test_the_core_never_imports_opentelemetry_while_tracing_is_off():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_readmes_tracing_example_loads():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    (block,) = re.findall(r"```toml\n(\[tracing\]\n.*?)```", readme, re.S)
+    t = config.loads(config.DEFAULT_TOML + "\n" + block).tracing
+    assert t.enabled and t.sample_ratio == 0.1 and t.service_name == "atp-eu-1"
