@@ -45,6 +45,7 @@ def test_a_bad_value_is_refused_naming_its_key(line, key, says):
 
 def test_enabled_without_the_extra_is_a_start_up_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "atp_server.tracing.otel", None)   # as if not installed
+    monkeypatch.delattr(tracing, "otel", raising=False)      # (imported by an earlier test)
     with pytest.raises(config.ConfigError) as info:
         tracing.build(load('enabled = true\nexporter = "memory"').tracing, {})
     assert str(info.value).startswith("tracing.enabled: ") and "pip install 'atp[otel]'" in str(info.value)
