@@ -124,3 +124,10 @@ def test_a_frame_requests_meta_traceparent_parents_the_request_span(traced):
     assert asyncio.run(go()).text
     span = request_span(traced, request_id)
     assert_child_of_the_client(span)
+
+
+def test_with_tracing_off_no_trace_id_goes_back(atp_server):
+    status, headers, _ = post(atp_server, "/v1/chat/completions", {"model": "sim-fast", "messages": HELLO},
+                              PARENT)
+    assert status == 200 and "x-atp-trace-id" not in headers
+    assert atp_server.app.tracer is None
