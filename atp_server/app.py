@@ -160,11 +160,11 @@ class App:
         from . import tracing       # [tracing]: OpenTelemetry is imported only when it is on
         self.tracer = tracing.build(config.tracing, {p.name: p.type for p in config.providers})
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
-                                 self.audit, self.metrics, policy=self.policy,
+                                 self.audit, self.metrics, policy=self.policy, tracer=self.tracer,
                                  dispatch=config.dispatch, windows=self.windows,
                                  limits=self.limit_stage, redaction=config.redaction,
                                  guard=config.guard, shadow=shadow_stage, cache=cache_stage,
-                                 slo=self.slo, tracer=self.tracer)
+                                 slo=self.slo)
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
