@@ -14,7 +14,7 @@ untraced stage scope, so no span object exists and no stage pays anything.
 """
 from .config import TracingConfig
 
-__all__ = ["TracingConfig", "build", "INSTALL_HINT"]
+__all__ = ["TracingConfig", "build", "check", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'atp[otel]'"
 
@@ -24,10 +24,21 @@ def build(cfg: TracingConfig, provider_types: dict[str, str]):
     configured provider name to its adapter type (for gen_ai.system on attempt spans)."""
     if not cfg.enabled:
         return None
+    return _otel().Tracer(cfg, provider_types)
+
+
+def check(cfg: TracingConfig) -> None:
+    """The ConfigError build() would raise, without building anything (`atp serve --workers N`
+    checks once, before the workers fork and each builds its own tracer)."""
+    if cfg.enabled:
+        _otel()
+
+
+def _otel():
     try:
         from . import otel
     except ImportError as exc:
         from ..config import ConfigError    # here, not above: config.py imports this package
         raise ConfigError(f"tracing.enabled: true needs the OpenTelemetry extra, which is not "
                           f"installed (no module {exc.name or exc}): {INSTALL_HINT}") from None
-    return otel.Tracer(cfg, provider_types)
+    return otel

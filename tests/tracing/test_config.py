@@ -75,3 +75,25 @@ def test_the_readmes_tracing_example_loads():
     (block,) = re.findall(r"```toml\n(\[tracing\]\n.*?)```", readme, re.S)
     t = config.loads(config.DEFAULT_TOML + "\n" + block).tracing
     assert t.enabled and t.sample_ratio == 0.1 and t.service_name == "atp-eu-1"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_atp_serve_without_the_extra_exits_2_naming_it(tmp_path, workers):
+    import os
+    import socket
+
+    from tests.test_cli import api_key_only_toml, atp, free_port
+    fake = tmp_path / "site"                  # an `opentelemetry` that fails to import, as if absent
+    (fake / "opentelemetry").mkdir(parents=True)
+    (fake / "opentelemetry" / "__init__.py").write_text(
+        'raise ImportError("not installed (test)", name="opentelemetry")\n')
+    cfg = tmp_path / "atp.toml"
+    cfg.write_text(api_key_only_toml(tmp_path) + '\n[tracing]\nenabled = true\n')
+    ports = [str(free_port(socket.SOCK_STREAM)) for _ in range(2)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(fake), os.environ.get("PYTHONPATH")]))}
+    r = atp("serve", "--config", str(cfg), "--workers", str(workers), "--http-port", ports[0],
+            "--grpc-port", ports[1], "--no-quic", timeout=30, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("atp: config error: tracing.enabled: true needs the OpenTelemetry "
+                                "extra, which is not installed (no module opentelemetry): "
+                                "pip install 'atp[otel]'")
