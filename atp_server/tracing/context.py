@@ -12,7 +12,6 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
-
 class UpstreamTrace:
     """The trace context an upstream call made inside an attempt carries: its traceparent and
     tracestate, and the same as the header block the shared HTTP client appends."""
