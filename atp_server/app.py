@@ -164,8 +164,10 @@ class App:
             from .slo import SloTracker
             self.slo = SloTracker(config.slo, self.admission)
             self.metrics.registry.register(self.slo.collector())
+        from . import tracing       # [tracing]: OpenTelemetry is imported only when it is on
+        self.tracer = tracing.build(config.tracing, {p.name: p.type for p in config.providers})
         self.pipeline = Pipeline(self.router, self.adapters, self.admission, self.accountant,
-                                 self.audit, self.metrics, policy=self.policy,
+                                 self.audit, self.metrics, policy=self.policy, tracer=self.tracer,
                                  dispatch=config.dispatch, windows=self.windows,
                                  limits=self.limit_stage, redaction=config.redaction,
                                  guard=config.guard, shadow=shadow_stage, cache=cache_stage,
@@ -345,6 +347,8 @@ class App:
         if self.cache is not None:
             await self.cache.close()         # background stores sent before the client closes
         await self.stores.close()
+        if self.tracer is not None:          # the last spans exported (blocking: off the loop)
+            await asyncio.to_thread(self.tracer.shutdown)
 
     async def serve_forever(self, on_started=None, **start_kwargs) -> None:
         """Run until SIGINT/SIGTERM, then drain. `on_started(ports)` runs once everything listens."""

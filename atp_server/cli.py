@@ -116,6 +116,8 @@ def cmd_serve(args) -> int:
             app = _build_app(cfg, args.config)   # config errors found while building show before anything binds
         else:
             _check_audit_file(cfg)  # the workers build their own App: fail once, here, instead
+            from . import tracing
+            tracing.check(cfg.tracing)   # likewise a missing OpenTelemetry extra
             if cfg.audit.enabled:   # created once, here: workers racing to create it read it half-written
                 from .audit.signing import load_or_create
                 load_or_create(atp_config.audit_signing_key(cfg))

@@ -21,6 +21,7 @@ from .events import EventsConfig, parse_events
 from .live import DashboardConfig, parse_dashboard
 from .webhooks import parse_webhooks
 from .privacy import PrivacyConfig   # the [privacy] section's dataclass lives with its mechanism
+from .tracing.config import TracingConfig, parse_tracing   # no OpenTelemetry import (tracing/__init__)
 from .dispatch import CHECKS as DISPATCH_CHECKS, DispatchConfig, check_tiers
 from .scheduling import SchedulingConfig, parse_scheduling
 from .resources import ResourcesConfig, parse_resources
@@ -142,6 +143,7 @@ class Config:
     dashboard: DashboardConfig = DashboardConfig()   # [dashboard] (live.py, transport/http_dashboard.py)
     events: EventsConfig = EventsConfig()            # [events] thresholds (events.py)
     webhooks: tuple = ()                             # webhooks.WebhookConfig, from [[webhooks]]
+    tracing: TracingConfig = TracingConfig()         # [tracing] (tracing/: OpenTelemetry spans)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -525,7 +527,8 @@ def parse(data: dict) -> Config:
         _fail("(toml)", "the document must be a table")
     known = {"server", "auth", "providers", "models", "audit", "pricing", "routing", "aliases",
              "scheduling", "state", "limits", "redaction", "guard", "metrics", "tenants", "policy",
-             "costs", "privacy", "federation", "admin", "cache", "resources", "slo", "dashboard", "events", "webhooks"}
+             "costs", "privacy", "federation", "admin", "cache", "resources", "slo", "dashboard", "events", "webhooks",
+             "tracing"}
     for k in data:
         if k not in known:
             _fail(k, f"unknown section (known: {', '.join(sorted(known))})")
@@ -601,7 +604,8 @@ def parse(data: dict) -> Config:
                                 tuple(scheduling.tiers), _fail),
                  dashboard=parse_dashboard(data.get("dashboard", {}), _fail),
                  events=parse_events(data.get("events", {}), _fail),
-                 webhooks=parse_webhooks(data.get("webhooks", []), _fail))
+                 webhooks=parse_webhooks(data.get("webhooks", []), _fail),
+                 tracing=parse_tracing(data.get("tracing", {}), _typed, _check))
     check_workers(cfg, server.workers, "server.workers")
     return cfg
 

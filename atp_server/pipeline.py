@@ -30,6 +30,7 @@ from .stages.record import AccessLogStage, AccountStage, AuditStage, MetricsStag
 from .stages.redact import RedactStage
 from .stages.route import RouteStage
 from .stages.cache import hit_usage
+from .tracing.context import trace_id
 from .types import (AtpError, ChatRequest, Completion, Delta, Done, Finish, RouteDecision, Routed, TextDelta,
                     ToolCall, ToolCallDelta)
 
@@ -104,19 +105,75 @@ class _Scope:
 
     def _close(self, exc: BaseException | None) -> None:
         ctx = self.ctx
-        if isinstance(exc, AtpError):
-            ctx.outcome, ctx.code = exc.name, int(exc.code)
-        elif exc is not None and not ctx.finished:   # client gone (GeneratorExit/cancel) or a bug
-            if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
-                ctx.outcome, ctx.code = "CANCELLED", _CANCELLED
-            else:
-                ctx.outcome, ctx.code = "INTERNAL", _INTERNAL
+        _settle(ctx, exc)
         afters, outcome = self.chain.afters, ctx.outcome
         for i in range(self.entered - 1, -1, -1):
             after = afters[i]
             if after is not None:
                 after(ctx, outcome)
         self.entered = 0
+
+
+def _settle(ctx: RequestContext, exc: BaseException | None) -> None:
+    """The request's final outcome and wire code from what ended it."""
+    if isinstance(exc, AtpError):
+        ctx.outcome, ctx.code = exc.name, int(exc.code)
+    elif exc is not None and not ctx.finished:   # client gone (GeneratorExit/cancel) or a bug
+        if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
+            ctx.outcome, ctx.code = "CANCELLED", _CANCELLED
+        else:
+            ctx.outcome, ctx.code = "INTERNAL", _INTERNAL
+
+
+class _TracedScope(_Scope):
+    """_Scope with a span around each stage's before and after, children of the request's span
+    (ctx.span, tracing/otel.py), which ends once the last after ran. Chosen per request only when
+    tracing is on and the request is sampled, so the untraced scope pays nothing for it."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> RequestContext:
+        ctx = self.ctx
+        request_span, stages = ctx.span, self.chain.stages
+        try:
+            for i, before in enumerate(self.chain.befores):
+                if before is not None:
+                    span = request_span.stage("before", stages[i].name)
+                    try:
+                        pending = before(ctx)
+                        if pending is not None:
+                            await pending
+                    except BaseException as exc:
+                        request_span.failed(span, exc)
+                        raise
+                    finally:
+                        span.end()
+                self.entered += 1
+        except BaseException as exc:
+            self._close(exc)
+            raise
+        return ctx
+
+    def _close(self, exc: BaseException | None) -> None:
+        ctx = self.ctx
+        _settle(ctx, exc)
+        request_span, stages = ctx.span, self.chain.stages
+        afters, outcome = self.chain.afters, ctx.outcome
+        try:
+            for i in range(self.entered - 1, -1, -1):
+                after = afters[i]
+                if after is not None:
+                    span = request_span.stage("after", stages[i].name)
+                    try:
+                        after(ctx, outcome)
+                    except BaseException as exc:
+                        request_span.failed(span, exc)
+                        raise
+                    finally:
+                        span.end()
+        finally:
+            self.entered = 0
+            request_span.end(ctx)
 
 
 class _Call:
@@ -149,13 +206,21 @@ class _Attempt:
     starts, given back and reported by `close(exc)` however it ends (the same guarantee as _Call,
     across the yields of a stream). The pipeline reads `up` directly: no generator in between."""
 
-    __slots__ = ("model_id", "call", "up", "caps", "provider", "slot")
+    __slots__ = ("model_id", "call", "up", "caps", "provider", "slot", "span")
 
-    def __init__(self, pipeline: "Pipeline", model_id: str, request: ChatRequest, vault=None):
+    def __init__(self, pipeline: "Pipeline", model_id: str, request: ChatRequest, vault=None,
+                 request_span=None):
         model = pipeline.router.models[model_id]
         self.model_id, self.caps, self.provider, self.up = model_id, pipeline.caps, model.provider, None
+        # tracing on: this call's span, started before the gates so a refusal is a failed attempt
+        self.span = span = request_span.attempt(model) if request_span is not None else None
         self.slot = pipeline.windows.slot(model.provider, request.latency_slo_ms)
-        self.slot.__enter__()          # the provider's AIMD window (OVERLOADED when full)
+        try:
+            self.slot.__enter__()          # the provider's AIMD window (OVERLOADED when full)
+        except BaseException as exc:
+            if span is not None:
+                span.end(exc)
+            raise
         capped = False
         try:
             capped = self.caps.take(model.provider)
@@ -164,6 +229,8 @@ class _Attempt:
             if capped:
                 self.caps.give_back(model.provider)
             self.slot.__exit__(type(exc), exc, None)
+            if span is not None:
+                span.end(exc)
             raise
         if not capped:
             self.caps = None
@@ -172,6 +239,8 @@ class _Attempt:
 
     async def first(self):
         """(self, the first item); a stream that ends before any item is a cut."""
+        # tracing: the upstream request (sent by this first read) carries the attempt's traceparent
+        token = self.span.enter() if self.span is not None else None
         try:
             return self, await self.up.__anext__()
         except StopAsyncIteration:
@@ -181,6 +250,9 @@ class _Attempt:
         except BaseException as exc:
             await self.close(exc)
             raise
+        finally:
+            if token is not None:
+                self.span.leave(token)
 
     async def close(self, exc: BaseException | None) -> None:
         up, self.up = self.up, None
@@ -194,6 +266,8 @@ class _Attempt:
             if self.caps is not None:
                 self.caps.give_back(self.provider)
             self.slot.__exit__(kind, exc, None)
+            if self.span is not None:
+                self.span.end(exc)
 
 
 class Pipeline:
@@ -201,8 +275,9 @@ class Pipeline:
                  accountant: Accountant, audit=None, metrics=None, policy=None,
                  clock=time.monotonic, dispatch: DispatchConfig = DispatchConfig(), sleep=asyncio.sleep,
                  rng: random.Random | None = None, windows=None, limits=None, redaction=None,
-                 guard=None, shadow=None, cache=None, slo=None):
+                 guard=None, shadow=None, cache=None, slo=None, tracer=None):
         self.router = router
+        self.tracer = tracer         # tracing/otel.Tracer when [tracing] is on, else None
         self.dispatch = dispatch     # retries, failover budget, hedging ([routing] keys)
         self.sleep = sleep           # backoff and hedge timers: injectable, so tests never sleep
         self.rng = rng or random.Random()   # full-jitter draws; a seeded one in tests
@@ -260,7 +335,14 @@ class Pipeline:
         """`async with`: the chain's befores (validate, policy, take a slot, route); always the
         afters (release, account, record)."""
         request.request_id = self._request_id(request)
-        return _Scope(self.chain, RequestContext(request, principal, transport, started_ns))
+        ctx = RequestContext(request, principal, transport, started_ns)
+        if self.tracer is not None:
+            ctx.span = span = self.tracer.request(ctx)
+            if span.recording:          # sampled out: the context still reaches the upstream
+                return _TracedScope(self.chain, ctx)
+        elif request.traceparent:       # tracing off: the client's trace id still goes in the log
+            ctx.trace_id = trace_id(request.traceparent)
+        return _Scope(self.chain, ctx)
 
     def _failed(self, trace: RequestContext, model_id: str, exc: AtpError) -> None:
         trace.failures.append(f"{model_id}: {exc.name}")
@@ -297,9 +379,12 @@ class Pipeline:
         finally:
             trace.upstream_ns += time.perf_counter_ns() - u0
 
-    async def _complete_call(self, model_id: str, request: ChatRequest):
+    async def _complete_call(self, model_id: str, request: ChatRequest, request_span=None):
         """One whole-answer call: (text, finish, tokens), reported to the breaker at both ends."""
         model = self.router.models[model_id]
+        if request_span is not None:    # tracing: the same call inside its attempt span
+            async with request_span.attempt(model):
+                return await self._complete_call(model_id, request)
         adapter = self.adapters[model.provider]
         capped = self.caps.take(model.provider)
         try:
@@ -334,7 +419,8 @@ class Pipeline:
             vault, cached = trace.vault, trace.cache
             model_id, (attempt, item) = await (
                 cached.first(vault) if cached is not None and cached.entry is not None else
-                self._first(trace, request, lambda m: _Attempt(self, m, request, vault).first(), _discard))
+                self._first(trace, request, lambda m: _Attempt(self, m, request, vault, trace.span).first(),
+                            _discard))
             if model_id != trace.decision.model:
                 yield Routed(self._answered_by(trace, model_id))
             model = self.router.models[model_id]
@@ -393,7 +479,7 @@ class Pipeline:
                 model_id, (text, finish, tokens) = cached.whole()
             else:
                 model_id, (text, finish, tokens) = await self._first(
-                    trace, request, lambda m: self._complete_call(m, request))
+                    trace, request, lambda m: self._complete_call(m, request, trace.span))
                 if cached is not None:          # a miss: the answer the cache stage stores
                     cached.answer = (text, finish, tokens)
             self._answered_by(trace, model_id)

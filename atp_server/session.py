@@ -14,6 +14,7 @@ from codec.aio import FrameDriver, now_ms
 from codec.errors import ErrorCode
 
 from .credits import CreditPacer
+from .tracing.context import from_metadata
 from .types import AtpError, ChatRequest, Delta, Done
 
 log = logging.getLogger("atp.session")
@@ -30,13 +31,15 @@ def request_from_payload(p: dict) -> ChatRequest:
         if role not in ROLES:
             raise ValueError(f"messages[{i}] has role {role[:40]!r}, not one of "
                              f"{', '.join(sorted(ROLES))}")
-    return ChatRequest(
+    request = ChatRequest(
         messages=messages, tier=p.get("tier", "balanced"),
         model=p.get("model") or None, max_tokens=p.get("max_tokens"),
         max_cost_usd=max_cost / 1e6 if max_cost is not None else None,
         latency_slo_ms=p.get("slo_ms"), tenant=p.get("tenant", ""),
         capabilities=tuple(p.get("caps", ())), temperature=p.get("temperature"),
         stream=p.get("stream", True), request_id=p.get("rid", ""), metadata=p.get("meta", {}))
+    from_metadata(request)      # meta.traceparent / meta.tracestate: W3C trace context (tracing/)
+    return request
 
 
 class FrameSession(FrameDriver):

@@ -65,6 +65,12 @@ class ChatRequest:
     # Objective (routing/choose.py): an explicit trade-off instead of the tier's; at most one.
     cost_weight: float | None = None
     min_quality: float | None = None
+    # W3C trace context (tracing/context.py): the client's, as received (never validated here: a
+    # malformed one starts a new trace); trace_id is set by the pipeline — the trace the request's
+    # span belongs to, or the client's when tracing is off — for the x-atp-trace-id header.
+    traceparent: str = ""
+    tracestate: str = ""
+    trace_id: str = ""
 
     def validate(self) -> None:
         if not self.messages:

@@ -7,6 +7,7 @@
   a running server as much as its launcher.
 - clients/atp_client/ never imports atp_server: the SDK depends on codec (and proto) only.
 - atp_server/routing/ never imports atp_server.adapters: model specs live with the table.
+- only atp_server/tracing/otel.py imports opentelemetry (the optional `otel` extra).
 """
 import ast
 import pathlib
@@ -69,6 +70,14 @@ def test_server_does_not_import_the_sdk():
 
 def test_sdk_does_not_import_the_server():
     assert violations("clients/atp_client", lambda p: {"atp_server"}) == []
+
+
+def test_only_the_tracing_extras_module_imports_opentelemetry():
+    # The otel extra is optional: every other module must import without it (tracing/__init__.py
+    # imports tracing/otel.py only when [tracing] enabled = true).
+    assert violations("atp_server", lambda p: {"opentelemetry"},
+                      exempt={"atp_server/tracing/otel.py"}) == []
+    assert "opentelemetry" in {m for _, m in imports(ROOT / "atp_server/tracing/otel.py")}
 
 
 def routing_imports_adapters(path: pathlib.Path) -> list[str]:

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from ..tracing.context import UPSTREAM_TRACE
+
 _HIGH_WATER = 256 * 1024  # unread streamed bytes at which we stop reading the socket (backpressure)
 
 
@@ -478,6 +480,9 @@ class HttpClient:
                 self._heads.clear()
             self._heads[cache_key] = cached
         key, head = cached
+        trace = UPSTREAM_TRACE.get()
+        if trace is not None:   # inside a traced attempt: its traceparent (tracing/context.py)
+            head += trace.block
         if body or method in ("POST", "PUT", "PATCH"):
             data = b"".join((head, b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
         else:

@@ -25,6 +25,7 @@ from contextlib import aclosing
 from codec.errors import ErrorCode
 
 from ..routing.spec import ModelSpec
+from ..tracing.context import TRACEPARENT, TRACESTATE, UPSTREAM_TRACE
 from ..types import AtpError, ChatRequest, Finish, TextDelta
 from .hop import HopClient
 from .rib import HOP_LIMIT, _rank
@@ -200,6 +201,11 @@ class Forwarding:
              "meta": {HOPS_KEY: str(hops + 1), PATH_KEY: ",".join(path + (self.router_id,))}}
         if request.request_id:
             p["rid"] = request.request_id       # one id across the routers' audit logs
+        trace = UPSTREAM_TRACE.get()            # tracing on: the next hop continues this attempt's trace
+        if trace is not None:
+            p["meta"][TRACEPARENT] = trace.traceparent
+            if trace.tracestate:
+                p["meta"][TRACESTATE] = trace.tracestate
         for key, value in (("max_tokens", request.max_tokens), ("slo_ms", request.latency_slo_ms),
                            ("temperature", request.temperature)):
             if value is not None:

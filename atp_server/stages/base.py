@@ -12,7 +12,7 @@ class RequestContext:
 
     __slots__ = ("request", "principal", "transport", "t0", "upstream_ns", "decision", "usage",
                  "outcome", "code", "finished", "failures",
-                 "redacted", "vault", "injection", "policy", "cache")
+                 "redacted", "vault", "injection", "policy", "cache", "trace_id", "span")
 
     def __init__(self, request: ChatRequest, principal, transport: str, started_ns: int | None):
         self.request = request
@@ -30,6 +30,8 @@ class RequestContext:
         self.injection = None                      # (score, signals) when the guard flagged it
         self.policy = None                         # policy.Decision, set by the policy stage
         self.cache = None                          # stages.cache.Ticket when caching applies
+        self.trace_id = None                       # 32 hex: tracing on, or a traceparent came in
+        self.span = None                           # tracing/otel.py RequestSpan when tracing is on
 
     def overhead_us(self) -> int:
         """Gateway time so far, excluding the provider's own."""

@@ -136,6 +136,8 @@ class AccessLogStage(Stage):
                   "overhead_us": (elapsed_ns - ctx.upstream_ns) // 1000,
                   "upstream_ms": round(ctx.upstream_ns / 1e6, 3),
                   "elapsed_ms": round(elapsed_ns / 1e6, 3)}
+        if ctx.trace_id is not None:     # tracing on, or the client sent a traceparent
+            fields["trace_id"] = ctx.trace_id
         if ctx.failures:
             fields["failovers"] = list(ctx.failures)
         if decision is not None and ACCESS.isEnabledFor(10):   # DEBUG: why this model

@@ -17,6 +17,7 @@ from codec.errors import ErrorCode
 from proto.atp.v1 import atp_pb2 as pb
 
 from ..session import FrameSession
+from ..tracing.context import TRACE_HEADER, from_metadata, from_pairs
 from ..types import AtpError, ChatRequest, Delta, Done, RouteDecision, Routed
 
 log = logging.getLogger("atp.grpc")
@@ -60,10 +61,20 @@ def error_metadata(exc: AtpError) -> tuple:
             ("atp-retry-after-ms", str(exc.retry_after_ms)))
 
 
-def to_chat_request(m: pb.CompletionRequest) -> ChatRequest:
+def to_chat_request(m: pb.CompletionRequest, context=None) -> ChatRequest:
+    """The neutral request; W3C trace context from the call's metadata (`context`), else from the
+    message's metadata map."""
     tier = TIERS.get(m.tier)
     if tier is None:
         raise AtpError(ErrorCode.INVALID_REQUEST, f"unknown quality tier {m.tier}")
+    request = _chat_request(m, tier)
+    from_metadata(request)
+    if context is not None:
+        from_pairs(request, context.invocation_metadata())
+    return request
+
+
+def _chat_request(m: pb.CompletionRequest, tier: str) -> ChatRequest:
     return ChatRequest(
         messages=[(x.role, x.content) for x in m.messages], tier=tier,
         model=(m.model or None) if m.HasField("model") else None,
@@ -215,13 +226,18 @@ class GrpcTransport:
                             error_metadata(exc) + (("atp-overhead-us", str(overhead)),))
 
     def _unary(fn):
-        """Typed unary handler: authenticate, run, report overhead; AtpError -> gRPC status."""
+        """Typed unary handler: authenticate, run, report overhead; AtpError -> gRPC status. A
+        handler may return (response, more trailing metadata)."""
         name = fn.__name__
 
         async def handler(self, req, context):
             t0 = time.perf_counter_ns()
+            extra = ()
             try:
-                response = await fn(self, req[0], await self._authenticate(context, name, req[1]), t0)
+                response = await fn(self, req[0], await self._authenticate(context, name, req[1]), t0,
+                                    context)
+                if type(response) is tuple:
+                    response, extra = response
             except AtpError as exc:
                 await self._abort(context, exc, t0)
             except Exception:   # a bug costs this call, with a wire code, not an opaque UNKNOWN
@@ -230,7 +246,7 @@ class GrpcTransport:
             overhead = getattr(response, "gateway_overhead_us", None)  # Complete: minus upstream
             if overhead is None:
                 overhead = (time.perf_counter_ns() - t0) // 1000
-            context.set_trailing_metadata((("atp-overhead-us", str(overhead)),))
+            context.set_trailing_metadata((("atp-overhead-us", str(overhead)),) + extra)
             return response
         handler.__name__ = name
         return handler
@@ -238,24 +254,26 @@ class GrpcTransport:
     # ---- typed RPCs -----------------------------------------------------------------------------
 
     @_unary
-    async def Complete(self, m, principal, t0):
-        c = await self.service.complete(to_chat_request(m), principal, "grpc", t0)
-        return pb.CompletionResponse(
+    async def Complete(self, m, principal, t0, context):
+        request = to_chat_request(m, context)
+        c = await self.service.complete(request, principal, "grpc", t0)
+        response = pb.CompletionResponse(
             request_id=c.request_id, text=c.text, finish_reason=c.finish_reason,
             usage=usage_pb(c.usage), route=route_pb(c.decision), gateway_overhead_us=c.overhead_us)
+        return (response, ((TRACE_HEADER, request.trace_id),)) if request.trace_id else response
 
     @_unary
-    async def Route(self, m, principal, t0):
+    async def Route(self, m, principal, t0, context):
         return route_pb(self.service.route(to_chat_request(m), principal))
 
     @_unary
-    async def Feedback(self, m, principal, t0):
+    async def Feedback(self, m, principal, t0, context):
         # m.tenant is not used: the tenant is the credentials' (service.feedback)
         return pb.FeedbackAck(accepted=self.service.feedback(
             principal, m.request_id, m.score, m.comment if m.HasField("comment") else None))
 
     @_unary
-    async def ListModels(self, m, principal, t0):
+    async def ListModels(self, m, principal, t0, context):
         # m.tenant is not used: a caller sees its own tenant's models (service.models)
         return pb.ListModelsResponse(models=[model_pb(row)
                                              for row in self.service.models(principal)])
@@ -266,7 +284,7 @@ class GrpcTransport:
         t0 = time.perf_counter_ns()
         try:
             principal = await self._authenticate(context, "Stream", req[1])
-            request = to_chat_request(req[0])
+            request = to_chat_request(req[0], context)
         except AtpError as exc:
             await self._abort(context, exc, t0)
         events = self.service.stream(request, principal, "grpc", t0)
@@ -282,8 +300,11 @@ class GrpcTransport:
                         continue
                     yield pb.StreamEvent(route=route_pb(item.decision))
                 elif kind is Done:
-                    context.set_trailing_metadata((("atp-overhead-us", str(item.overhead_us)),
-                                                   ("atp-request-id", request.request_id)))
+                    trailing = (("atp-overhead-us", str(item.overhead_us)),
+                                ("atp-request-id", request.request_id))
+                    if request.trace_id:
+                        trailing += ((TRACE_HEADER, request.trace_id),)
+                    context.set_trailing_metadata(trailing)
                     yield pb.StreamEvent(end=pb.Completion(
                         finish_reason=item.finish_reason, usage=usage_pb(item.usage),
                         route=route_pb(item.decision), gateway_overhead_us=item.overhead_us))

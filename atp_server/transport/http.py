@@ -12,6 +12,7 @@ from codec.errors import ErrorCode
 
 from ..dialects import openai as dialect
 from ..dialects.openai import STATUS, TIER_ALIASES, bad as _bad, error_body   # noqa: F401 (re-exported)
+from ..tracing.context import TRACE_HEADER, from_headers as trace_from_headers
 from ..types import AtpError, Delta, Done, Routed, ToolCallDelta
 from . import http_admin, http_anthropic, http_api, http_dashboard
 
@@ -38,6 +39,11 @@ def error_response(exc: AtpError, request_id: str = "", status: int = 0, close: 
     if request_id:
         headers["x-request-id"] = request_id
     return web.Response(status=status, body=error_body(exc), headers=headers)
+
+
+def trace_header(chat) -> dict | None:
+    """{x-atp-trace-id: ...} when tracing gave the request a trace, else None."""
+    return {TRACE_HEADER: chat.trace_id} if chat is not None and chat.trace_id else None
 
 
 def route_headers(d) -> dict:
@@ -210,20 +216,25 @@ class HttpTransport:
                 chat.request_id = rid
             if (cache := request.headers.get("x-atp-cache")) is not None:   # opt in/out: cache.py
                 chat.metadata["cache"] = cache
+            trace_from_headers(chat, request.headers)   # W3C traceparent/tracestate (tracing/)
             if stream:
                 return await self._stream(request, chat, principal, include_usage, t0, legacy)
             c = await self._complete(chat, principal, "http", t0)
             d = c.decision
             body = dialect.text_completion_body(c) if legacy else dialect.completion_body(c)
-            return web.Response(body=body, headers={
+            headers = {
                 "Content-Type": _JSON, "x-atp-overhead-us": str(c.overhead_us),
                 "x-atp-model": d.model, "x-atp-provider": d.provider, "x-request-id": c.request_id,
                 "x-atp-cost-usd": f"{c.usage.cost_usd:.6f}",
                 "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
-                **route_headers(d)})
+                **route_headers(d)}
+            if chat.trace_id:
+                headers[TRACE_HEADER] = chat.trace_id
+            return web.Response(body=body, headers=headers)
         except AtpError as exc:
             self.refused("http", exc.code)
-            return error_response(exc, chat.request_id if chat else "")
+            return error_response(exc, chat.request_id if chat else "",
+                                  headers=trace_header(chat))
         except web.HTTPRequestEntityTooLarge:
             self.refused("http", reason="too_large")
             return error_response(_bad(f"request body over {MAX_BODY} bytes"), status=413, close=True)
@@ -258,6 +269,8 @@ class HttpTransport:
                             **_SSE_HEADERS, "x-atp-overhead-us": str((routed_ns - t0) // 1000),
                             "x-atp-model": decision.model, "x-atp-provider": decision.provider,
                             "x-request-id": chat.request_id, **route_headers(decision)})
+                        if chat.trace_id:
+                            resp.headers[TRACE_HEADER] = chat.trace_id
                         await resp.prepare(request)     # headers leave with the first write
                         enc = dialect.ChunkEncoder(chat.request_id, decision.model, legacy)
                         out = enc.head()
@@ -283,7 +296,7 @@ class HttpTransport:
                 err = AtpError(ErrorCode.INTERNAL, "internal error")
             if resp is None:
                 self.refused("http", err.code)
-                return error_response(err, chat.request_id)
+                return error_response(err, chat.request_id, headers=trace_header(chat))
             # A stream that dies is an error event and no [DONE], never a silent success.
             await self._write_quietly(resp, b"data: " + error_body(err) + b"\n\n")
         await self._write_quietly(resp, None)

@@ -11,6 +11,7 @@ from codec.errors import ErrorCode
 
 from ..dialects import anthropic as dialect
 from ..routing.spec import estimate_tokens
+from ..tracing.context import TRACE_HEADER, from_headers as trace_from_headers
 from ..types import AtpError, Delta, Done, Routed, ToolCallDelta
 
 log = logging.getLogger("atp.http")
@@ -19,7 +20,7 @@ _JSON = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def error_response(exc: AtpError, request_id: str = "", status: int = 0) -> web.Response:
+def error_response(exc: AtpError, request_id: str = "", status: int = 0, trace_id: str = "") -> web.Response:
     """An Anthropic-shaped error ({"type": "error", "error": {type, message}}) with its HTTP status."""
     status = status or dialect.STATUS[exc.code][0]
     headers = {"Content-Type": _JSON}
@@ -27,6 +28,8 @@ def error_response(exc: AtpError, request_id: str = "", status: int = 0) -> web.
         headers["Retry-After"] = str(max(1, -(-exc.retry_after_ms // 1000)))
     if request_id:
         headers["request-id"] = headers["x-request-id"] = request_id
+    if trace_id:      # the pipeline traced the request before refusing it (tracing/)
+        headers[TRACE_HEADER] = trace_id
     return web.Response(status=status, body=orjson.dumps(dialect.error_json(exc)), headers=headers)
 
 
@@ -71,18 +74,21 @@ async def messages(t, request: web.Request) -> web.StreamResponse:
         chat, stream = dialect.parse_messages(data)
         if (rid := headers.get("X-Request-Id")) and len(rid) <= 128:
             chat.request_id = rid
+        trace_from_headers(chat, headers)   # W3C traceparent/tracestate (tracing/)
         if stream:
             return await _stream(t, request, chat, principal, t0)
         c = await t._complete(chat, principal, "http", t0)
         d = c.decision
-        return web.Response(body=orjson.dumps(dialect.message_json(c)), headers={
-            "Content-Type": _JSON, "x-atp-overhead-us": str(c.overhead_us), "x-atp-model": d.model,
-            "x-atp-provider": d.provider, "x-atp-cost-usd": f"{c.usage.cost_usd:.6f}",
-            "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
-            "request-id": c.request_id})
+        out = {"Content-Type": _JSON, "x-atp-overhead-us": str(c.overhead_us), "x-atp-model": d.model,
+               "x-atp-provider": d.provider, "x-atp-cost-usd": f"{c.usage.cost_usd:.6f}",
+               "x-atp-usage-estimated": "true" if c.usage.estimated else "false",
+               "request-id": c.request_id}
+        if chat.trace_id:
+            out[TRACE_HEADER] = chat.trace_id
+        return web.Response(body=orjson.dumps(dialect.message_json(c)), headers=out)
     except AtpError as exc:
         t.refused("http", exc.code)
-        return error_response(exc, chat.request_id if chat else "")
+        return error_response(exc, chat.request_id if chat else "", trace_id=chat.trace_id if chat else "")
     except web.HTTPRequestEntityTooLarge:
         t.refused("http", reason="too_large")
         return error_response(dialect.bad("request body too large"), status=413)
@@ -114,6 +120,8 @@ async def _stream(t, request, chat, principal, t0: int):
                     resp = web.StreamResponse(headers={
                         **_SSE_HEADERS, "x-atp-model": decision.model, "x-atp-provider": decision.provider,
                         "request-id": chat.request_id})
+                    if chat.trace_id:
+                        resp.headers[TRACE_HEADER] = chat.trace_id
                     await resp.prepare(request)
                     out = enc.start(chat.request_id, decision.model, estimate_tokens(chat.prompt_chars()))
                 if kind is Delta:
@@ -130,7 +138,7 @@ async def _stream(t, request, chat, principal, t0: int):
             log.exception("http: messages stream failed")
         if resp is None:
             t.refused("http", err.code)
-            return error_response(err, chat.request_id)
+            return error_response(err, chat.request_id, trace_id=chat.trace_id)
         with suppress(ConnectionResetError, RuntimeError):   # an error event and no message_stop
             await resp.write(enc.error(err))
             await resp.write_eof()

@@ -10,6 +10,7 @@ from aiohttp import web
 from codec.errors import ErrorCode
 
 from ..dialects import openai as dialect
+from ..tracing.context import TRACE_HEADER, from_headers as trace_from_headers
 from ..types import AtpError
 
 log = logging.getLogger("atp.http")
@@ -96,6 +97,7 @@ class _RestApi:
             raise dialect.bad("stream is not supported here; use /v1/chat/completions for SSE", "stream")
         if (rid := request.headers.get("X-Request-Id")) and len(rid) <= 128:
             chat.request_id = rid
+        trace_from_headers(chat, request.headers)   # W3C traceparent/tracestate (tracing/)
         return principal, chat
 
     async def select_model(self, request: web.Request) -> web.Response:
@@ -119,9 +121,12 @@ class _RestApi:
         try:
             principal, chat = await self._chat(request)
             c = await self.service.complete(chat, principal, "http", t0)
-            return _json({"decision": decision_json(c.decision),
+            resp = _json({"decision": decision_json(c.decision),
                           "completion": orjson.loads(dialect.completion_body(c)),
                           "overhead_us": c.overhead_us})
+            if chat.trace_id:
+                resp.headers[TRACE_HEADER] = chat.trace_id
+            return resp
         except AtpError as exc:
             return self._refuse(exc)
         except web.HTTPRequestEntityTooLarge:

@@ -88,6 +88,35 @@ def test_keepalive_reuses_one_connection(run):
     run(main)
 
 
+def test_a_traced_attempts_header_block_goes_on_its_own_request_only(run):
+    # tracing/context.UPSTREAM_TRACE: set by a traced attempt around its call; the cached
+    # request head must not keep it for the next request on the same URL.
+    from atp_server.tracing.context import UPSTREAM_TRACE, UpstreamTrace
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def main():
+        seen = []
+
+        async def record(request):
+            seen.append((request.headers.get("traceparent"), request.headers.get("tracestate")))
+            return web.Response(body=b"ok")
+
+        app = web.Application()
+        app.router.add_post("/t", record)
+        async with serve_app(app) as url:
+            client = HttpClient()
+            await client.request("POST", url + "/t", body=b"1")
+            token = UPSTREAM_TRACE.set(UpstreamTrace(parent, "a=1"))
+            try:
+                await client.request("POST", url + "/t", body=b"2")
+            finally:
+                UPSTREAM_TRACE.reset(token)
+            await client.request("POST", url + "/t", body=b"3")
+            await client.aclose()
+        return seen
+    assert run(main) == [(None, None), (parent, "a=1"), (None, None)]
+
+
 def test_chunked_and_no_content_bodies(run):
     async def main():
         ports = []

@@ -88,6 +88,20 @@ def test_next_hops_best_first_then_the_others_by_rank_each_peer_once():
     assert fw.next_hops("nothing") == []
 
 
+def test_inside_a_traced_attempt_the_next_hop_gets_its_traceparent_in_meta():
+    from atp_server.tracing.context import UPSTREAM_TRACE, UpstreamTrace
+    fw, _, _ = setup()
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    token = UPSTREAM_TRACE.set(UpstreamTrace(parent, "a=1"))
+    try:
+        traced = fw.payload("far", ChatRequest(messages=[("user", "x")]), stream=True)
+    finally:
+        UPSTREAM_TRACE.reset(token)
+    assert traced["meta"] == {"atp-hops": "1", "atp-path": "A", "traceparent": parent, "tracestate": "a=1"}
+    untraced = fw.payload("far", ChatRequest(messages=[("user", "x")]), stream=True)
+    assert "traceparent" not in untraced["meta"]
+
+
 def test_the_hop_counter_and_path_come_from_the_metadata():
     assert incoming(ChatRequest(messages=[("user", "x")])) == (0, ())
     assert incoming(ChatRequest(messages=[("user", "x")],
