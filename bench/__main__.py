@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "adapters": "bench.adapters.openai_sse",   # µs per streamed OpenAI SSE chunk: parse, translate, re-emit
     "redact": "bench.redact.cli",   # µs to redact / score a 2 KB prompt, to restore a streamed chunk
     "stages": "bench.stages.cli",    # µs per pipeline stage (before + after), in process
+    "governance": "bench.governance",  # µs of limits + policy (20 rules) + redaction of 2 KB; on vs off
     "sched": "bench.sched.cli",     # µs per AIMD update and fair-queue selection, numba vs twin
     "policy": "bench.policy_eval",   # µs per policy decision, 20 rules: compiled closures vs cedarpy
     "audit": "bench.audit.cli",      # req/s with the audit log off / on (durable) / synchronous=full

@@ -24,7 +24,8 @@ API_KEY = "sk-atp-dev"          # the development key; its sha256 is in the gene
 DIR = WORK / "atp"
 
 
-def write_config(upstream_base_url: str, path: Path | None = None, *, audit: bool = True) -> Path:
+def write_config(upstream_base_url: str, path: Path | None = None, *, audit: bool = True,
+                 governance: bool = False, guard: bool = False) -> Path:
     # here: the harness imports no ATP code up front. API keys only (the peers harness never signs):
     # HMAC keys would make `--workers N` refuse to start (each worker its own nonce cache).
     from atp_server.config import dev_auth_toml
@@ -50,8 +51,15 @@ provider = "nginx"
 [audit]
 enabled = {str(audit).lower()}
 path = "{DIR / 'state' / 'audit.sqlite'}"
-""")
+""" + (_governance(path.parent, guard) if governance else ""))
     return path
+
+
+def _governance(directory: Path, guard: bool) -> str:
+    """Limits (every kind, caps never reached), the 20-rule policy, redaction and, with `guard`,
+    the injection guard in tag mode (bench/governance.py)."""
+    from ..governance import governance_toml
+    return governance_toml(directory, guard=guard)
 
 
 def atp_command() -> list[str]:
@@ -84,10 +92,11 @@ def tree_env(tree: Path | None) -> dict | None:
     return {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'clients'}"}
 
 
-def _start_http(ctx: Ctx, tree: Path | None = None, name: str = "atp-http") -> Running:
+def _start_http(ctx: Ctx, tree: Path | None = None, name: str = "atp-http", *,
+                governance: bool = False, guard: bool = False) -> Running:
     available()
     port = free_port()
-    conf = write_config(ctx.upstream_base_url)
+    conf = write_config(ctx.upstream_base_url, DIR / f"{name}.toml", governance=governance, guard=guard)
     proc = Proc(name, [*atp_command(), "serve", "--config", str(conf), "--no-grpc", "--no-quic",
                        "--http-port", str(port), "--log-level", "warning",
                        "--workers", str(ctx.workers)],
@@ -183,6 +192,13 @@ def _measure_grpc(running: Running, spec: MeasureSpec) -> dict:
 
 TARGETS = [
     Target("atp-http", "ATP OpenAI-compatible HTTP", _start_http, version),
+    # governance on: limits + a 20-rule policy + redaction (issue 10: ≥ 85% of atp-http's
+    # throughput, same run), and the same with the injection guard
+    Target("atp-http-gov", "ATP HTTP, limits + 20 policy rules + redaction",
+           lambda ctx: _start_http(ctx, name="atp-http-gov", governance=True), version),
+    Target("atp-http-gov-guard", "ATP HTTP, limits + 20 policy rules + redaction + injection guard",
+           lambda ctx: _start_http(ctx, name="atp-http-gov-guard", governance=True, guard=True),
+           version),
     Target("atp-grpc", "ATP typed gRPC", _start_grpc, version, measure=_measure_grpc),
 ]
 
