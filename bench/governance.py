@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .policy_eval import atp_rules
-from .stages.cli import BENCH_LIMITS
+from .stages.cli import BENCH_LIMITS, time_stage
 
 HELP = "µs per request of limits + policy (20 rules) + redaction of a 2 KB prompt, and on vs off"
 TARGET_US = 50.0            # issue 10: limits + policy (20 rules) + redaction of 2 KB ≤ 50 µs
@@ -108,15 +108,7 @@ async def _measure(args) -> dict:
                 for _ in range(args.repeats):
                     ctxs = [RequestContext(ChatRequest([("user", text)], request_id=f"r{n}"),
                                            principal, "bench", None) for n in range(args.iterations)]
-                    t0 = time.perf_counter_ns()
-                    for c in ctxs:
-                        if before is not None:
-                            pending = before(c)
-                            if pending is not None:
-                                await pending
-                        if after is not None:
-                            after(c, "ok")
-                    runs.append((time.perf_counter_ns() - t0) / args.iterations / 1000)
+                    runs.append(await time_stage(before, after, ctxs))
                 stages[label][stage.name] = round(statistics.median(runs), 2)
         text = texts["pii"]
         whole = {"on": [], "off": []}
