@@ -22,3 +22,23 @@ def codec_backend(request):
     previous = backend.impl
     yield backend.use(request.param)
     backend.impl = previous
+
+
+@pytest.fixture(autouse=True)
+def _server_logging_restored():
+    """A test that runs `atp serve` in process (cli.main) installs the server's log handler on
+    the root logger (logs.setup): take it off afterwards, or later tests' caplog never sees an
+    access line (logs.ACCESS_SINK takes them). pytest's own capture handlers are its business."""
+    import logging
+
+    from atp_server import logs
+    root = logging.getLogger()
+    level, sink = root.level, logs.ACCESS_SINK
+    yield
+    if logs.ACCESS_SINK is not sink:
+        for h in list(root.handlers):
+            if isinstance(h, logs.BatchingHandler):
+                root.removeHandler(h)
+                h.close()
+        logs.ACCESS_SINK = sink
+        root.setLevel(level)

@@ -24,6 +24,9 @@ def test_killing_the_best_routes_router_mid_load_costs_no_client_an_error(tmp_pa
         await topo.wait_best("A", "m", path=("B",))     # B is cheaper
         await topo.until(lambda: "m" in topo.apps["A"].router.models)
         fw = topo.apps["A"].forwarding
+        # "had another route": A must know C's too before B dies (a loaded machine brought the
+        # A-C session up after the kill once, and every request in between rightly had none)
+        await topo.until(lambda: fw.next_hops("m") == ["B", "C"])
         answered, errors = [], []
         stop = asyncio.Event()
         enough_before, enough_after = asyncio.Event(), asyncio.Event()
