@@ -16,7 +16,9 @@ The events and where they come from:
 | budget.exhausted         | the limits stage's listeners: a usd_per_day/month limit refused       |
 | cost.threshold_exceeded  | a budget passing its soft threshold, or [events] cost_per_hour_usd    |
 |                          | crossed by the live cost per hour (checked once a second)             |
-| resource.pressure_high   | admission pressure (slots + queue fill) crossing [events] pressure    |
+| resource.pressure_high   | source "admission": admission pressure (slots + queue fill) crossing  |
+|                          | [events] pressure; source "memory": resources.py, host memory (PSI,   |
+|                          | MemAvailable) steering routing away from local models                 |
 | router.promoted / .rolled_back | the router's champion/challenger verdicts                       |
 
 model.selected is sampled, one a second: per request it would be an HTTP delivery per request,
@@ -116,8 +118,11 @@ class Thresholds:
     def _edge(self, key: str, value: float, threshold: float, name: str) -> None:
         above = value >= threshold
         if above and not self.high[key]:
-            what = "admission_pressure" if key == "pressure" else "cost_per_hour_usd"
-            publish(name, **{what: round(value, 6), "threshold": threshold})
+            if key == "pressure":   # source: resources.py raises the same name for host memory
+                publish(name, source="admission", admission_pressure=round(value, 6),
+                        threshold=threshold)
+            else:
+                publish(name, cost_per_hour_usd=round(value, 6), threshold=threshold)
         self.high[key] = above
 
 

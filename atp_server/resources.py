@@ -295,7 +295,8 @@ class ResourceMonitor:
             self.transitions += 1
             self.since = cur.at if p.high else None
             if p.high:
-                event("resource.pressure_high", logging.WARNING, reasons=list(p.reasons),
+                event("resource.pressure_high", logging.WARNING, source="memory",
+                      reasons=list(p.reasons),
                       available_pct=round(p.available_pct, 1), some_pct=round(p.some_pct, 1),
                       full_pct=round(p.full_pct, 1), blocked=self.blocked())
             else:

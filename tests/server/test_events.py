@@ -68,6 +68,8 @@ def test_thresholds_fire_once_per_crossing(seen):
     t.check()
     assert [n for n, _ in seen] == ["resource.pressure_high", "cost.threshold_exceeded", "resource.pressure_high"]
     assert seen[1][1] == {"cost_per_hour_usd": 12.0, "threshold": 10.0}
+    # two things raise resource.pressure_high: admission here, host memory in resources.py
+    assert seen[0][1] == {"source": "admission", "admission_pressure": 0.95, "threshold": 0.9}
 
 
 def test_events_config_errors_name_the_key():

@@ -180,6 +180,7 @@ def test_monitor_steers_away_from_a_local_model_that_would_need_loading(tmp_path
     assert "big-local (not loaded, memory pressure)" in " ".join(d.reasons)
     (ev,) = events("resource.pressure_high")
     assert ev["blocked"] == ["big-local", "unknown-local"] and ev["some_pct"] == 50.0
+    assert ev["source"] == "memory"                    # not the admission-pressure event
     # a pinned local model that is not loaded: retryable UNAVAILABLE, not a client error
     with pytest.raises(AtpError) as e:
         pick(table, model="big-local")
