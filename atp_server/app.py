@@ -126,7 +126,8 @@ class App:
         self.limit_stage = None
         if config.limits:
             self.limit_stage = LimitsStage(config.limits, self.stores, self.router.models)
-            self.metrics.registry.register(LimitsCollector(self.limit_stage))
+            self.metrics.registry.register(LimitsCollector(self.limit_stage,
+                                                           per_subject=bool(config.metrics.scrape_token)))
         from .policy import PolicyHolder
         self.policy = PolicyHolder.from_config(config)   # raises ConfigError for a bad policy file
         # a rule requiring redaction is satisfiable only when the redaction stage is in the chain
@@ -174,6 +175,8 @@ class App:
                                  slo=self.slo)
         self._cache_stage = cache_stage
         self.router.on_models.append(self._models_changed)
+        self.metrics.track_breakers(self.router.health, lambda: self.router.models,
+                                    lambda: self.pipeline.clock())
         # reload(): (name, prepare) pairs; prepare() parses and checks, returns a commit()
         from .reload import Reloader
         self.reloader = Reloader([("keys", self.auth.prepare_reload),
@@ -221,6 +224,9 @@ class App:
             self.events = events.install(self)
         self.transports: list = []
         self.federation = None    # federation.link.FederationLink once started
+        if config.federation.enabled:
+            from .federation.metrics import FederationCollector
+            self.metrics.registry.register(FederationCollector(self))
         self.learning = None      # state.learning.LearningSync: workers merge what routing learnt
         self.ports = BoundPorts()
         self.pid_owner: int | None = None        # the pid `atp reload` signals, when not ours

@@ -66,7 +66,9 @@ def build_chain(*, router: Router, admission: Admission, accountant: Accountant,
         stages.append(RedactStage(redaction, metrics))
     if guard is not None and guard.enabled:
         stages.append(GuardStage(guard, metrics))
-    stages += [AdmissionStage(admission), RouteStage(router, clock), PolicyRouteStage(router)]
+    stages += [AdmissionStage(admission),
+               RouteStage(router, clock, metrics.decision_time if metrics is not None else None),
+               PolicyRouteStage(router)]
     if cache is not None:           # last before dispatch: a hit was authorised and routed like any
         stages.append(cache)
     if shadow is not None:          # after-only and first: mirrors once everything is recorded
@@ -423,6 +425,8 @@ class Pipeline:
                             _discard))
             if model_id != trace.decision.model:
                 yield Routed(self._answered_by(trace, model_id))
+            if self.metrics is not None and type(item) is not Finish:   # the first token is ready
+                self.metrics.observe_first_token(transport, (time.perf_counter_ns() - trace.t0) * 1e-9)
             model = self.router.models[model_id]
             up = attempt.up
             emitted = tokens = 0

@@ -104,6 +104,9 @@ class LimitsStage(Stage):
         self.stores = stores
         self.counters, self.budgets = stores.counters, stores.budgets
         self._plans: dict[tuple, _Plan] = {}
+        # (rule, limit, scope, subject) -> USD left after the last admission on it (reservations
+        # in flight count as spent); bounded like the plans, cleared past PLAN_CACHE subjects
+        self.remaining: dict[tuple, float] = {}
         self.set_models(models)
         self.wall_clock = clock                         # wall, not monotonic: shared, and periods are dates
         self._held: dict[RequestContext, tuple] = {}    # at most one per in-flight request
@@ -238,7 +241,11 @@ class LimitsStage(Stage):
         if got.totals is None:    # the store failed open: nothing reserved, nothing to settle
             holds, cost = (), 0
         else:
+            remaining = self.remaining
+            if len(remaining) >= PLAN_CACHE:
+                remaining.clear()
             for item, total, end in zip(plan.budget_items, got.totals, ends):
+                remaining[(item.rule, item.limit, item.scope, item.subject)] = item.allowed - total / 1e6
                 if total / 1e6 > item.allowed * item.soft:
                     self._event(item, "soft", total / 1e6, now, end - now)
         self._held[ctx] = (plan.tpm if got.levels is not None else (), tokens,
@@ -310,10 +317,12 @@ class LimitsStage(Stage):
 
 
 class LimitsCollector:
-    """Prometheus families for the stage (labels: configured rule names and fixed words only)."""
+    """Prometheus families for the stage (labels: configured rule names and fixed words; the
+    budget's subject — a tenant, key or model — only when /metrics needs a scrape token)."""
 
-    def __init__(self, stage: LimitsStage):
+    def __init__(self, stage: LimitsStage, per_subject: bool = False):
         self.stage = stage
+        self.per_subject = per_subject
 
     def describe(self):
         return []
@@ -325,6 +334,20 @@ class LimitsCollector:
         for labels, value in list(self.stage.counts.items()):
             events.add_metric(list(labels), value)
         yield events
+        left = GaugeMetricFamily("atp_budget_remaining_usd", "USD left in a budget period as of "
+                                 "its last admission (reservations in flight count as spent); "
+                                 "subject \"\" = the tightest subject of the rule",
+                                 labels=["rule", "limit", "scope", "subject"])
+        tightest: dict[tuple, float] = {}
+        for (rule, limit, scope, subject), usd in list(self.stage.remaining.items()):
+            if self.per_subject:
+                left.add_metric([rule, limit, scope, subject], usd)
+            else:   # an open /metrics: no tenant's spend is shown, only each rule's tightest
+                key = (rule, limit, scope)
+                tightest[key] = min(usd, tightest.get(key, usd))
+        for (rule, limit, scope), usd in tightest.items():
+            left.add_metric([rule, limit, scope, ""], usd)
+        yield left
         yield CounterMetricFamily("atp_budget_overshoot_usd_micros", "Actual cost beyond the "
                                   "reservation (a provider ignored its max_tokens)",
                                   value=self.stage.overshoot_micros)

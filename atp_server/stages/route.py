@@ -1,4 +1,6 @@
 """Choose the model chain for the request (routing core, pure), and report how the request ended."""
+import time
+
 from .base import RequestContext, Stage
 
 
@@ -6,14 +8,21 @@ class RouteStage(Stage):
     name = "route"
     selection = True
 
-    def __init__(self, router, clock):
+    def __init__(self, router, clock, decision_time=None):
         self.choose = router.choose
         self.finished = router.finished
         self.started = router.started
         self.clock = clock
+        self.decision_time = decision_time   # metrics' histogram of choose() times, or None
 
     def before(self, ctx: RequestContext) -> None:
-        ctx.decision = d = self.choose(ctx.request, self.clock())
+        timed = self.decision_time
+        if timed is None:
+            ctx.decision = d = self.choose(ctx.request, self.clock())
+        else:
+            t0 = time.perf_counter_ns()
+            ctx.decision = d = self.choose(ctx.request, self.clock())
+            timed.observe((time.perf_counter_ns() - t0) * 1e-9)
         if ctx.transport != "route":
             self.started(d)
 

@@ -77,6 +77,7 @@ def test_a_next_hop_whose_front_door_is_gone_is_skipped_before_the_first_byte(tm
         await topo.start()
         await topo.wait_best("A", "m", path=("B",))
         await topo.until(lambda: "m" in topo.apps["A"].router.models)
+        await topo.until(lambda: topo.apps["A"].forwarding.next_hops("m") == ["B", "C"])  # C's too
         b = topo.apps["B"]
         grpc_front = next(t for t in b.transports if type(t).__name__ == "GrpcTransport")
         await grpc_front.stop(0)

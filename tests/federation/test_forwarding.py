@@ -38,10 +38,15 @@ def test_a_client_of_a_gets_an_answer_from_c_whole_and_streamed(tmp_path):
                 whole = await client.complete("hello federation", model="only-c")
                 items = [i async for i in client.stream("hello again", model="only-c")]
                 route = await client.route("hello", model="only-c")
-            return whole, items, route
+            a = topo.apps["A"]
+            scrape = a.metrics.render().decode(), len(a.forwarding.remote)
+            return whole, items, route, scrape
         finally:
             await topo.stop()
-    whole, items, route = run(main())
+    whole, items, route, (scrape, remote) = run(main())
+    # A's /metrics: its one trusted peer up, B's and C's models remote rows reached through it
+    assert 'atp_federation_peer_up{peer="B"} 1.0' in scrape
+    assert remote >= 1 and f"atp_federation_remote_models {float(remote)}" in scrape
     assert whole.text and whole.model == "only-c" and whole.provider == "federation"
     assert PATH_REASON in whole.extra["route"]["reasons"]
     chunks, result = items[:-1], items[-1]
