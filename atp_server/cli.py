@@ -307,8 +307,9 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
     def forward_reload(signum, _frame) -> None:   # `atp reload`: every worker reloads
         forward(_signal.SIGHUP, None)
     _signal.signal(_signal.SIGHUP, forward_reload)
-    from .reload import write_pid
+    from .reload import write_pid, write_workers
     write_pid(atp_config.state_dir(cfg))
+    write_workers(atp_config.state_dir(cfg), children)
     print(f"atp: {workers} workers: {', '.join(map(str, children))}", file=sys.stderr, flush=True)
     worst = EXIT_OK
     recent: list[float] = []     # when workers were last replaced (the crash-loop guard)
@@ -330,6 +331,7 @@ def _serve_workers(cfg, args, enabled: dict, workers: int) -> int:
                       file=sys.stderr, flush=True)
                 respawned = True
                 children[spawn(index)] = index
+                write_workers(atp_config.state_dir(cfg), children)
                 continue
             print(f"atp: {len(recent)} workers replaced within {WORKER_RESPAWN_WINDOW_S:.0f} s: "
                   "a crash loop; stopping", file=sys.stderr, flush=True)

@@ -195,7 +195,7 @@ def signal_and_wait(directory, timeout: float) -> tuple[int, dict]:
         pid = int((directory / PID_FILE).read_text().strip())
     except (OSError, ValueError):
         pid = None
-    workers = workers_of(pid) if pid else []
+    workers = workers_of(directory, pid) if pid else []
     sources = workers or [None]          # None: the single server's reload.json
     before = {w: (read_status(directory, w) or {}).get("at") for w in sources}
     pid = signal_server(directory)

@@ -18,6 +18,7 @@ PID_FILE = "atp.pid"                 # in the state dir: the serving process, fo
 STATUS_FILE = "reload.json"          # in the state dir: the outcome of the last reload
 # With --workers N each worker also writes reload.<its pid>.json: `atp reload` waits for all.
 WORKER_STATUS = "reload.{pid}.json"
+WORKERS_FILE = "workers.json"         # in the state dir: the worker pids of `atp serve --workers N`
 
 
 class Reloader:
@@ -98,10 +99,26 @@ def read_status(directory: Path, worker: int | None = None) -> dict | None:
         return None
 
 
-def workers_of(pid: int) -> list[int]:
-    """The worker processes of an `atp serve --workers N` parent (none for a single server)."""
+def write_workers(directory: Path, pids) -> None:
+    """The parent of `atp serve --workers N` records its workers (at start, after a respawn):
+    what `atp reload` waits for. Written whole (temp file + rename): a reader never sees half."""
+    path = Path(directory) / WORKERS_FILE
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
+        tmp.write_text(json.dumps({"parent": os.getpid(), "workers": sorted(pids)}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:       # `atp reload` then waits for the parent's verdict alone
+        log.warning("cannot write the workers file in %s: %s", directory, exc)
+
+
+def workers_of(directory: Path, pid: int) -> list[int]:
+    """The live workers the parent `pid` recorded (none for a single server). Not the process's
+    children as such: a server may have others (a multiprocessing helper) that never answer."""
+    try:
+        doc = json.loads((Path(directory) / WORKERS_FILE).read_text(encoding="utf-8"))
+        children = set(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except (OSError, ValueError):
         return []
-    return [int(p) for p in text.split()]
+    if doc.get("parent") != pid:      # left by an earlier server on this state dir
+        return []
+    return [w for w in doc.get("workers", []) if str(w) in children]
