@@ -98,7 +98,8 @@ class App:
         self.windows.overcommitted = lambda: self.admission.inflight > self.windows.total
         self.accountant = Accountant(PriceBook(config.models, config.pricing))
         self.metrics = Metrics(self.accountant, models=[m.id for m in config.models],
-                               tenant_spend=bool(config.metrics.scrape_token))
+                               tenant_spend=bool(config.metrics.scrape_token),
+                               max_label_values=config.metrics.max_label_values)
         self.metrics.track_routing(self.router)
         self.metrics.inflight.set_function(lambda: self.admission.inflight)
         self.metrics.queued.set_function(lambda: self.admission.queued)
@@ -126,8 +127,9 @@ class App:
         self.limit_stage = None
         if config.limits:
             self.limit_stage = LimitsStage(config.limits, self.stores, self.router.models)
-            self.metrics.registry.register(LimitsCollector(self.limit_stage,
-                                                           per_subject=bool(config.metrics.scrape_token)))
+            self.metrics.registry.register(LimitsCollector(
+                self.limit_stage, per_subject=bool(config.metrics.scrape_token),
+                max_subjects=config.metrics.max_label_values))
         from .policy import PolicyHolder
         self.policy = PolicyHolder.from_config(config)   # raises ConfigError for a bad policy file
         # a rule requiring redaction is satisfiable only when the redaction stage is in the chain

@@ -107,6 +107,9 @@ class CostsConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     scrape_token: str = field(repr=False, default="")   # "" = /metrics open, without per-tenant spend
+    # Series per client-derived label (tenants' spend, budget subjects) before the rest fold into
+    # "other": a few thousand series per metric is what Prometheus handles comfortably.
+    max_label_values: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,7 +439,7 @@ def _parse_auth(t) -> AuthConfig:
 
 def _parse_metrics(t) -> MetricsConfig:
     v = _typed("metrics", t, MetricsConfig, extra={"scrape_token_env": str})
-    _check("metrics", v, {"scrape_token_env": ("env_of", "scrape_token")})
+    _check("metrics", v, {"scrape_token_env": ("env_of", "scrape_token"), "max_label_values": (">=", 1)})
     v.pop("scrape_token_env", None)
     if "scrape_token" in v and len(v["scrape_token"]) < 16:   # a guessable token guards nothing
         _fail("metrics.scrape_token", "must be at least 16 characters")

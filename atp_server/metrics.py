@@ -56,6 +56,16 @@ _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0
 _DECISION_BUCKETS = (0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.00025, 0.001, 0.005)
 
 
+def capped(pairs, cap: int):
+    """(label, value) pairs, at most `cap` of them: the largest values keep their label, the rest
+    are summed under OTHER (a total stays a total)."""
+    pairs = sorted(pairs, key=lambda p: -p[1])
+    if len(pairs) <= cap:
+        return pairs
+    keep = pairs[:cap]
+    return keep + [(OTHER, sum(v for _, v in pairs[cap:]))]
+
+
 class _Histogram:
     """Bucket counts + sum for one label set; exported cumulatively at scrape time."""
 
@@ -122,10 +132,12 @@ class _RequestCollector:
                                             labels=["model"])
             by_tenant = list(m.accountant.by_tenant.items())
             if m.tenant_spend:
-                cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros by tenant",
-                                           labels=["tenant"])
-                for tenant, t in by_tenant:
-                    cost.add_metric([tenant], t.cost_usd_micros)
+                cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros by tenant "
+                                           f"(past {m.max_label_values} tenants, the least "
+                                           f"spending share \"{OTHER}\")", labels=["tenant"])
+                for tenant, micros in capped(((t, s.cost_usd_micros) for t, s in by_tenant),
+                                             m.max_label_values):
+                    cost.add_metric([tenant], micros)
             else:   # an open /metrics: one tenant's spend is no business of another's
                 cost = CounterMetricFamily("atp_cost_usd_micros", "Spend in USD micros, all tenants",
                                            value=sum(t.cost_usd_micros for _, t in by_tenant))
@@ -277,11 +289,13 @@ class _PolicyCollector:
 
 
 class Metrics:
-    def __init__(self, accountant=None, models=(), tenant_spend: bool = True):
+    def __init__(self, accountant=None, models=(), tenant_spend: bool = True,
+                 max_label_values: int = 1000):
         r = self.registry = CollectorRegistry()
         self.accountant = accountant
         # Spend per tenant only when /metrics needs a scrape token (App): see the collector.
         self.tenant_spend = tenant_spend
+        self.max_label_values = max_label_values   # [metrics] max_label_values (see capped)
         self._model_labels = frozenset(models) | FIXED_MODEL_LABELS
         self.request_counts: dict[tuple, int] = {}
         self.durations: dict[str, _Histogram] = {}

@@ -320,9 +320,10 @@ class LimitsCollector:
     """Prometheus families for the stage (labels: configured rule names and fixed words; the
     budget's subject — a tenant, key or model — only when /metrics needs a scrape token)."""
 
-    def __init__(self, stage: LimitsStage, per_subject: bool = False):
+    def __init__(self, stage: LimitsStage, per_subject: bool = False, max_subjects: int = 1000):
         self.stage = stage
         self.per_subject = per_subject
+        self.max_subjects = max_subjects     # [metrics] max_label_values
 
     def describe(self):
         return []
@@ -336,15 +337,18 @@ class LimitsCollector:
         yield events
         left = GaugeMetricFamily("atp_budget_remaining_usd", "USD left in a budget period as of "
                                  "its last admission (reservations in flight count as spent); "
-                                 "subject \"\" = the tightest subject of the rule",
+                                 "subject \"\" = the tightest of the rule's subjects not shown by name",
                                  labels=["rule", "limit", "scope", "subject"])
         tightest: dict[tuple, float] = {}
-        for (rule, limit, scope, subject), usd in list(self.stage.remaining.items()):
-            if self.per_subject:
+        # the tightest budgets keep their subject (the least left: what needs watching); past
+        # the cap, each rule's tightest of the rest is shown without one
+        items = sorted(self.stage.remaining.items(), key=lambda kv: kv[1])
+        for n, ((rule, limit, scope, subject), usd) in enumerate(items):
+            if self.per_subject and n < self.max_subjects:
                 left.add_metric([rule, limit, scope, subject], usd)
-            else:   # an open /metrics: no tenant's spend is shown, only each rule's tightest
-                key = (rule, limit, scope)
-                tightest[key] = min(usd, tightest.get(key, usd))
+                continue
+            key = (rule, limit, scope)    # an open /metrics shows no tenant's spend
+            tightest[key] = min(usd, tightest.get(key, usd))
         for (rule, limit, scope), usd in tightest.items():
             left.add_metric([rule, limit, scope, ""], usd)
         yield left

@@ -106,3 +106,31 @@ def test_federation_families_are_present_before_and_after_start(tmp_path):
     assert got[("atp_federation_routes", (("standing", "suppressed"),))] == 1
     assert got[("atp_federation_remote_models", ())] == 1
 
+
+
+def test_per_tenant_series_are_capped_and_the_rest_fold_into_other(tmp_path):
+    """[metrics] max_label_values: beyond the cap the tenants with the least spend share one
+    `other` series, so the total is kept and the series stay bounded."""
+    from atp_server.auth import Principal
+    token = "s" * 20
+    app = App(make_config(tmp_path, extra=f'[metrics]\nscrape_token = "{token}"\nmax_label_values = 2\n'))
+
+    async def main():
+        for i, tenant in enumerate(["a", "b", "c", "d"]):
+            for _ in range(4 - i):       # a spends most, d least
+                await app.pipeline.complete(ChatRequest([("user", "hi")], model="cheap"),
+                                            Principal(tenant, "k", "api_key"), "http")
+        await app.stop(0)
+    asyncio.run(main())
+    spend = {dict(labels)["tenant"]: v for (name, labels), v in samples(app).items()
+             if name == "atp_cost_usd_micros_total"}
+    assert set(spend) == {"a", "b", "other"}
+    by = app.accountant.by_tenant
+    assert spend["other"] == by["c"].cost_usd_micros + by["d"].cost_usd_micros
+
+
+def test_a_bad_label_cap_names_the_key(tmp_path):
+    import pytest
+    from atp_server.config import ConfigError
+    with pytest.raises(ConfigError, match="metrics.max_label_values"):
+        make_config(tmp_path, extra="[metrics]\nmax_label_values = 0\n")
