@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "peers": "bench.peers.run",   # ATP vs LiteLLM vs Portkey vs bare proxy, in front of nginx
     "load": "bench.load.cli",     # open/closed-loop load on gRPC, Session, QUIC, HTTP (+ bare grpc echo)
     "routing": "bench.routing.cli",  # learned router: accuracy, cost, curve, AIQ (+ online, µs)
+    "first-token": "bench.first_token",   # µs from the upstream's first SSE token to the client, via ATP vs direct
     "adapters": "bench.adapters.openai_sse",   # µs per streamed OpenAI SSE chunk: parse, translate, re-emit
     "redact": "bench.redact.cli",   # µs to redact / score a 2 KB prompt, to restore a streamed chunk
     "stages": "bench.stages.cli",    # µs per pipeline stage (before + after), in process
