@@ -32,6 +32,9 @@ so a 2 s lag is noise next to the thousands they already hold; and one script pe
 2 s is nothing for Redis (~0.2 ms of it with Thompson, ~0.4–0.6 ms with LinUCB, 16 models).
 Not merged: in-flight counts (each worker's own).
 
+In Redis every merged key expires a week after its last merge (redis.LEARNING_KEEP_S): a
+model no worker serves any more is forgotten, and a fleet stopped longer re-seeds the store.
+
 Clocks: the breaker runs on the pipeline's clock (monotonic, per host); times cross the store as
 wall-clock seconds, converted with this worker's offset at each merge.
 """

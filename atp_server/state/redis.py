@@ -411,6 +411,11 @@ class RedisNonces(NonceStore):
 # (LUAI_MAXCSTACK = 8000 values), so floats are unpacked LINUCB_CHUNK at a time whatever the dim
 # (one chunk at the dim in use: 170 floats).
 LINUCB_CHUNK = 1024
+# Learning keys (statistics, breaker, LinUCB sums per model) live this long after their last
+# merge, renewed by every merge: a model taken out of every worker's config is forgotten within
+# a week instead of staying in Redis for good; a fleet stopped longer re-seeds the store from the
+# posteriors each worker saved in its state dir (LearningSync seeds a key that is missing).
+LEARNING_KEEP_S = 7 * 86_400
 _LINUCB_SUMS = """
 local function linucb_sums(k, d, base, delta)
   local n = d * (d + 1) / 2 + d
@@ -422,6 +427,7 @@ local function linucb_sums(k, d, base, delta)
   if tonumber(have[1]) ~= d or #have[2] ~= 8 * n or (#delta ~= 8 * n and #delta ~= 0) then
     return {0, tonumber(have[1]) or 0}
   end
+  redis.call('PEXPIRE', k, KEEP_MS)
   if #delta == 0 then return {1, have[2]} end
   local sums, parts = have[2], {}
   for first = 1, n, CHUNK do
@@ -435,9 +441,10 @@ local function linucb_sums(k, d, base, delta)
   end
   sums = table.concat(parts)
   redis.call('HSET', k, 'sums', sums)
+  redis.call('PEXPIRE', k, KEEP_MS)
   return {1, sums}
 end
-""".replace("CHUNK", str(LINUCB_CHUNK))
+""".replace("CHUNK", str(LINUCB_CHUNK)).replace("KEEP_MS", str(LEARNING_KEEP_S * 1000))
 
 # One merge of the router's learning (state/learning.py) for every model, in one round trip.
 # KEYS: per model its statistics hash, then per model its breaker hash, then per LinUCB model its
@@ -484,6 +491,8 @@ for i = 1, m do
   local opened = math.max(tonumber(s[1]) or 0, tonumber(ARGV[a + 9]))
   local closed = math.max(tonumber(s[2]) or 0, tonumber(ARGV[a + 10]))
   redis.call('HSET', h, 'opened', tostring(opened), 'closed', tostring(closed))
+  redis.call('PEXPIRE', k, KEEP_MS)
+  redis.call('PEXPIRE', h, KEEP_MS)
   out[i] = {succ, fail, answers, tostring(lat / n), tostring(err / n), tostring(opened),
             tostring(closed)}
 end
@@ -493,7 +502,7 @@ for i = 1, l do
   lin[i] = linucb_sums(KEYS[2 * m + i], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3])
 end
 return {out, lin}
-"""
+""".replace("KEEP_MS", str(LEARNING_KEEP_S * 1000))
 
 
 class RedisLearning:

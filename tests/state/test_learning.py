@@ -494,3 +494,25 @@ def test_the_store_adds_packed_sums_bit_for_bit_over_several_chunks(redis_server
         _, pulled = await store.merge("w", 1e9, 3.0, [], [("wide", dim, base, np.zeros(n))])
         assert np.array_equal(pulled[0][0], (base + d1) + d2)      # an empty delta only reads
     run(go, redis_server.url)
+
+
+def test_merged_keys_expire_unless_merged_again(redis_server):
+    """A model taken out of every worker's config stops being merged: its statistics, breaker and
+    LinUCB sums must not stay in Redis forever (they expire LEARNING_KEEP_S after the last merge;
+    every merge renews them; a fleet down longer re-seeds from its saved posteriors)."""
+    import redis as sync_redis
+
+    from atp_server.state.redis import LEARNING_KEEP_S
+
+    async def go(store):
+        clock, rng = Clock(), np.random.default_rng(3)
+        a = linucb_worker(store, "a", clock)
+        teach(a, Reference(a), MODEL, rng, 2)
+        assert await a.merge_once()
+        return store.prefix
+    prefix = run(go, redis_server.url)
+    r = sync_redis.Redis.from_url(redis_server.url)
+    keys = [k for k in r.keys(prefix + "*") if b"epoch" not in k]
+    assert keys
+    ttls = [r.pttl(k) for k in keys]
+    assert all(0 < t <= LEARNING_KEEP_S * 1000 for t in ttls), dict(zip(keys, ttls))
