@@ -11,7 +11,8 @@ LIMIT_KINDS = ("requests_per_min", "tokens_per_min", "concurrent", "usd_per_day"
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    redis_url: str = ""            # "" = in memory (one worker); redis://host:port/db to share
+    redis_url: str = ""            # "" = in memory (one worker); redis://host:port/db (or a
+                                   # redis+sentinel:// URL) to share
     timeout_ms: int = 50           # per Redis call: a few round trips on a LAN, far below a request
     prefix: str = "atp:"           # key prefix: several ATP deployments can share one Redis
     # When Redis does not answer: "open" lets requests through unrecorded, "closed" refuses them
@@ -50,8 +51,15 @@ def parse_state(t) -> StateConfig:
         v["redis_url"] = _env("state.redis_url_env", v.pop("redis_url_env"))
     _check("state", v, {"timeout_ms": (">=", 1), "merge_interval_ms": (">=", 0)})
     url = v.get("redis_url", "")
-    if url and not url.startswith(("redis://", "rediss://", "unix://")):
-        _fail("state.redis_url", f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
+    if url.startswith("redis+sentinel://"):
+        from .state.redis import parse_sentinel_url
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            _fail("state.redis_url", f"a redis+sentinel:// URL {exc}, got {url!r}")
+    elif url and not url.startswith(("redis://", "rediss://", "unix://")):
+        _fail("state.redis_url", f"must be a redis://, rediss://, unix:// or redis+sentinel:// URL, "
+                                 f"got {url!r}")
     for name in ("limits_on_error", "budgets_on_error", "nonces_on_error"):
         if name in v and v[name] not in ("open", "closed"):
             _fail(f"state.{name}", f"must be \"open\" or \"closed\", got {v[name]!r}")

@@ -579,18 +579,59 @@ class RedisStores(Stores):
                             amount, c.prefix, b.prefix)
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
+    """`redis+sentinel://[:password@]host:port[,host:port...]/service[/db]` -> (sentinels,
+    service name, db, password). ValueError says what is wrong."""
+    rest = url[len(SENTINEL_SCHEME):]
+    password = None
+    if "@" in rest:
+        auth, rest = rest.rsplit("@", 1)
+        password = auth.split(":", 1)[-1] or None
+    hosts, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not hosts or not parts:
+        raise ValueError("needs host:port[,host:port...]/service[/db]")
+    sentinels = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"sentinel {item!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"the path {path!r} is not service[/db]")
+    return sentinels, parts[0], int(parts[1]) if len(parts) == 2 else 0, password
+
+
+def _client(url: str, timeout_s: float):
+    """The Redis client for a URL: one node (redis://, rediss://, unix://) or the master that
+    Redis Sentinel names (redis+sentinel://), found again after a failover."""
+    common = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                  retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+    if url.startswith(SENTINEL_SCHEME):
+        from redis.asyncio.sentinel import Sentinel
+        sentinels, service, db, password = parse_sentinel_url(url)
+        # The sentinel pool has no blocking variant: connections follow concurrency, which
+        # admission already bounds (max_inflight requests, one Redis call each at a time).
+        return Sentinel(sentinels, socket_timeout=timeout_s,
+                        socket_connect_timeout=timeout_s).master_for(
+            service, redis_class=aioredis.Redis, db=db, password=password, **common)
+    # A blocking pool: past POOL_SIZE concurrent calls, a call waits for a free connection
+    # (within the same timeout) instead of failing with "too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout_s,
+                                                    **common)
+    return aioredis.Redis(connection_pool=pool)
+
+
 def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:") -> Stores:
     """Stores on one Redis client. `fail` maps "limits" / "budgets" / "nonces" to open|closed.
 
     The client's own retries are off: a retry would multiply the time a request can wait on a
     dead Redis beyond `timeout_s`, and the guard's back-off already retries on later calls.
     """
-    # A blocking pool: past POOL_SIZE concurrent calls, a call waits for a free connection
-    # (within the same timeout) instead of failing with "too many connections".
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
-    client = aioredis.Redis(connection_pool=pool)
+    client = _client(url, timeout_s)
     epoch = StoreEpoch(prefix + "epoch")
     return RedisStores(
         client,

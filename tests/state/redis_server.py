@@ -2,6 +2,7 @@
 import shutil
 import socket
 import subprocess
+import threading
 
 READY = b"Ready to accept connections"
 
@@ -16,8 +17,9 @@ class RedisServer:
     """`start()` returns once the server logged that it accepts connections; `stop()` kills it.
     Restarting keeps the port, so clients reconnect to the same URL (the recovery tests)."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, args: tuple = ()):
         self.port = port or free_port()
+        self.args = tuple(args)          # more redis-server options (e.g. --replicaof host port)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -31,7 +33,8 @@ class RedisServer:
         # No persistence: each start is an empty server; the log goes to stdout to read READY.
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--logfile", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             "--daemonize", "no", "--logfile", "", *self.args], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
         lines = []
         for line in self.proc.stdout:   # blocks until the server says it is ready (or exits)
             lines.append(line)
@@ -40,6 +43,63 @@ class RedisServer:
         else:
             raise RuntimeError(f"redis-server did not start: {b''.join(lines).decode(errors='replace')}")
         return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+
+
+class SentinelServer:
+    """A real Redis Sentinel (redis-server --sentinel) watching `master` under SERVICE: started
+    once it reports the master monitored; `stop()` kills it."""
+
+    SERVICE = "atpmaster"
+    MONITORING = b"+monitor master"
+
+    def __init__(self, master: RedisServer, directory):
+        self.master, self.port = master, free_port()
+        self.conf = directory / "sentinel.conf"
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[bytes] = []
+        self._seen = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}/0"
+
+    def start(self) -> "SentinelServer":
+        # sentinel rewrites its config file: it must be its own, writable
+        self.conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"\n"
+                             f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
+                             f"sentinel down-after-milliseconds {self.SERVICE} 500\n"
+                             f"sentinel failover-timeout {self.SERVICE} 5000\n")
+        self.proc = subprocess.Popen([shutil.which("redis-server"), str(self.conf), "--sentinel"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            if self.MONITORING in line:
+                break
+        else:
+            raise RuntimeError(f"redis sentinel did not start: {b''.join(lines).decode(errors='replace')}")
+        self.lines = lines
+        threading.Thread(target=self._follow, daemon=True).start()
+        return self
+
+    def _follow(self) -> None:
+        for line in self.proc.stdout:
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+
+    def wait_for(self, marker: bytes, timeout_s: float = 30.0) -> None:
+        """Block until the sentinel logged `marker` (its events: +slave, +switch-master...)."""
+        with self._seen:
+            if not self._seen.wait_for(lambda: any(marker in ln for ln in self.lines), timeout_s):
+                raise AssertionError(f"sentinel never logged {marker!r}: {b''.join(self.lines)[-2000:]!r}")
 
     def stop(self) -> None:
         if self.proc is not None:
