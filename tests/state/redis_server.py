@@ -13,6 +13,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _kill(proc: subprocess.Popen | None) -> None:
+    """Kill a server started here, reap it, close its pipe; None (what `proc` becomes)."""
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
 class RedisServer:
     """`start()` returns once the server logged that it accepts connections; `stop()` kills it.
     Restarting keeps the port, so clients reconnect to the same URL (the recovery tests)."""
@@ -45,11 +53,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc.stdout.close()
-            self.proc = None
+        self.proc = _kill(self.proc)
 
 
 class SentinelServer:
@@ -102,8 +106,4 @@ class SentinelServer:
                 raise AssertionError(f"sentinel never logged {marker!r}: {b''.join(self.lines)[-2000:]!r}")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc.stdout.close()
-            self.proc = None
+        self.proc = _kill(self.proc)
