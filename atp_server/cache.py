@@ -230,8 +230,8 @@ class RedisCache:
 def open_cache(config: CacheConfig, stores, prefix: str = "atp:"):
     """The cache next to the state stores: Redis when they are shared, else in memory."""
     client = getattr(stores, "client", None)
-    if stores.shared and client is not None:
-        return RedisCache(config, client, prefix)
+    if stores.shared and client is not None:   # the stores' own prefix: a hash tag on a cluster
+        return RedisCache(config, client, getattr(stores, "prefix", None) or prefix)
     return MemoryCache(config)
 
 

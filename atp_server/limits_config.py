@@ -57,9 +57,15 @@ def parse_state(t) -> StateConfig:
             parse_sentinel_url(url)
         except ValueError as exc:
             _fail("state.redis_url", f"a redis+sentinel:// URL {exc}, got {url!r}")
+    elif url.startswith("redis+cluster://"):
+        from .state.redis import parse_cluster_url
+        try:
+            parse_cluster_url(url)
+        except ValueError as exc:
+            _fail("state.redis_url", f"a redis+cluster:// URL {exc}, got {url!r}")
     elif url and not url.startswith(("redis://", "rediss://", "unix://")):
-        _fail("state.redis_url", f"must be a redis://, rediss://, unix:// or redis+sentinel:// URL, "
-                                 f"got {url!r}")
+        _fail("state.redis_url", f"must be a redis://, rediss://, unix://, redis+sentinel:// or "
+                                 f"redis+cluster:// URL, got {url!r}")
     for name in ("limits_on_error", "budgets_on_error", "nonces_on_error"):
         if name in v and v[name] not in ("open", "closed"):
             _fail(f"state.{name}", f"must be \"open\" or \"closed\", got {v[name]!r}")

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -306,6 +307,9 @@ class _Background:
             self.flusher = None
 
     async def _send(self, batch) -> None:
+        if isinstance(self.r, RedisCluster):   # a cluster pipeline refuses scripts: concurrently
+            await asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in batch))
+            return
         async with self.r.pipeline(transaction=False) as pipe:
             for script, keys, args in batch:
                 await script(keys=keys, args=args, client=pipe)   # queues it in the pipeline
@@ -547,9 +551,10 @@ class RedisStores(Stores):
     """The stores on one client, with `admit` as one script (see _ADMIT)."""
 
     def __init__(self, client, counters: RedisCounters, budgets: RedisBudgets, nonces: RedisNonces,
-                 learning: RedisLearning | None = None):
+                 learning: RedisLearning | None = None, prefix: str | None = None):
         super().__init__(counters, budgets, nonces, "redis", closer=client.aclose)
         self.client = client      # for the response cache (cache.py), which imports no redis
+        self.prefix = prefix      # what every key starts with (a hash tag on a cluster: key_prefix)
         self._admit = client.register_script(_ADMIT)
         self._epoch = client.register_script(_EPOCH)
         self.learning = learning
@@ -580,36 +585,65 @@ class RedisStores(Stores):
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def _hosts(rest: str) -> tuple[list[tuple[str, int]], str | None]:
+    """`[:password@]host:port[,host:port...]` -> (hosts, password); ValueError names the bad one."""
+    password = None
+    if "@" in rest:
+        auth, rest = rest.rsplit("@", 1)
+        password = auth.split(":", 1)[-1] or None
+    hosts = []
+    for item in rest.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{item!r} is not host:port")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts, password
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None]:
+    """`redis+cluster://[:password@]host:port[,host:port...]` -> (seed nodes, password)."""
+    rest = url[len(CLUSTER_SCHEME):].rstrip("/")
+    if not rest or "/" in rest:
+        raise ValueError("needs host:port[,host:port...] and no path (a cluster has only db 0)")
+    return _hosts(rest)
+
+
+def key_prefix(url: str, prefix: str) -> str:
+    """The prefix every key gets. On a cluster it is a hash tag, so all of ATP's keys share one
+    slot: each request's limits, a merge and a cache lookup are one multi-key Lua script, which a
+    cluster runs only on keys of one slot (ATP's state then lives on one node, replicated as the
+    cluster replicates it; a cluster is for availability here, not for sharding ATP)."""
+    if url.startswith(CLUSTER_SCHEME) and not ("{" in prefix and "}" in prefix):
+        return "{" + prefix + "}"
+    return prefix
 
 
 def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
     """`redis+sentinel://[:password@]host:port[,host:port...]/service[/db]` -> (sentinels,
     service name, db, password). ValueError says what is wrong."""
-    rest = url[len(SENTINEL_SCHEME):]
-    password = None
-    if "@" in rest:
-        auth, rest = rest.rsplit("@", 1)
-        password = auth.split(":", 1)[-1] or None
-    hosts, _, path = rest.partition("/")
+    hosts, _, path = url[len(SENTINEL_SCHEME):].partition("/")
     parts = [p for p in path.split("/") if p]
     if not hosts or not parts:
         raise ValueError("needs host:port[,host:port...]/service[/db]")
-    sentinels = []
-    for item in hosts.split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"sentinel {item!r} is not host:port")
-        sentinels.append((host.strip("[]"), int(port)))
     if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
         raise ValueError(f"the path {path!r} is not service[/db]")
+    sentinels, password = _hosts(hosts)
     return sentinels, parts[0], int(parts[1]) if len(parts) == 2 else 0, password
 
 
 def _client(url: str, timeout_s: float):
-    """The Redis client for a URL: one node (redis://, rediss://, unix://) or the master that
-    Redis Sentinel names (redis+sentinel://), found again after a failover."""
+    """The Redis client for a URL: one node (redis://, rediss://, unix://), the master that
+    Redis Sentinel names (redis+sentinel://), found again after a failover, or a Redis Cluster
+    (redis+cluster://: redirections and failovers followed by the cluster client)."""
     common = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                   retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+    if url.startswith(CLUSTER_SCHEME):
+        nodes, password = parse_cluster_url(url)
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password,
+                            socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     if url.startswith(SENTINEL_SCHEME):
         from redis.asyncio.sentinel import Sentinel
         sentinels, service, db, password = parse_sentinel_url(url)
@@ -632,10 +666,11 @@ def redis_stores(url: str, *, timeout_s: float, fail: dict, prefix: str = "atp:"
     dead Redis beyond `timeout_s`, and the guard's back-off already retries on later calls.
     """
     client = _client(url, timeout_s)
+    prefix = key_prefix(url, prefix)
     epoch = StoreEpoch(prefix + "epoch")
     return RedisStores(
         client,
         RedisCounters(client, prefix + "c:", _Guard("limits", fail["limits"], timeout_s), epoch),
         RedisBudgets(client, prefix + "b:", _Guard("budgets", fail["budgets"], timeout_s), epoch),
         RedisNonces(client, prefix + "n:", _Guard("nonces", fail["nonces"], timeout_s), epoch),
-        RedisLearning(client, prefix, _Guard("learning", FAIL_OPEN, timeout_s)))
+        RedisLearning(client, prefix, _Guard("learning", FAIL_OPEN, timeout_s)), prefix=prefix)

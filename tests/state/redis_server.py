@@ -107,3 +107,54 @@ class SentinelServer:
 
     def stop(self) -> None:
         self.proc = _kill(self.proc)
+
+
+def _cluster_port() -> int:
+    """A free port p with p + 10000 free too (a cluster node's bus port; p must be <= 55535)."""
+    import random
+    for _ in range(200):
+        p = random.randint(20000, 45000)
+        try:
+            for port in (p, p + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return p
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class ClusterServer:
+    """A real three-master Redis Cluster on free ports (redis-server --cluster-enabled, joined
+    with `redis-cli --cluster create`), ready once every slot is served; `stop()` kills it."""
+
+    def __init__(self, directory, masters: int = 3):
+        self.directory = directory
+        self.nodes = [RedisServer(_cluster_port(), args=("--cluster-enabled", "yes", "--cluster-config-file",
+                                        str(directory / f"nodes-{i}.conf")))
+                      for i in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> "ClusterServer":
+        import time
+        for node in self.nodes:
+            node.start()
+        subprocess.run([shutil.which("redis-cli"), "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "0",
+                        "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        # the nodes agree on the slot map by gossip after `create`: wait (bounded) until they do
+        deadline = time.monotonic() + 20
+        while b"cluster_state:ok" not in subprocess.run(
+                [shutil.which("redis-cli"), "-p", str(self.nodes[0].port), "cluster", "info"],
+                capture_output=True, timeout=5).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
