@@ -139,6 +139,13 @@ class ClusterServer:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self) -> "ClusterServer":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()                  # no node outlives a failed start
+            raise
+
+    def _start(self) -> "ClusterServer":
         import time
         for node in self.nodes:
             node.start()
