@@ -279,19 +279,20 @@ class LimitsStage(Stage):
             return
         tpm, tokens, gauges, holds, cost = held
         usage = ctx.usage
+        refund, amounts = (), ()
         if tpm:
             used = usage.input_tokens + usage.output_tokens if usage is not None else 0
             if tokens > used:
-                self.counters.refund(tpm, (tokens - used,) * len(tpm))
-        if gauges:
-            self.counters.release(gauges)
+                refund, amounts = tpm, (tokens - used,) * len(tpm)
+        actual = 0
         if holds:
             actual = usage.cost_usd_micros if usage is not None else 0
             if actual > cost:     # the provider went past the cap it was given: recorded anyway
                 self.overshoot_micros += actual - cost
                 log.warning("limits: request %s cost %d micros, %d more than reserved",
                             ctx.request.request_id, actual, actual - cost)
-            self.budgets.settle(holds, cost, actual)
+        if refund or gauges or holds:     # all of it in one store call (one script on Redis)
+            self.stores.finish(refund, amounts, gauges, holds, cost, actual)
 
     # ---- alerts ---------------------------------------------------------------------------------
 

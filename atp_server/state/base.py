@@ -190,6 +190,17 @@ class Stores:
             raise
         return Admitted(None, None, levels, held, totals)
 
+    def finish(self, buckets, amounts, gauges, holds, amount: int, actual: int) -> None:
+        """What a request gives back when it ends, without waiting: `amounts` of tokens to the
+        buckets, its slot of each gauge, and each hold's `amount` reserved settled at `actual`
+        (Redis: one background script; see the stores' refund, release and settle)."""
+        if buckets:
+            self.counters.refund(buckets, amounts)
+        if gauges:
+            self.counters.release(gauges)
+        if holds:
+            self.budgets.settle(holds, amount, actual)
+
     def _undo(self, buckets, costs, levels, gauges, held: bool) -> None:
         if levels is not None and buckets:
             self.counters.refund(buckets, costs)

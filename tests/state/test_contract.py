@@ -167,3 +167,22 @@ def test_a_free_request_settles_without_an_error(make_stores):
         guard = getattr(s.budgets, "guard", None)
         assert guard is None or (guard.problem is None and guard.failures == 0)
     run(make_stores, body)
+
+
+def test_finish_refunds_releases_and_settles_in_one_call(make_stores):
+    """What a request gives back when it ends (the limits stage's after): tokens it did not
+    use, its concurrency slot, its budget reservation settled at the actual cost."""
+    async def body(s):
+        b = Bucket("tpm:f", capacity=100, rate_per_s=0.0)
+        g = Gauge("conc:f", limit=1)
+        h = Hold("usd:f", limit=1_000, ttl_s=60)
+        admitted = await s.admit((b,), (60,), 0.0, (g,), (h,), 400)
+        assert admitted.refused is None and admitted.held
+        assert (await s.counters.acquire((g,)))[0] is not None       # the one slot is taken
+        s.finish((b,), (45,), (g,), (h,), 400, 123)
+        await s.drain()
+        _, left = await s.counters.take((b,), (0,), 0.0)
+        assert left == (85,)                                          # 40 left + 45 back
+        assert await s.counters.level("conc:f") == 0                  # released
+        assert await s.budgets.usage("usd:f") == (123, 0)             # settled, nothing reserved
+    run(make_stores, body)
