@@ -24,7 +24,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from .base import (FAIL_OPEN, Admitted, BelowFloor, BudgetStore, CounterStore, Denial, NonceStore,
@@ -255,6 +255,56 @@ async def _admit(script, guard, epoch, buckets, costs, now, gauges, holds, amoun
     n = len(buckets)
     return Admitted(None, None, tuple(int(x) for x in out[5:5 + n]), bool(gauges),
                     tuple(int(x) for x in out[5 + n:]))
+
+
+class _Batched:
+    """The calls of one script issued within one loop turn, sent as one pipeline: one write and
+    one read on each side instead of one per request (each request's admit is one call; with
+    tens of requests in flight several land in the same turn). A caller awaits its own future
+    (under its own guard: timeout and fail mode stay per request); one that gave up is skipped.
+    Not on a cluster (its pipelines refuse scripts): there each call goes alone."""
+
+    def __init__(self, client, script):
+        self.r, self.script = client, script
+        self.pending: list = []
+        self.direct = isinstance(client, RedisCluster)
+        self.calls = self.round_trips = 0       # calls batched, and what they cost (tests, tuning)
+
+    def __call__(self, keys, args):
+        if self.direct:
+            return self.script(keys, args)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((keys, args, future))
+        if len(self.pending) == 1:        # the first of this turn sends the batch next turn
+            loop.call_soon(lambda: loop.create_task(self._send()))
+        return future
+
+    async def _send(self) -> None:
+        batch, self.pending = self.pending, []
+        self.calls += len(batch)
+        self.round_trips += 1
+        try:
+            if len(batch) == 1:
+                keys, args, _ = batch[0]
+                results = [await self.script(keys, args)]
+            else:
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for keys, args, _ in batch:
+                        pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+                    results = await pipe.execute(raise_on_error=False)
+                if any(isinstance(r, NoScriptError) for r in results):   # a Redis that lost it
+                    results = [await self.script(keys, args) if isinstance(r, NoScriptError) else r
+                               for (keys, args, _), r in zip(batch, results)]
+        except Exception as exc:          # Redis unreachable, a timeout: every caller sees it
+            results = [exc] * len(batch)
+        for (_, _, future), result in zip(batch, results):
+            if future.done():             # its caller timed out or went away
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
 
 class _Guard:
@@ -582,7 +632,7 @@ class RedisStores(Stores):
         super().__init__(counters, budgets, nonces, "redis", closer=client.aclose)
         self.client = client      # for the response cache (cache.py), which imports no redis
         self.prefix = prefix      # what every key starts with (a hash tag on a cluster: key_prefix)
-        self._admit = client.register_script(_ADMIT)
+        self._admit = _Batched(client, client.register_script(_ADMIT))
         self._epoch = client.register_script(_EPOCH)
         self._finish = client.register_script(_FINISH)
         self.learning = learning

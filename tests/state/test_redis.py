@@ -173,3 +173,54 @@ def test_a_late_reply_with_an_older_floor_is_no_reset():
     assert (epoch.floor_ms, epoch.resets) == (2000, 1)
     epoch.observe(1500, True)               # created here by a host whose clock lags: a reset
     assert (epoch.floor_ms, epoch.resets) == (2000, 2)
+
+
+def test_admits_of_one_loop_turn_go_as_one_round_trip_and_stay_exact(redis_server):
+    """Concurrent admits are pipelined (one round trip per loop turn), each caller still gets its
+    own answer: exactly `capacity` of them pass, in a real Redis."""
+    async def go():
+        s = redis_stores_for(redis_server.url)
+        try:
+            b = Bucket("batched", 20, 0.0)
+            got = await asyncio.gather(*(s.admit((b,), (1,), 0.0, (), (), 0) for _ in range(25)))
+            batched = s._admit
+            return got, batched.calls, batched.round_trips
+        finally:
+            await s.close()
+    got, calls, trips = asyncio.run(go())
+    assert sum(a.refused is None for a in got) == 20 and sum(a.refused == "rate" for a in got) == 5
+    assert sorted(a.levels[0] for a in got if a.refused is None) == list(range(20))   # each once
+    assert calls == 25 and trips < 25                   # pipelined, not one round trip each
+
+
+def test_a_redis_that_lost_its_scripts_still_answers_batched_admits(redis_server):
+    import redis as sync_redis
+
+    async def go():
+        s = redis_stores_for(redis_server.url)
+        try:
+            b = Bucket("noscript", 10, 0.0)
+            await s.admit((b,), (1,), 0.0, (), (), 0)          # the script is loaded now
+            sync_redis.Redis.from_url(redis_server.url).script_flush()
+            got = await asyncio.gather(*(s.admit((b,), (1,), 0.0, (), (), 0) for _ in range(3)))
+            return got
+        finally:
+            await s.close()
+    got = asyncio.run(go())
+    assert [a.refused for a in got] == [None] * 3 and sorted(a.levels[0] for a in got) == [6, 7, 8]
+
+
+def test_a_caller_that_gives_up_leaves_the_others_their_answers(redis_server):
+    async def go():
+        s = redis_stores_for(redis_server.url)
+        try:
+            b = Bucket("gaveup", 10, 0.0)
+            first = asyncio.ensure_future(s.admit((b,), (1,), 0.0, (), (), 0))
+            rest = [asyncio.ensure_future(s.admit((b,), (1,), 0.0, (), (), 0)) for _ in range(3)]
+            first.cancel()                                  # its client went away
+            out = await asyncio.gather(*rest)
+            return out
+        finally:
+            await s.close()
+    out = asyncio.run(go())
+    assert all(a.refused is None for a in out)
