@@ -461,7 +461,7 @@ class RedisBudgets(BudgetStore):
 class RedisNonces(NonceStore):
     def __init__(self, client, prefix: str, guard: _Guard, epoch: StoreEpoch):
         self.r, self.prefix, self.guard, self.epoch = client, prefix, guard, epoch
-        self._record = client.register_script(_NONCE)
+        self._record = _Batched(client, client.register_script(_NONCE))   # HELLOs of one turn: one trip
 
     async def add(self, nonce, ttl_s, now, timestamp_ms=None):
         # One script: the epoch check and SET NX PX in the same round trip. Fail open = new.
