@@ -403,6 +403,9 @@ class Pipeline:
     def _succeeded(self, trace: RequestContext, principal: Principal, model, request, finish: Finish,
                    tokens: int):
         trace.usage = usage = self.accountant.usage(model, request, finish, tokens)
+        if finish.route_note is not None:
+            d = trace.decision
+            trace.decision = d._replace(reasons=d.reasons + (finish.route_note,))
         if trace.cache is not None and trace.cache.entry is not None:   # a cache hit: nothing spent
             trace.usage = usage = hit_usage(trace.cache, usage)
         trace.finished = True      # the account stage adds it to the totals on the way out

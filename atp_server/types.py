@@ -221,6 +221,9 @@ class Finish(NamedTuple):
     output_tokens: int | None = None
     tool_calls: tuple[ToolCall, ...] = ()         # a whole (non-streamed) answer's calls
     cached_input_tokens: int | None = None
+    # what the adapter learnt of the route while serving, added to the decision's reasons
+    # (federation: the next hop that answered when the first one failed)
+    route_note: str | None = None
 
 
 # ---- what the pipeline yields to transports --------------------------------------------------------

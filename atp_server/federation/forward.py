@@ -172,6 +172,15 @@ class Forwarding:
             return d
         return choose_with_path
 
+    def _moved_note(self, model: str, hop: str, tried: list) -> str:
+        """The reason an answer from a later next hop carries: the routing decision named the
+        best route's path, this says which one answered and why."""
+        path = next((c.route.path for c in self.rib._candidates(model, self.clock())
+                     if c.peer == hop), (hop,)) if self.rib is not None else (hop,)
+        failed = ", ".join(t.split(":", 1)[0] for t in tried)
+        return (f"federation: answered through {hop} (path {'>'.join((self.router_id,) + tuple(path))}); "
+                f"{failed} failed before the first byte")
+
     def next_hops(self, model: str) -> list[str]:
         """Peers to try for `model`: the best route's first, then the others by rank."""
         if self.rib is None:
@@ -237,11 +246,13 @@ class Forwarding:
                     log.info("forward %s: %s failed before the first byte (%s), next hop",
                              request.request_id, hop, exc)
                     continue
-                yield first
+                note = self._moved_note(model, hop, tried) if tried else None
                 if type(first) is Finish:
+                    yield first._replace(route_note=note) if note else first
                     return
+                yield first
                 async for item in items:
-                    yield item
+                    yield item._replace(route_note=note) if note and type(item) is Finish else item
                 return
         raise AtpError(ErrorCode.UNAVAILABLE, f"{model}: no next hop answered"
                        + (f" ({'; '.join(tried)})" if tried else " (no route left)"),

@@ -93,3 +93,7 @@ def test_a_next_hop_whose_front_door_is_gone_is_skipped_before_the_first_byte(tm
     whole, streamed, moved, path = asyncio.run(asyncio.wait_for(main(), 60))
     assert all(r.text for r in whole) and all(s[-1].text for s in streamed)
     assert moved == 10 and path == ("B",)           # the control plane still prefers B
+    # the answer says the route it took, not only the one routing picked
+    for reasons in [r.extra["route"]["reasons"] for r in whole] + [
+            s[-1].extra["final_route"]["reasons"] for s in streamed]:
+        assert "federation: answered through C (path A>C); B failed before the first byte" in reasons
