@@ -24,7 +24,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from .base import (FAIL_OPEN, Admitted, BelowFloor, BudgetStore, CounterStore, Denial, NonceStore,
@@ -261,18 +261,14 @@ class _Batched:
     """The calls of one script issued within one loop turn, sent as one pipeline: one write and
     one read on each side instead of one per request (each request's admit is one call; with
     tens of requests in flight several land in the same turn). A caller awaits its own future
-    (under its own guard: timeout and fail mode stay per request); one that gave up is skipped.
-    Not on a cluster (its pipelines refuse scripts): there each call goes alone."""
+    (under its own guard: timeout and fail mode stay per request); one that gave up is skipped."""
 
     def __init__(self, client, script):
         self.r, self.script = client, script
         self.pending: list = []
-        self.direct = isinstance(client, RedisCluster)
         self.calls = self.round_trips = 0       # calls batched, and what they cost (tests, tuning)
 
     def __call__(self, keys, args):
-        if self.direct:
-            return self.script(keys, args)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append((keys, args, future))
@@ -285,17 +281,7 @@ class _Batched:
         self.calls += len(batch)
         self.round_trips += 1
         try:
-            if len(batch) == 1:
-                keys, args, _ = batch[0]
-                results = [await self.script(keys, args)]
-            else:
-                async with self.r.pipeline(transaction=False) as pipe:
-                    for keys, args, _ in batch:
-                        pipe.evalsha(self.script.sha, len(keys), *keys, *args)
-                    results = await pipe.execute(raise_on_error=False)
-                if any(isinstance(r, NoScriptError) for r in results):   # a Redis that lost it
-                    results = [await self.script(keys, args) if isinstance(r, NoScriptError) else r
-                               for (keys, args, _), r in zip(batch, results)]
+            results = await _run_scripts(self.r, [(self.script, keys, args) for keys, args, _ in batch])
         except Exception as exc:          # Redis unreachable, a timeout: every caller sees it
             results = [exc] * len(batch)
         for (_, _, future), result in zip(batch, results):
@@ -351,6 +337,30 @@ class _Guard:
         raise StoreUnavailable(self.name, self.problem or "down", math.ceil(BACKOFF_S * 1000))
 
 
+async def _run_scripts(client, calls) -> list:
+    """Each (script, keys, args) of `calls` in one round trip; per call its result or exception.
+
+    A pipeline of plain EVALSHA (redis-py's own scripts-in-a-pipeline path first asks SCRIPT
+    EXISTS: a second round trip per batch); a call that meets NOSCRIPT (a Redis that lost its
+    scripts) runs again alone, which loads it. A cluster refuses scripts in a pipeline: its calls
+    run concurrently. A failure of the round trip itself (unreachable, timeout) raises."""
+    if isinstance(client, RedisCluster):
+        return await asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in calls),
+                                    return_exceptions=True)
+    if len(calls) == 1:
+        script, keys, args = calls[0]
+        try:
+            return [await script(keys=keys, args=args)]
+        except ResponseError as exc:        # the script's own error: this call's answer
+            return [exc]
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results = await pipe.execute(raise_on_error=False)
+    return [await script(keys=keys, args=args) if isinstance(r, NoScriptError) else r
+            for (script, keys, args), r in zip(calls, results)]
+
+
 class _Background:
     """Writes sent without waiting (from stage `after`): queued, and sent by one flusher as a
     pipeline — one round trip per batch instead of one task and one round trip per write. The
@@ -384,13 +394,9 @@ class _Background:
             self.flusher = None
 
     async def _send(self, batch) -> None:
-        if isinstance(self.r, RedisCluster):   # a cluster pipeline refuses scripts: concurrently
-            await asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in batch))
-            return
-        async with self.r.pipeline(transaction=False) as pipe:
-            for script, keys, args in batch:
-                await script(keys=keys, args=args, client=pipe)   # queues it in the pipeline
-            await pipe.execute()
+        for result in await _run_scripts(self.r, batch):
+            if isinstance(result, Exception):
+                raise result          # the guard counts the batch lost (as a failed pipeline was)
 
     async def drain(self) -> None:
         while self.flusher is not None:
