@@ -51,18 +51,13 @@ def parse_state(t) -> StateConfig:
         v["redis_url"] = _env("state.redis_url_env", v.pop("redis_url_env"))
     _check("state", v, {"timeout_ms": (">=", 1), "merge_interval_ms": (">=", 0)})
     url = v.get("redis_url", "")
-    if url.startswith("redis+sentinel://"):
-        from .state.redis import parse_sentinel_url
+    from .state.redis import MULTI_NODE_URLS
+    parse = next((f for scheme, f in MULTI_NODE_URLS.items() if url.startswith(scheme)), None)
+    if parse is not None:
         try:
-            parse_sentinel_url(url)
+            parse(url)
         except ValueError as exc:
-            _fail("state.redis_url", f"a redis+sentinel:// URL {exc}, got {url!r}")
-    elif url.startswith("redis+cluster://"):
-        from .state.redis import parse_cluster_url
-        try:
-            parse_cluster_url(url)
-        except ValueError as exc:
-            _fail("state.redis_url", f"a redis+cluster:// URL {exc}, got {url!r}")
+            _fail("state.redis_url", f"a {url.split('//')[0]}// URL {exc}, got {url!r}")
     elif url and not url.startswith(("redis://", "rediss://", "unix://")):
         _fail("state.redis_url", f"must be a redis://, rediss://, unix://, redis+sentinel:// or "
                                  f"redis+cluster:// URL, got {url!r}")

@@ -104,9 +104,9 @@ class LimitsStage(Stage):
         self.stores = stores
         self.counters, self.budgets = stores.counters, stores.budgets
         self._plans: dict[tuple, _Plan] = {}
-        # (rule, limit, scope, subject) -> USD left after the last admission on it (reservations
-        # in flight count as spent); bounded like the plans, cleared past PLAN_CACHE subjects
-        self.remaining: dict[tuple, float] = {}
+        # budget _Item -> USD left after the last admission on it (reservations in flight count
+        # as spent); bounded like the plans, cleared past PLAN_CACHE items
+        self.remaining: dict[_Item, float] = {}
         self.set_models(models)
         self.wall_clock = clock                         # wall, not monotonic: shared, and periods are dates
         self._held: dict[RequestContext, tuple] = {}    # at most one per in-flight request
@@ -245,7 +245,7 @@ class LimitsStage(Stage):
             if len(remaining) >= PLAN_CACHE:
                 remaining.clear()
             for item, total, end in zip(plan.budget_items, got.totals, ends):
-                remaining[(item.rule, item.limit, item.scope, item.subject)] = item.allowed - total / 1e6
+                remaining[item] = item.allowed - total / 1e6
                 if total / 1e6 > item.allowed * item.soft:
                     self._event(item, "soft", total / 1e6, now, end - now)
         self._held[ctx] = (plan.tpm if got.levels is not None else (), tokens,
@@ -344,11 +344,11 @@ class LimitsCollector:
         # the tightest budgets keep their subject (the least left: what needs watching); past
         # the cap, each rule's tightest of the rest is shown without one
         items = sorted(self.stage.remaining.items(), key=lambda kv: kv[1])
-        for n, ((rule, limit, scope, subject), usd) in enumerate(items):
+        for n, (item, usd) in enumerate(items):
             if self.per_subject and n < self.max_subjects:
-                left.add_metric([rule, limit, scope, subject], usd)
+                left.add_metric([item.rule, item.limit, item.scope, item.subject], usd)
                 continue
-            key = (rule, limit, scope)    # an open /metrics shows no tenant's spend
+            key = (item.rule, item.limit, item.scope)    # an open /metrics shows no tenant's spend
             tightest[key] = min(usd, tightest.get(key, usd))
         for (rule, limit, scope), usd in tightest.items():
             left.add_metric([rule, limit, scope, ""], usd)

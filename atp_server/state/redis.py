@@ -729,6 +729,10 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
     return sentinels, parts[0], int(parts[1]) if len(parts) == 2 else 0, password
 
 
+# The URL schemes beyond redis-py's own, each with what checks its form (config.parse_state).
+MULTI_NODE_URLS = {SENTINEL_SCHEME: parse_sentinel_url, CLUSTER_SCHEME: parse_cluster_url}
+
+
 def _client(url: str, timeout_s: float):
     """The Redis client for a URL: one node (redis://, rediss://, unix://), the master that
     Redis Sentinel names (redis+sentinel://), found again after a failover, or a Redis Cluster
