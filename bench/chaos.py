@@ -132,15 +132,8 @@ def serve_upstream(port: int) -> None:
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
 
-    async def main():
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        print("upstream ready", flush=True)
-        await asyncio.Event().wait()
-    asyncio.run(main())
+    from .peers.common import serve_post
+    asyncio.run(serve_post(port, "/v1/chat/completions", chat, "upstream ready"))
 
 
 # ---- configurations ----------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ import threading
 import time
 from pathlib import Path
 
+from .peers.atp import API_KEY
+from .peers.upstream import MODEL
+
 HELP = "µs from the upstream's first SSE token to the client, through ATP vs direct"
 TARGET_US = 1000.0
 PAUSE_S = 0.02          # upstream think time: ATP has long finished routing when the token leaves
-MODEL = "stream-bench"
-API_KEY = "sk-atp-dev"
 
 
 def add_arguments(p) -> None:
@@ -54,13 +55,8 @@ async def _upstream(port: int) -> None:
         await resp.write(b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
+    from .peers.common import serve_post
+    await serve_post(port, "/v1/chat/completions", chat, "ready")
 
 
 # ---- the measurement -----------------------------------------------------------------------------
@@ -83,39 +79,22 @@ async def _first_token_us(session, url: str, headers: dict) -> float:
     raise RuntimeError(f"{url}: no stamped token in the stream")
 
 
-def _config(upstream_port: int, state_dir: str) -> str:
-    from atp_server.config import dev_auth_toml
-    return f"""
-[server]
-host = "127.0.0.1"
-state_dir = "{state_dir}"
-{dev_auth_toml("bench", hmac=False)}
-[[providers]]
-name = "up"
-type = "openai_compat"
-base_url = "http://127.0.0.1:{upstream_port}/v1"
-api_key = "dummy"
-
-[[models]]
-id = "{MODEL}"
-provider = "up"
-"""
-
-
 async def _measure(args) -> dict:
     import aiohttp
 
+    from .peers.atp import atp_command, write_config
     from .peers.common import free_port
     up_port, atp_port = free_port(), free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "bench.first_token", "--upstream", str(up_port)],
                                 stdout=subprocess.PIPE, text=True)
     server = None
     try:
-        assert upstream.stdout.readline().strip() == "ready"
+        if upstream.stdout.readline().strip() != "ready":
+            raise RuntimeError("the fake SSE upstream did not start")
         with tempfile.TemporaryDirectory() as tmp:
-            conf = Path(tmp) / "atp.toml"
-            conf.write_text(_config(up_port, tmp))
-            server = subprocess.Popen([sys.executable, "-m", "atp_server", "serve", "--config", str(conf),
+            # the peers harness's config: the dev API key, one openai_compat provider, MODEL
+            conf = write_config(f"http://127.0.0.1:{up_port}/v1", Path(tmp) / "atp.toml")
+            server = subprocess.Popen([*atp_command(), "serve", "--config", str(conf),
                                        "--http-port", str(atp_port), "--no-grpc", "--no-quic",
                                        "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
             for line in server.stderr:            # the banner names the ports once it listens

@@ -206,3 +206,18 @@ def completion_check(host: str, port: int, path: str, headers: dict[str, str] | 
             return True, "ok"
         return False, f"HTTP {status}: {body[:300]!r}"
     return check
+
+
+async def serve_post(port: int, path: str, handler, ready: str) -> None:
+    """A fake upstream: aiohttp answering POST `path` on 127.0.0.1:`port` with `handler` until the
+    process is killed; prints `ready` once it listens (the parent waits for that line)."""
+    import asyncio
+
+    from aiohttp import web
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(ready, flush=True)
+    await asyncio.Event().wait()
