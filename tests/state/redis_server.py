@@ -1,4 +1,6 @@
-"""A real redis-server on a free port for tests: started, waited for (its ready line), stopped."""
+"""Real redis-server processes for tests (a node, a Sentinel, a Cluster): started, waited for on
+their own log lines, stopped."""
+import random
 import shutil
 import socket
 import subprocess
@@ -13,22 +15,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kill(proc: subprocess.Popen | None) -> None:
-    """Kill a server started here, reap it, close its pipe; None (what `proc` becomes)."""
-    if proc is not None:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+class _Logged:
+    """A redis-server child whose log (its stdout) is read as it comes: `wait_for(marker)` blocks
+    until a line holds it — the server's own events are what a test waits on, never a timer —
+    and the pipe never fills up and stalls the server."""
+
+    proc: subprocess.Popen | None = None
+
+    def _spawn(self, cmd: list[str], ready: bytes, what: str) -> None:
+        self.lines: list[bytes] = []
+        self._seen = threading.Condition()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._follow, args=(self.proc,), daemon=True).start()
+        try:
+            self.wait_for(ready, what=f"{what} did not start")
+        except AssertionError:
+            self.stop()
+            raise
+
+    def _follow(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+        with self._seen:                  # exited: wake a waiter, which then sees no marker
+            self._seen.notify_all()
+
+    def wait_for(self, marker: bytes, timeout_s: float = 30.0, what: str = "") -> None:
+        """Block until the server logged `marker` (ready, +slave, +switch-master, cluster ok...)."""
+        def seen() -> bool:
+            return any(marker in ln for ln in self.lines) or self.proc.poll() is not None
+        with self._seen:
+            self._seen.wait_for(seen, timeout_s)
+            if not any(marker in ln for ln in self.lines):
+                raise AssertionError(f"{what or 'redis'}: never logged {marker!r}: "
+                                     f"{b''.join(self.lines)[-2000:].decode(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
 
 
-class RedisServer:
+class RedisServer(_Logged):
     """`start()` returns once the server logged that it accepts connections; `stop()` kills it.
     Restarting keeps the port, so clients reconnect to the same URL (the recovery tests)."""
 
     def __init__(self, port: int | None = None, args: tuple = ()):
         self.port = port or free_port()
         self.args = tuple(args)          # more redis-server options (e.g. --replicaof host port)
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -39,24 +76,13 @@ class RedisServer:
         if exe is None:
             raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
         # No persistence: each start is an empty server; the log goes to stdout to read READY.
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--logfile", "", *self.args], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT)
-        lines = []
-        for line in self.proc.stdout:   # blocks until the server says it is ready (or exits)
-            lines.append(line)
-            if READY in line:
-                break
-        else:
-            raise RuntimeError(f"redis-server did not start: {b''.join(lines).decode(errors='replace')}")
+        self._spawn([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--daemonize", "no", "--logfile", "", *self.args],
+                    READY, "redis-server")
         return self
 
-    def stop(self) -> None:
-        self.proc = _kill(self.proc)
 
-
-class SentinelServer:
+class SentinelServer(_Logged):
     """A real Redis Sentinel (redis-server --sentinel) watching `master` under SERVICE: started
     once it reports the master monitored; `stop()` kills it."""
 
@@ -66,9 +92,6 @@ class SentinelServer:
     def __init__(self, master: RedisServer, directory):
         self.master, self.port = master, free_port()
         self.conf = directory / "sentinel.conf"
-        self.proc: subprocess.Popen | None = None
-        self.lines: list[bytes] = []
-        self._seen = threading.Condition()
 
     @property
     def url(self) -> str:
@@ -80,38 +103,13 @@ class SentinelServer:
                              f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
                              f"sentinel down-after-milliseconds {self.SERVICE} 500\n"
                              f"sentinel failover-timeout {self.SERVICE} 5000\n")
-        self.proc = subprocess.Popen([shutil.which("redis-server"), str(self.conf), "--sentinel"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        lines = []
-        for line in self.proc.stdout:
-            lines.append(line)
-            if self.MONITORING in line:
-                break
-        else:
-            raise RuntimeError(f"redis sentinel did not start: {b''.join(lines).decode(errors='replace')}")
-        self.lines = lines
-        threading.Thread(target=self._follow, daemon=True).start()
+        self._spawn([shutil.which("redis-server"), str(self.conf), "--sentinel"], self.MONITORING,
+                    "redis sentinel")
         return self
-
-    def _follow(self) -> None:
-        for line in self.proc.stdout:
-            with self._seen:
-                self.lines.append(line)
-                self._seen.notify_all()
-
-    def wait_for(self, marker: bytes, timeout_s: float = 30.0) -> None:
-        """Block until the sentinel logged `marker` (its events: +slave, +switch-master...)."""
-        with self._seen:
-            if not self._seen.wait_for(lambda: any(marker in ln for ln in self.lines), timeout_s):
-                raise AssertionError(f"sentinel never logged {marker!r}: {b''.join(self.lines)[-2000:]!r}")
-
-    def stop(self) -> None:
-        self.proc = _kill(self.proc)
 
 
 def _cluster_port() -> int:
     """A free port p with p + 10000 free too (a cluster node's bus port; p must be <= 55535)."""
-    import random
     for _ in range(200):
         p = random.randint(20000, 45000)
         try:
@@ -126,13 +124,15 @@ def _cluster_port() -> int:
 
 class ClusterServer:
     """A real three-master Redis Cluster on free ports (redis-server --cluster-enabled, joined
-    with `redis-cli --cluster create`), ready once every slot is served; `stop()` kills it."""
+    with `redis-cli --cluster create`), ready once every node logged that the cluster is ok;
+    `stop()` kills it."""
+
+    CLUSTER_OK = b"Cluster state changed: ok"
 
     def __init__(self, directory, masters: int = 3):
-        self.directory = directory
-        self.nodes = [RedisServer(_cluster_port(), args=("--cluster-enabled", "yes", "--cluster-config-file",
-                                        str(directory / f"nodes-{i}.conf")))
-                      for i in range(masters)]
+        self.nodes = [RedisServer(_cluster_port(), args=(
+            "--cluster-enabled", "yes", "--cluster-config-file", str(directory / f"nodes-{i}.conf")))
+            for i in range(masters)]
 
     @property
     def url(self) -> str:
@@ -140,26 +140,16 @@ class ClusterServer:
 
     def start(self) -> "ClusterServer":
         try:
-            return self._start()
+            for node in self.nodes:
+                node.start()
+            subprocess.run([shutil.which("redis-cli"), "--cluster", "create",
+                            *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True, timeout=30)
+            for node in self.nodes:       # each learns the slot map by gossip, then says so
+                node.wait_for(self.CLUSTER_OK, what="cluster node")
         except BaseException:
             self.stop()                  # no node outlives a failed start
             raise
-
-    def _start(self) -> "ClusterServer":
-        import time
-        for node in self.nodes:
-            node.start()
-        subprocess.run([shutil.which("redis-cli"), "--cluster", "create",
-                        *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=30)
-        # the nodes agree on the slot map by gossip after `create`: wait (bounded) until they do
-        deadline = time.monotonic() + 20
-        while b"cluster_state:ok" not in subprocess.run(
-                [shutil.which("redis-cli"), "-p", str(self.nodes[0].port), "cluster", "info"],
-                capture_output=True, timeout=5).stdout:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Redis cluster did not reach cluster_state:ok")
-            time.sleep(0.05)
         return self
 
     def stop(self) -> None:
