@@ -6,7 +6,7 @@ In process, on the embedded default with its simulated model answering at once (
   rule), policy (20 rules over tenant, group, model, provider, PII, prompt size, hour and data
   classification), redact (`mode = "restore"`) — runs `before` then `after` on fresh contexts
   carrying a 2 KB prompt, once of ordinary text and once with PII in it (an email, a phone
-  number, a card number, an IP address: four placeholders to make); the median of repeats, µs
+  number, a card number, an IP address: four values to replace); the median of repeats, µs
   per request. The injection guard (`[guard] mode = "tag"`) is timed too but is not part of the
   target's sum (the issue names limits, policy and redaction);
 - a whole `pipeline.complete` with governance on against the same App config without it,
