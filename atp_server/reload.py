@@ -102,11 +102,9 @@ def read_status(directory: Path, worker: int | None = None) -> dict | None:
 def write_workers(directory: Path, pids) -> None:
     """The parent of `atp serve --workers N` records its workers (at start, after a respawn):
     what `atp reload` waits for. Written whole (temp file + rename): a reader never sees half."""
-    path = Path(directory) / WORKERS_FILE
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    from .routing.control import write_json
     try:
-        tmp.write_text(json.dumps({"parent": os.getpid(), "workers": sorted(pids)}), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(Path(directory) / WORKERS_FILE, {"parent": os.getpid(), "workers": sorted(pids)})
     except OSError as exc:       # `atp reload` then waits for the parent's verdict alone
         log.warning("cannot write the workers file in %s: %s", directory, exc)
 
