@@ -51,7 +51,7 @@ def parse_state(t) -> StateConfig:
         v["redis_url"] = _env("state.redis_url_env", v.pop("redis_url_env"))
     _check("state", v, {"timeout_ms": (">=", 1), "merge_interval_ms": (">=", 0)})
     url = v.get("redis_url", "")
-    from .state.redis import MULTI_NODE_URLS
+    from .state.urls import MULTI_NODE_URLS
     parse = next((f for scheme, f in MULTI_NODE_URLS.items() if url.startswith(scheme)), None)
     if parse is not None:
         try:

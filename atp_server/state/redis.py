@@ -29,6 +29,7 @@ from redis.retry import Retry
 
 from .base import (FAIL_OPEN, Admitted, BelowFloor, BudgetStore, CounterStore, Denial, NonceStore,
                    Stores, StoreUnavailable)
+from .urls import CLUSTER_SCHEME, SENTINEL_SCHEME, parse_cluster_url, parse_sentinel_url
 
 log = logging.getLogger("atp.state")
 
@@ -679,33 +680,6 @@ class RedisStores(Stores):
                             amount, c.prefix, b.prefix)
 
 
-SENTINEL_SCHEME = "redis+sentinel://"
-CLUSTER_SCHEME = "redis+cluster://"
-
-
-def _hosts(rest: str) -> tuple[list[tuple[str, int]], str | None]:
-    """`[:password@]host:port[,host:port...]` -> (hosts, password); ValueError names the bad one."""
-    password = None
-    if "@" in rest:
-        auth, rest = rest.rsplit("@", 1)
-        password = auth.split(":", 1)[-1] or None
-    hosts = []
-    for item in rest.split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{item!r} is not host:port")
-        hosts.append((host.strip("[]"), int(port)))
-    return hosts, password
-
-
-def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None]:
-    """`redis+cluster://[:password@]host:port[,host:port...]` -> (seed nodes, password)."""
-    rest = url[len(CLUSTER_SCHEME):].rstrip("/")
-    if not rest or "/" in rest:
-        raise ValueError("needs host:port[,host:port...] and no path (a cluster has only db 0)")
-    return _hosts(rest)
-
-
 def key_prefix(url: str, prefix: str) -> str:
     """The prefix every key gets. On a cluster it is a hash tag, so all of ATP's keys share one
     slot: each request's limits, a merge and a cache lookup are one multi-key Lua script, which a
@@ -714,23 +688,6 @@ def key_prefix(url: str, prefix: str) -> str:
     if url.startswith(CLUSTER_SCHEME) and not ("{" in prefix and "}" in prefix):
         return "{" + prefix + "}"
     return prefix
-
-
-def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
-    """`redis+sentinel://[:password@]host:port[,host:port...]/service[/db]` -> (sentinels,
-    service name, db, password). ValueError says what is wrong."""
-    hosts, _, path = url[len(SENTINEL_SCHEME):].partition("/")
-    parts = [p for p in path.split("/") if p]
-    if not hosts or not parts:
-        raise ValueError("needs host:port[,host:port...]/service[/db]")
-    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-        raise ValueError(f"the path {path!r} is not service[/db]")
-    sentinels, password = _hosts(hosts)
-    return sentinels, parts[0], int(parts[1]) if len(parts) == 2 else 0, password
-
-
-# The URL schemes beyond redis-py's own, each with what checks its form (config.parse_state).
-MULTI_NODE_URLS = {SENTINEL_SCHEME: parse_sentinel_url, CLUSTER_SCHEME: parse_cluster_url}
 
 
 def _client(url: str, timeout_s: float):
